@@ -1,0 +1,272 @@
+//! The data model: CRM contacts and companies as stored and served, the canonical provider
+//! contact both providers map into, and the per-link records that make sync idempotent.
+//!
+//! Key concepts:
+//! - A **CRM contact** ([`Contact`]) is the CRM's record. It carries its own [`LinkRef`]s,
+//!   so "does another account still link it" is answered from the record itself.
+//! - A **provider contact** ([`ProviderContact`]) is what Google or Graph sent, mapped to
+//!   the CRM's fields (SPEC §3) but not yet checked for eligibility.
+//! - A **link** ([`LinkRecord`]) ties `(account, provider id)` to a CRM contact; its
+//!   **base** ([`Fields`]) is the value both sides agreed on at the last sync of that link,
+//!   the reference point of the three-way merge (SPEC §4).
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+pub type ContactId = u64;
+pub type CompanyId = u64;
+
+/// A postal address. Every part is optional; an address with no part is no address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Address {
+    pub street: Option<String>,
+    pub city: Option<String>,
+    pub region: Option<String>,
+    pub postal_code: Option<String>,
+    pub country: Option<String>,
+}
+
+impl Address {
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.street,
+            &self.city,
+            &self.region,
+            &self.postal_code,
+            &self.country,
+        ]
+        .iter()
+        .all(|p| p.as_deref().is_none_or(|s| s.trim().is_empty()))
+    }
+
+    /// `None` for an empty address, so "no address" has one representation.
+    pub fn non_empty(self) -> Option<Address> {
+        let clean = |p: Option<String>| p.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let a = Address {
+            street: clean(self.street),
+            city: clean(self.city),
+            region: clean(self.region),
+            postal_code: clean(self.postal_code),
+            country: clean(self.country),
+        };
+        (!a.is_empty()).then_some(a)
+    }
+}
+
+/// One provider link of a CRM contact.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LinkRef {
+    pub account: String,
+    pub provider_id: String,
+}
+
+/// A CRM contact as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    pub id: ContactId,
+    pub first_name: String,
+    pub last_name: String,
+    pub emails: Vec<String>,
+    pub phones: Vec<String>,
+    pub address: Option<Address>,
+    pub company_id: Option<CompanyId>,
+    pub job_title: Option<String>,
+    pub birthday: Option<NaiveDate>,
+    pub has_photo: bool,
+    pub links: Vec<LinkRef>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A CRM company; contacts link to one by id. One company per normalised name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Company {
+    pub id: CompanyId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The synced fields of a contact, in CRM terms, with the organisation by name. Used for
+/// base snapshots and as the value the merge works on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fields {
+    pub first_name: String,
+    pub last_name: String,
+    pub emails: Vec<String>,
+    pub phones: Vec<String>,
+    pub address: Option<Address>,
+    pub organization: Option<String>,
+    pub job_title: Option<String>,
+    pub birthday: Option<NaiveDate>,
+}
+
+/// Names of the synced fields, as they appear in audit events.
+pub mod field {
+    pub const NAME: &str = "name";
+    pub const EMAILS: &str = "emails";
+    pub const PHONES: &str = "phones";
+    pub const ADDRESS: &str = "address";
+    pub const COMPANY: &str = "company";
+    pub const JOB_TITLE: &str = "job_title";
+    pub const BIRTHDAY: &str = "birthday";
+    pub const PHOTO: &str = "photo";
+}
+
+/// A contact as a provider sent it, mapped to CRM fields (SPEC §3), before eligibility.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderContact {
+    /// Google `people/c123`, a Graph contact id.
+    pub provider_id: String,
+    pub etag: Option<String>,
+    pub fields: Fields,
+    /// Where the photo can be fetched, when the contact has one that is not a default.
+    pub photo_url: Option<String>,
+}
+
+/// One change in a provider page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// Created or changed in the provider.
+    Upsert(ProviderContact),
+    /// Deleted in the provider.
+    Deleted { provider_id: String },
+    /// Still in the provider, but no longer in the synced set (left the group).
+    Left { provider_id: String },
+}
+
+impl Change {
+    pub fn provider_id(&self) -> &str {
+        match self {
+            Change::Upsert(c) => &c.provider_id,
+            Change::Deleted { provider_id } | Change::Left { provider_id } => provider_id,
+        }
+    }
+}
+
+/// The link between one provider contact and a CRM contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub contact_id: ContactId,
+    /// The provider's etag when we last saw or wrote the contact.
+    pub etag: Option<String>,
+    /// Which full listing last saw this contact (for deletions found by a resync).
+    pub generation: u64,
+}
+
+/// Skip reasons of SPEC §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    NoName,
+    NoEmailOrPhone,
+    TooManyEmails,
+    TooManyPhones,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 4] = [
+        SkipReason::NoName,
+        SkipReason::NoEmailOrPhone,
+        SkipReason::TooManyEmails,
+        SkipReason::TooManyPhones,
+    ];
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SkipReason::NoName => "no_name",
+            SkipReason::NoEmailOrPhone => "no_email_or_phone",
+            SkipReason::TooManyEmails => "too_many_emails",
+            SkipReason::TooManyPhones => "too_many_phones",
+        }
+    }
+}
+
+/// The state of an account, as shown in status and the API (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    Starting,
+    Syncing,
+    Idle,
+    Stopped,
+    LimitExceeded,
+    ReauthRequired,
+    NotConnected,
+    DeletionHeld,
+    Error,
+}
+
+impl AccountState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AccountState::Starting => "starting",
+            AccountState::Syncing => "syncing",
+            AccountState::Idle => "idle",
+            AccountState::Stopped => "stopped",
+            AccountState::LimitExceeded => "limit_exceeded",
+            AccountState::ReauthRequired => "reauth_required",
+            AccountState::NotConnected => "not_connected",
+            AccountState::DeletionHeld => "deletion_held",
+            AccountState::Error => "error",
+        }
+    }
+}
+
+/// Persisted per-account status: what `status` and `/api/v1/accounts` show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountStatus {
+    pub state: AccountState,
+    pub last_sync: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Progress of a running sync: pages and contacts fetched so far.
+    pub progress: Option<Progress>,
+}
+
+impl Default for AccountStatus {
+    fn default() -> Self {
+        AccountStatus {
+            state: AccountState::Starting,
+            last_sync: None,
+            last_error: None,
+            progress: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub pages: u64,
+    pub contacts: u64,
+    /// Total announced by the provider, when it does (Google's `totalItems`).
+    pub total: Option<u64>,
+}
+
+/// One day's counters for one account (SPEC §6).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayMetrics {
+    pub added_to_crm: u64,
+    pub added_to_provider: u64,
+    pub updated_in_crm: u64,
+    pub updated_in_provider: u64,
+    pub deleted_from_provider: u64,
+    pub skipped: std::collections::BTreeMap<SkipReason, u64>,
+    pub conflicts: u64,
+    pub unlinked: u64,
+}
+
+impl DayMetrics {
+    pub fn add(&mut self, o: &DayMetrics) {
+        self.added_to_crm += o.added_to_crm;
+        self.added_to_provider += o.added_to_provider;
+        self.updated_in_crm += o.updated_in_crm;
+        self.updated_in_provider += o.updated_in_provider;
+        self.deleted_from_provider += o.deleted_from_provider;
+        for (k, v) in &o.skipped {
+            *self.skipped.entry(*k).or_default() += v;
+        }
+        self.conflicts += o.conflicts;
+        self.unlinked += o.unlinked;
+    }
+    pub fn is_zero(&self) -> bool {
+        *self == DayMetrics::default()
+    }
+}

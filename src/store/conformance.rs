@@ -1,0 +1,249 @@
+//! One conformance suite, run against every engine (Garage's `test_suite(db)` pattern).
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use phonenumber::country::Id;
+use proptest::prelude::*;
+
+use super::memory::MemoryStore;
+use super::sled::SledStore;
+use super::*;
+use crate::model::*;
+
+fn contact(id: u64, first: &str, email: &str, phone: &str, company: Option<u64>) -> Contact {
+    Contact {
+        id,
+        first_name: first.into(),
+        last_name: "Doe".into(),
+        emails: vec![email.into()],
+        phones: vec![phone.into()],
+        address: None,
+        company_id: company,
+        job_title: None,
+        birthday: None,
+        has_photo: false,
+        links: vec![],
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+/// The suite proper.
+fn store_conformance(kv: Arc<dyn Store>) {
+    // Raw engine: transactions are atomic and read their own writes.
+    kv.transaction(&|tx| {
+        tx.insert(Tree::Meta, b"a", b"1".to_vec())?;
+        assert_eq!(tx.get(Tree::Meta, b"a")?, Some(b"1".to_vec()));
+        tx.remove(Tree::Meta, b"a")?;
+        assert_eq!(tx.get(Tree::Meta, b"a")?, None);
+        tx.insert(Tree::Meta, b"b", b"2".to_vec())
+    })
+    .unwrap();
+    assert_eq!(kv.get(Tree::Meta, b"b").unwrap(), Some(b"2".to_vec()));
+    let failed = kv.transaction(&|tx| {
+        tx.insert(Tree::Meta, b"c", b"3".to_vec())?;
+        Err(StoreError::Aborted("test".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(kv.get(Tree::Meta, b"c").unwrap(), None, "aborted write leaked");
+    // Trees are separate key spaces.
+    assert_eq!(kv.get(Tree::Contacts, b"b").unwrap(), None);
+    let a = kv.next_id().unwrap();
+    let b = kv.next_id().unwrap();
+    assert!(b > a && a > 0);
+
+    // Typed layer.
+    let db = Db::with_store(kv, Id::US).unwrap();
+    let now = Utc::now();
+    let mut batch = Batch::default();
+    batch.push(Op::PutCompany(Company {
+        id: 7,
+        name: "ACME Corp".into(),
+        created_at: now,
+    }));
+    batch.push(Op::PutContact(contact(
+        10,
+        "Ann",
+        "Ann@Example.com",
+        "(201) 555-0123",
+        Some(7),
+    )));
+    batch.push(Op::PutContact(contact(
+        11,
+        "ann",
+        "ann@example.com",
+        "+1 201 555 0123",
+        None,
+    )));
+    batch.push(Op::PutLink {
+        account: "g".into(),
+        provider_id: "people/c1".into(),
+        link: LinkRecord {
+            contact_id: 10,
+            etag: Some("e1".into()),
+            generation: 1,
+        },
+    });
+    batch.push(Op::SetCursor {
+        account: "g".into(),
+        cursor: Some(b"tok".to_vec()),
+    });
+    let mut delta = DayMetrics {
+        added_to_crm: 2,
+        ..Default::default()
+    };
+    delta.skipped.insert(SkipReason::NoName, 1);
+    batch.push(Op::AddMetrics {
+        account: "g".into(),
+        day: "2026-01-01".into(),
+        delta: delta.clone(),
+    });
+    batch.push(Op::AddMetrics {
+        account: "g".into(),
+        day: "2026-01-01".into(),
+        delta,
+    });
+    db.commit_durable(&batch).unwrap();
+
+    assert_eq!(db.contact(10).unwrap().unwrap().first_name, "Ann");
+    assert_eq!(db.contact_count().unwrap(), 2);
+    assert_eq!(db.company_by_name(" acme   CORP").unwrap(), Some(7));
+    let name = crate::normalize::name_key("ANN", "doe");
+    assert_eq!(
+        db.candidates(IndexKind::NameEmail, &name, "ann@example.com")
+            .unwrap(),
+        vec![10, 11]
+    );
+    assert_eq!(
+        db.candidates(IndexKind::NamePhone, &name, "+12015550123")
+            .unwrap(),
+        vec![10, 11]
+    );
+    assert_eq!(
+        db.candidates(IndexKind::NameOrg, &name, "acme corp").unwrap(),
+        vec![10]
+    );
+    assert_eq!(db.link("g", "people/c1").unwrap().unwrap().contact_id, 10);
+    assert_eq!(db.links_of("g").unwrap().len(), 1);
+    assert!(db.links_of("gx").unwrap().is_empty());
+    assert_eq!(db.cursor("g").unwrap(), Some(b"tok".to_vec()));
+    let m = db.metrics("g", "2026-01-01").unwrap();
+    assert_eq!(m.added_to_crm, 4);
+    assert_eq!(m.skipped[&SkipReason::NoName], 2);
+    assert!(db.metrics("g", "2026-01-02").unwrap().is_zero());
+    assert_eq!(
+        db.contacts_page(Some(10), 10).unwrap().len(),
+        1,
+        "paging after id"
+    );
+
+    // Updating a contact moves its index entries.
+    let mut c = db.contact(10).unwrap().unwrap();
+    c.emails = vec!["new@example.com".into()];
+    db.commit(&Batch {
+        ops: vec![Op::PutContact(c)],
+    })
+    .unwrap();
+    assert_eq!(
+        db.candidates(IndexKind::NameEmail, &name, "ann@example.com")
+            .unwrap(),
+        vec![11]
+    );
+    // Deleting removes indexes and keeps a tombstone.
+    db.commit(&Batch {
+        ops: vec![Op::DeleteContact(11)],
+    })
+    .unwrap();
+    assert!(db.contact(11).unwrap().is_none());
+    assert!(db
+        .candidates(IndexKind::NameEmail, &name, "ann@example.com")
+        .unwrap()
+        .is_empty());
+    assert_eq!(db.tombstone(11).unwrap().unwrap().contact.id, 11);
+}
+
+#[test]
+fn store_conformance_memory() {
+    store_conformance(Arc::new(MemoryStore::new()));
+}
+
+#[test]
+fn store_conformance_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    store_conformance(Arc::new(SledStore::open(dir.path()).unwrap()));
+}
+
+#[test]
+fn store_sled_survives_reopen_and_rejects_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path(), Id::US).unwrap();
+        db.commit_durable(&Batch {
+            ops: vec![Op::PutContact(contact(1, "Bo", "bo@x.org", "1", None))],
+        })
+        .unwrap();
+    }
+    {
+        let db = Db::open(dir.path(), Id::US).unwrap();
+        assert_eq!(db.contact(1).unwrap().unwrap().first_name, "Bo");
+    }
+    let kv = SledStore::open(dir.path()).unwrap();
+    kv.transaction(&|tx| tx.insert(Tree::Meta, b"schema_version", 99u32.to_be_bytes().to_vec()))
+        .unwrap();
+    kv.flush().unwrap();
+    drop(kv);
+    let e = Db::open(dir.path(), Id::US).err().expect("must refuse");
+    assert!(matches!(e, StoreError::Schema { found: 99, .. }), "{e}");
+}
+
+#[test]
+fn store_corrupt_value_is_an_error_not_a_panic() {
+    let kv = Arc::new(MemoryStore::new());
+    let db = Db::with_store(kv.clone(), Id::US).unwrap();
+    kv.transaction(&|tx| tx.insert(Tree::Contacts, &5u64.to_be_bytes(), vec![9, 9, 9]))
+        .unwrap();
+    assert!(matches!(db.contact(5), Err(StoreError::Corrupt { .. })));
+}
+
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Put(u8, u8),
+    Remove(u8),
+    TxPair(u8, u8, u8),
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    prop_oneof![
+        (0u8..16, any::<u8>()).prop_map(|(k, v)| ModelOp::Put(k, v)),
+        (0u8..16).prop_map(ModelOp::Remove),
+        (0u8..16, 0u8..16, any::<u8>()).prop_map(|(a, b, v)| ModelOp::TxPair(a, b, v)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Random operation sequences give the same state on sled as on the in-memory model.
+    #[test]
+    fn store_model_check_sled_against_memory(ops in proptest::collection::vec(model_op(), 1..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_kv = SledStore::open(dir.path()).unwrap();
+        let mem = MemoryStore::new();
+        for op in &ops {
+            for kv in [&sled_kv as &dyn Store, &mem as &dyn Store] {
+                match op {
+                    ModelOp::Put(k, v) => kv.transaction(&|tx| tx.insert(Tree::Links, &[*k], vec![*v])).unwrap(),
+                    ModelOp::Remove(k) => kv.transaction(&|tx| tx.remove(Tree::Links, &[*k])).unwrap(),
+                    ModelOp::TxPair(a, b, v) => kv.transaction(&|tx| {
+                        tx.insert(Tree::Links, &[*a], vec![*v])?;
+                        tx.insert(Tree::Bases, &[*b], vec![*v])
+                    }).unwrap(),
+                }
+            }
+        }
+        for tree in [Tree::Links, Tree::Bases] {
+            prop_assert_eq!(sled_kv.scan_prefix(tree, &[]).unwrap(), mem.scan_prefix(tree, &[]).unwrap());
+            prop_assert_eq!(sled_kv.range_after(tree, Some(&[3]), 5).unwrap(), mem.range_after(tree, Some(&[3]), 5).unwrap());
+        }
+    }
+}

@@ -1,0 +1,605 @@
+//! The typed database over a [`Store`]: key layouts, versioned values, indexes, and
+//! [`Db::commit`], which applies a [`Batch`] in one transaction.
+//!
+//! Key layouts (numeric parts big-endian, so key order is numeric order):
+//! - `contacts`: contact id → [`Contact`]
+//! - `companies`: company id → [`Company`]; `company_names`: normalised name → company id
+//! - `links` / `bases`: `account \0 provider id` → [`LinkRecord`] / [`Fields`]
+//! - `cursors`: account → provider cursor (opaque bytes); `accounts`: account → status
+//! - `metrics`: `account \0 YYYY-MM-DD` → [`DayMetrics`]
+//! - `index`: `kind name-key \0 value \0 contact id` → empty (matching lookups)
+//! - `outbox`: entry id → [`OutboxEntry`]; `tombstones`: contact id → [`Tombstone`]
+//! - `photos`: contact id → JPEG bytes; `grants`: account → encrypted refresh token
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError, Tree, TxView};
+use crate::model::{
+    AccountStatus, Company, CompanyId, Contact, ContactId, DayMetrics, Fields, LinkRecord,
+};
+use crate::normalize;
+
+/// The schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// First byte of every stored value: the encoding version of that value.
+const VALUE_V1: u8 = 1;
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_V1];
+    // Serialising our own plain data types into a Vec cannot fail.
+    bincode::serialize_into(&mut out, v).unwrap_or_default();
+    out
+}
+
+fn dec<T: DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&VALUE_V1, rest)) => bincode::deserialize(rest).map_err(|e| StoreError::Corrupt {
+            tree: tree.name(),
+            message: e.to_string(),
+        }),
+        Some((v, _)) => Err(StoreError::Corrupt {
+            tree: tree.name(),
+            message: format!("unknown value version {v}"),
+        }),
+        None => Err(StoreError::Corrupt {
+            tree: tree.name(),
+            message: "empty value".into(),
+        }),
+    }
+}
+
+fn pair_key(account: &str, provider_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(account.len() + provider_id.len() + 1);
+    k.extend_from_slice(account.as_bytes());
+    k.push(0);
+    k.extend_from_slice(provider_id.as_bytes());
+    k
+}
+
+fn account_prefix(account: &str) -> Vec<u8> {
+    let mut k = account.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// The kinds of matching index (SPEC §4's three rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    NameEmail,
+    NamePhone,
+    NameOrg,
+}
+
+impl IndexKind {
+    fn tag(self) -> u8 {
+        match self {
+            IndexKind::NameEmail => b'e',
+            IndexKind::NamePhone => b'p',
+            IndexKind::NameOrg => b'o',
+        }
+    }
+}
+
+fn index_prefix(kind: IndexKind, name: &str, value: &str) -> Vec<u8> {
+    let mut k = vec![kind.tag()];
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k.extend_from_slice(value.as_bytes());
+    k.push(0);
+    k
+}
+
+/// A change to send to a provider (two-way), committed with the CRM write that caused it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub account: String,
+    pub contact_id: ContactId,
+    pub op: OutboxOp,
+    pub attempts: u32,
+    pub not_before: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Set once the provider rejected the entry for good; it is kept for status, not retried.
+    pub failed: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboxOp {
+    Create,
+    Update,
+    Delete { provider_id: String },
+}
+
+/// A deleted CRM contact, kept for a retention period so it can be restored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub contact: Contact,
+    pub deleted_at: DateTime<Utc>,
+}
+
+/// One typed write. A [`Batch`] of them is applied atomically by [`Db::commit`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    PutContact(Contact),
+    /// Deletes the contact, its indexes and photo, and keeps a tombstone.
+    DeleteContact(ContactId),
+    PutCompany(Company),
+    PutLink {
+        account: String,
+        provider_id: String,
+        link: LinkRecord,
+    },
+    DeleteLink {
+        account: String,
+        provider_id: String,
+    },
+    PutBase {
+        account: String,
+        provider_id: String,
+        base: Fields,
+    },
+    DeleteBase {
+        account: String,
+        provider_id: String,
+    },
+    SetCursor {
+        account: String,
+        cursor: Option<Vec<u8>>,
+    },
+    AddMetrics {
+        account: String,
+        day: String,
+        delta: DayMetrics,
+    },
+    PutStatus {
+        account: String,
+        status: AccountStatus,
+    },
+    PutOutbox {
+        id: u64,
+        entry: OutboxEntry,
+    },
+    DeleteOutbox(u64),
+    PutPhoto {
+        contact: ContactId,
+        jpeg: Vec<u8>,
+    },
+    PutGrant {
+        account: String,
+        sealed: Vec<u8>,
+    },
+    DeleteGrant(String),
+    DeleteTombstone(ContactId),
+}
+
+/// Writes applied together or not at all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// The typed database. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    kv: Arc<dyn Store>,
+    region: phonenumber::country::Id,
+}
+
+impl Db {
+    /// Opens the sled store in `dir`, checking the schema version.
+    pub fn open(dir: &std::path::Path, region: phonenumber::country::Id) -> Result<Db, StoreError> {
+        Db::with_store(Arc::new(super::sled::SledStore::open(dir)?), region)
+    }
+
+    pub fn in_memory(region: phonenumber::country::Id) -> Db {
+        // The in-memory store cannot fail to initialise.
+        match Db::with_store(Arc::new(super::memory::MemoryStore::new()), region) {
+            Ok(db) => db,
+            Err(e) => panic!("in-memory store failed to initialise: {e}"),
+        }
+    }
+
+    pub fn with_store(
+        kv: Arc<dyn Store>,
+        region: phonenumber::country::Id,
+    ) -> Result<Db, StoreError> {
+        match kv.get(Tree::Meta, b"schema_version")? {
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_slice().try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        tree: "meta",
+                        message: "bad schema_version".into(),
+                    }
+                })?);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::Schema {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => kv.transaction(&|tx| {
+                tx.insert(
+                    Tree::Meta,
+                    b"schema_version",
+                    SCHEMA_VERSION.to_be_bytes().to_vec(),
+                )
+            })?,
+        }
+        let db = Db { kv, region };
+        db.reindex_if_region_changed()?;
+        Ok(db)
+    }
+
+    pub fn region(&self) -> phonenumber::country::Id {
+        self.region
+    }
+
+    /// Phone index keys depend on the default region; rebuild them when it changed.
+    fn reindex_if_region_changed(&self) -> Result<(), StoreError> {
+        let code = format!("{:?}", self.region);
+        let stored = self.kv.get(Tree::Meta, b"index_region")?;
+        if stored.as_deref() == Some(code.as_bytes()) {
+            return Ok(());
+        }
+        if stored.is_some() {
+            tracing::info!(region = %code, "Default region changed; rebuilding the phone index.");
+        }
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = self.kv.range_after(Tree::Contacts, after.as_deref(), 500)?;
+            if rows.is_empty() {
+                break;
+            }
+            after = rows.last().map(|(k, _)| k.clone());
+            let contacts: Vec<Contact> = rows
+                .iter()
+                .map(|(_, v)| dec(Tree::Contacts, v))
+                .collect::<Result<_, _>>()?;
+            self.kv.transaction(&|tx| {
+                for c in &contacts {
+                    // Drop every phone key of this contact (any region), then add fresh ones.
+                    for key in self.index_keys_any_region(c) {
+                        tx.remove(Tree::Index, &key)?;
+                    }
+                    for key in self.index_keys(tx, c)? {
+                        tx.insert(Tree::Index, &key, vec![])?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        let code2 = code.clone();
+        self.kv.transaction(&move |tx| {
+            tx.insert(Tree::Meta, b"index_region", code2.as_bytes().to_vec())
+        })
+    }
+
+    fn index_keys_any_region(&self, c: &Contact) -> Vec<Vec<u8>> {
+        // Old keys were computed with an unknown region: remove the forms any region gives.
+        let name = normalize::name_key(&c.first_name, &c.last_name);
+        let mut out = vec![];
+        for p in &c.phones {
+            for region in [self.region, phonenumber::country::Id::US] {
+                if let Some(v) = normalize::phone_key(p, region) {
+                    let mut k = index_prefix(IndexKind::NamePhone, &name, &v);
+                    k.extend_from_slice(&c.id.to_be_bytes());
+                    out.push(k);
+                }
+            }
+        }
+        out
+    }
+
+    // ---- reads ----
+
+    fn get<T: DeserializeOwned>(&self, tree: Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.kv.get(tree, key)?.map(|v| dec(tree, &v)).transpose()
+    }
+
+    pub fn contact(&self, id: ContactId) -> Result<Option<Contact>, StoreError> {
+        self.get(Tree::Contacts, &id.to_be_bytes())
+    }
+
+    /// Contacts in id order (creation order), after `after`, at most `limit`.
+    pub fn contacts_page(
+        &self,
+        after: Option<ContactId>,
+        limit: usize,
+    ) -> Result<Vec<Contact>, StoreError> {
+        let after = after.map(|a| a.to_be_bytes());
+        self.kv
+            .range_after(Tree::Contacts, after.as_ref().map(|a| a.as_slice()), limit)?
+            .iter()
+            .map(|(_, v)| dec(Tree::Contacts, v))
+            .collect()
+    }
+
+    pub fn contact_count(&self) -> Result<usize, StoreError> {
+        self.kv.len(Tree::Contacts)
+    }
+
+    pub fn company(&self, id: CompanyId) -> Result<Option<Company>, StoreError> {
+        self.get(Tree::Companies, &id.to_be_bytes())
+    }
+
+    pub fn companies_page(
+        &self,
+        after: Option<CompanyId>,
+        limit: usize,
+    ) -> Result<Vec<Company>, StoreError> {
+        let after = after.map(|a| a.to_be_bytes());
+        self.kv
+            .range_after(Tree::Companies, after.as_ref().map(|a| a.as_slice()), limit)?
+            .iter()
+            .map(|(_, v)| dec(Tree::Companies, v))
+            .collect()
+    }
+
+    /// The company with this name (compared after normalisation), if any.
+    pub fn company_by_name(&self, name: &str) -> Result<Option<CompanyId>, StoreError> {
+        let key = normalize::text_key(name);
+        Ok(self
+            .kv
+            .get(Tree::CompanyNames, key.as_bytes())?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    pub fn link(&self, account: &str, provider_id: &str) -> Result<Option<LinkRecord>, StoreError> {
+        self.get(Tree::Links, &pair_key(account, provider_id))
+    }
+
+    /// Every link of an account: `(provider id, link)`.
+    pub fn links_of(&self, account: &str) -> Result<Vec<(String, LinkRecord)>, StoreError> {
+        let prefix = account_prefix(account);
+        self.kv
+            .scan_prefix(Tree::Links, &prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let pid = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((pid, dec(Tree::Links, &v)?))
+            })
+            .collect()
+    }
+
+    pub fn link_count(&self, account: &str) -> Result<usize, StoreError> {
+        Ok(self.kv.scan_prefix(Tree::Links, &account_prefix(account))?.len())
+    }
+
+    pub fn base(&self, account: &str, provider_id: &str) -> Result<Option<Fields>, StoreError> {
+        self.get(Tree::Bases, &pair_key(account, provider_id))
+    }
+
+    pub fn cursor(&self, account: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(Tree::Cursors, account.as_bytes())
+    }
+
+    pub fn metrics(&self, account: &str, day: &str) -> Result<DayMetrics, StoreError> {
+        Ok(self
+            .get(Tree::Metrics, &pair_key(account, day))?
+            .unwrap_or_default())
+    }
+
+    pub fn status(&self, account: &str) -> Result<Option<AccountStatus>, StoreError> {
+        self.get(Tree::Accounts, account.as_bytes())
+    }
+
+    pub fn photo(&self, contact: ContactId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(Tree::Photos, &contact.to_be_bytes())
+    }
+
+    pub fn grant(&self, account: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(Tree::Grants, account.as_bytes())
+    }
+
+    pub fn tombstone(&self, id: ContactId) -> Result<Option<Tombstone>, StoreError> {
+        self.get(Tree::Tombstones, &id.to_be_bytes())
+    }
+
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, StoreError> {
+        self.kv
+            .range_after(Tree::Tombstones, None, usize::MAX)?
+            .iter()
+            .map(|(_, v)| dec(Tree::Tombstones, v))
+            .collect()
+    }
+
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        self.kv
+            .range_after(Tree::Outbox, None, limit)?
+            .iter()
+            .map(|(k, v)| {
+                let id = k
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .unwrap_or_default();
+                Ok((id, dec(Tree::Outbox, v)?))
+            })
+            .collect()
+    }
+
+    /// Contacts whose index entry of `kind` matches the normalised name and value, oldest
+    /// first.
+    pub fn candidates(
+        &self,
+        kind: IndexKind,
+        name_key: &str,
+        value_key: &str,
+    ) -> Result<Vec<ContactId>, StoreError> {
+        let prefix = index_prefix(kind, name_key, value_key);
+        let mut ids: Vec<ContactId> = self
+            .kv
+            .scan_prefix(Tree::Index, &prefix)?
+            .into_iter()
+            .filter_map(|(k, _)| {
+                k.get(prefix.len()..)
+                    .and_then(|s| s.try_into().ok())
+                    .map(u64::from_be_bytes)
+            })
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        self.kv.next_id()
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.kv.flush()
+    }
+
+    // ---- writes ----
+
+    /// The index keys of a contact, reading its company name inside the transaction.
+    fn index_keys(&self, tx: &dyn TxView, c: &Contact) -> Result<Vec<Vec<u8>>, StoreError> {
+        let name = normalize::name_key(&c.first_name, &c.last_name);
+        let mut keys = vec![];
+        let mut push = |kind, value: &str| {
+            let mut k = index_prefix(kind, &name, value);
+            k.extend_from_slice(&c.id.to_be_bytes());
+            keys.push(k);
+        };
+        for e in &c.emails {
+            push(IndexKind::NameEmail, &normalize::email_key(e));
+        }
+        for p in &c.phones {
+            if let Some(v) = normalize::phone_key(p, self.region) {
+                push(IndexKind::NamePhone, &v);
+            }
+        }
+        if let Some(cid) = c.company_id {
+            if let Some(v) = tx.get(Tree::Companies, &cid.to_be_bytes())? {
+                let company: Company = dec(Tree::Companies, &v)?;
+                push(IndexKind::NameOrg, &normalize::text_key(&company.name));
+            }
+        }
+        Ok(keys)
+    }
+
+    fn apply_op(&self, tx: &dyn TxView, op: &Op) -> Result<(), StoreError> {
+        match op {
+            Op::PutContact(c) => {
+                let key = c.id.to_be_bytes();
+                if let Some(old) = tx.get(Tree::Contacts, &key)? {
+                    let old: Contact = dec(Tree::Contacts, &old)?;
+                    for k in self.index_keys(tx, &old)? {
+                        tx.remove(Tree::Index, &k)?;
+                    }
+                }
+                for k in self.index_keys(tx, c)? {
+                    tx.insert(Tree::Index, &k, vec![])?;
+                }
+                tx.insert(Tree::Contacts, &key, enc(c))?;
+                tx.remove(Tree::Tombstones, &key)?;
+            }
+            Op::DeleteContact(id) => {
+                let key = id.to_be_bytes();
+                if let Some(old) = tx.get(Tree::Contacts, &key)? {
+                    let old: Contact = dec(Tree::Contacts, &old)?;
+                    for k in self.index_keys(tx, &old)? {
+                        tx.remove(Tree::Index, &k)?;
+                    }
+                    tx.remove(Tree::Contacts, &key)?;
+                    tx.remove(Tree::Photos, &key)?;
+                    let t = Tombstone {
+                        contact: old,
+                        deleted_at: Utc::now(),
+                    };
+                    tx.insert(Tree::Tombstones, &key, enc(&t))?;
+                }
+            }
+            Op::PutCompany(c) => {
+                tx.insert(Tree::Companies, &c.id.to_be_bytes(), enc(c))?;
+                tx.insert(
+                    Tree::CompanyNames,
+                    normalize::text_key(&c.name).as_bytes(),
+                    c.id.to_be_bytes().to_vec(),
+                )?;
+            }
+            Op::PutLink {
+                account,
+                provider_id,
+                link,
+            } => tx.insert(Tree::Links, &pair_key(account, provider_id), enc(link))?,
+            Op::DeleteLink {
+                account,
+                provider_id,
+            } => tx.remove(Tree::Links, &pair_key(account, provider_id))?,
+            Op::PutBase {
+                account,
+                provider_id,
+                base,
+            } => tx.insert(Tree::Bases, &pair_key(account, provider_id), enc(base))?,
+            Op::DeleteBase {
+                account,
+                provider_id,
+            } => tx.remove(Tree::Bases, &pair_key(account, provider_id))?,
+            Op::SetCursor { account, cursor } => match cursor {
+                Some(c) => tx.insert(Tree::Cursors, account.as_bytes(), c.clone())?,
+                None => tx.remove(Tree::Cursors, account.as_bytes())?,
+            },
+            Op::AddMetrics {
+                account,
+                day,
+                delta,
+            } => {
+                let key = pair_key(account, day);
+                let mut m: DayMetrics = match tx.get(Tree::Metrics, &key)? {
+                    Some(v) => dec(Tree::Metrics, &v)?,
+                    None => DayMetrics::default(),
+                };
+                m.add(delta);
+                tx.insert(Tree::Metrics, &key, enc(&m))?;
+            }
+            Op::PutStatus { account, status } => {
+                tx.insert(Tree::Accounts, account.as_bytes(), enc(status))?
+            }
+            Op::PutOutbox { id, entry } => tx.insert(Tree::Outbox, &id.to_be_bytes(), enc(entry))?,
+            Op::DeleteOutbox(id) => tx.remove(Tree::Outbox, &id.to_be_bytes())?,
+            Op::PutPhoto { contact, jpeg } => {
+                tx.insert(Tree::Photos, &contact.to_be_bytes(), jpeg.clone())?
+            }
+            Op::PutGrant { account, sealed } => {
+                tx.insert(Tree::Grants, account.as_bytes(), sealed.clone())?
+            }
+            Op::DeleteGrant(account) => tx.remove(Tree::Grants, account.as_bytes())?,
+            Op::DeleteTombstone(id) => tx.remove(Tree::Tombstones, &id.to_be_bytes())?,
+        }
+        Ok(())
+    }
+
+    /// Applies every operation of `batch` in one transaction. It is not durable until
+    /// [`Db::flush`] returns.
+    pub fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.kv.transaction(&|tx| {
+            for op in &batch.ops {
+                self.apply_op(tx, op)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Commits and flushes: once this returns, the batch survives a crash.
+    pub fn commit_durable(&self, batch: &Batch) -> Result<(), StoreError> {
+        self.commit(batch)?;
+        self.flush()
+    }
+}
