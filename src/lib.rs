@@ -11,3 +11,5 @@ pub mod config;
 pub mod model;
 pub mod normalize;
 pub mod store;
+pub mod providers;
+pub mod secrets;

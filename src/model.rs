@@ -118,6 +118,9 @@ pub struct ProviderContact {
     /// Google `people/c123`, a Graph contact id.
     pub provider_id: String,
     pub etag: Option<String>,
+    /// The part of the account the contact was listed in: a Graph contact folder id; empty
+    /// for Google. Full listings and vanished folders are accounted per scope.
+    pub scope: String,
     pub fields: Fields,
     /// Where the photo can be fetched, when the contact has one that is not a default.
     pub photo_url: Option<String>,
@@ -149,6 +152,8 @@ pub struct LinkRecord {
     pub contact_id: ContactId,
     /// The provider's etag when we last saw or wrote the contact.
     pub etag: Option<String>,
+    /// Scope (Graph folder) the contact was last listed in; empty for Google.
+    pub scope: String,
     /// Which full listing last saw this contact (for deletions found by a resync).
     pub generation: u64,
 }

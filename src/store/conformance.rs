@@ -82,6 +82,7 @@ fn store_conformance(kv: Arc<dyn Store>) {
         link: LinkRecord {
             contact_id: 10,
             etag: Some("e1".into()),
+            scope: String::new(),
             generation: 1,
         },
     });

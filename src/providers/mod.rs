@@ -1,0 +1,94 @@
+//! Provider clients: Google People API and Microsoft Graph, behind one [`Provider`] trait
+//! the account actor drives.
+//!
+//! A client owns the wire format (paths, fields, paging, errors, quotas) and hands the
+//! account actor whole [`Round`]s: every change since the stored cursor, mapped to
+//! [`crate::model::Change`]s, and the cursor to store once the round is committed. Retries
+//! of throttled and failed requests happen inside the client (see [`http`]); what comes out
+//! is classified by [`ProviderError`].
+
+pub mod http;
+pub mod oauth;
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use crate::model::{Change, Progress};
+
+/// Everything a provider reported since the cursor the round started from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Round {
+    pub changes: Vec<Change>,
+    /// Scopes (Google: `""`; Graph: folder ids) listed completely in this round: links of
+    /// this account in these scopes that the round did not mention are deleted provider
+    /// contacts (SPEC §8, resync after an expired cursor).
+    pub complete_scopes: Vec<String>,
+    /// Scopes the provider says no longer exist (a deleted Graph folder).
+    pub gone_scopes: Vec<String>,
+    /// The cursor to store when the round is committed.
+    pub cursor: Vec<u8>,
+    /// Whether this round was a full listing (first sync or resync).
+    pub full: bool,
+    pub pages: u64,
+}
+
+/// Why a provider call failed, classified for the supervisor.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The grant was revoked or expired (`invalid_grant`): the account needs `connect`.
+    #[error("The provider rejected the account's grant ({0}); run `contact-sync connect` again.")]
+    ReauthRequired(String),
+    /// No refresh token is stored for the account.
+    #[error("The account is not connected; run `contact-sync connect {0}`.")]
+    NotConnected(String),
+    /// Throttled, and retrying inside the client did not get through.
+    #[error("The provider kept throttling requests (HTTP 429); retry after {retry_after:?}.")]
+    Throttled { retry_after: Option<Duration> },
+    /// A failure worth retrying later: 5xx, a dropped connection, a timeout, a truncated or
+    /// malformed page.
+    #[error("{0}")]
+    Transient(String),
+    /// A failure retrying will not fix (400 for a request we built, 403, 404 of the API).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl ProviderError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Throttled { .. } | ProviderError::Transient(_)
+        )
+    }
+    pub fn is_permanent(&self) -> bool {
+        !self.is_retryable()
+    }
+}
+
+/// A photo fetched from the provider.
+pub type Jpeg = Vec<u8>;
+
+/// Largest photo we keep; larger ones are skipped.
+pub const MAX_PHOTO_BYTES: usize = 512 * 1024;
+
+/// Reports fetch progress to the account actor (pages and contacts so far).
+pub type ProgressFn = Box<dyn Fn(Progress) + Send + Sync>;
+
+/// What the account actor needs from a provider.
+pub trait Provider: Send + Sync {
+    /// Fetches every change since `cursor` (`None`: a full listing). An expired or rejected
+    /// cursor makes the client fall back to a full listing by itself and say so in
+    /// [`Round::complete_scopes`].
+    fn fetch_round<'a>(
+        &'a self,
+        cursor: Option<&'a [u8]>,
+        progress: &'a ProgressFn,
+    ) -> BoxFuture<'a, Result<Round, ProviderError>>;
+
+    /// Fetches a contact's photo; `Ok(None)` when it has none.
+    fn fetch_photo<'a>(
+        &'a self,
+        contact: &'a crate::model::ProviderContact,
+    ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>>;
+}
