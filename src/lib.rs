@@ -13,3 +13,5 @@ pub mod normalize;
 pub mod store;
 pub mod providers;
 pub mod secrets;
+pub mod audit;
+pub mod sync;
