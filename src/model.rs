@@ -127,6 +127,7 @@ pub struct ProviderContact {
 }
 
 /// One change in a provider page.
+#[allow(clippy::large_enum_variant)] // Upserts are the common case; boxing them buys nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Created or changed in the provider.

@@ -76,10 +76,7 @@ impl TxView for SledTx<'_> {
             .map_err(tx_err)
     }
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
-        self.0[tree.index()]
-            .remove(key)
-            .map(|_| ())
-            .map_err(tx_err)
+        self.0[tree.index()].remove(key).map(|_| ()).map_err(tx_err)
     }
 }
 
@@ -91,11 +88,7 @@ impl Store for SledStore {
             .map_err(io)
     }
 
-    fn scan_prefix(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<super::Entries, StoreError> {
         self.tree(tree)
             .scan_prefix(prefix)
             .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
@@ -107,7 +100,7 @@ impl Store for SledStore {
         tree: Tree,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<super::Entries, StoreError> {
         use std::ops::Bound;
         let t = self.tree(tree);
         let iter = match after {
@@ -128,9 +121,7 @@ impl Store for SledStore {
             CONFLICT.with(|c| c.set(false));
             match f(&SledTx(view)) {
                 Ok(()) => Ok(()),
-                Err(_) if CONFLICT.with(|c| c.get()) => {
-                    Err(ConflictableTransactionError::Conflict)
-                }
+                Err(_) if CONFLICT.with(|c| c.get()) => Err(ConflictableTransactionError::Conflict),
                 Err(e) => Err(abort(e)),
             }
         });

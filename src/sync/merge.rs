@@ -211,8 +211,7 @@ pub fn merge(
             {
                 out.refused.push(field::NAME);
                 crm_name
-            } else if crm.first_name == provider.first_name && crm.last_name == provider.last_name
-            {
+            } else if crm.first_name == provider.first_name && crm.last_name == provider.last_name {
                 crm_name
             } else {
                 if two_way && crm_changed && nk(crm) != nk(provider) {
@@ -332,10 +331,16 @@ mod tests {
         p.job_title = Some("CTO".into());
         p.birthday = NaiveDate::from_ymd_opt(1990, 1, 2);
         let m = merge(&crm, &p, None, false, Id::US);
-        assert_eq!(m.fields.first_name, "Ann", "name is not replaced at first link");
+        assert_eq!(
+            m.fields.first_name, "Ann",
+            "name is not replaced at first link"
+        );
         assert_eq!(m.fields.emails, ["ann@x.org", "other@x.org"]);
         assert_eq!(m.fields.job_title.as_deref(), Some("CEO"), "no overwrite");
-        assert_eq!(m.fields.birthday, p.birthday, "value only the provider has is added");
+        assert_eq!(
+            m.fields.birthday, p.birthday,
+            "value only the provider has is added"
+        );
     }
 
     #[test]
@@ -429,7 +434,11 @@ mod tests {
         let mut crm = ann();
         crm.phones = vec!["(201) 555-0100".into()];
         let m = merge(&crm, &ann(), None, false, Id::US);
-        assert_eq!(m.fields.phones, ["(201) 555-0100"], "same number, not added twice");
+        assert_eq!(
+            m.fields.phones,
+            ["(201) 555-0100"],
+            "same number, not added twice"
+        );
         assert!(m.changed.is_empty());
     }
 

@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use crate::audit::{self, AuditEvent};
 use crate::config::{Direction, ProviderKind};
 use crate::model::{
-    field, Change, Company, CompanyId, Contact, ContactId, DayMetrics, Fields, LinkRecord,
-    LinkRef, ProviderContact, SkipReason,
+    field, Change, Company, CompanyId, Contact, ContactId, DayMetrics, Fields, LinkRecord, LinkRef,
+    ProviderContact, SkipReason,
 };
 use crate::normalize;
 use crate::store::{Batch, Db, IndexKind, Op, StoreError};
@@ -132,11 +132,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Plans one change; may be called for many changes before [`Planner::finish`].
-    pub fn add(
-        &mut self,
-        change: &Change,
-        photo: Option<&Vec<u8>>,
-    ) -> Result<(), StoreError> {
+    pub fn add(&mut self, change: &Change, photo: Option<&Vec<u8>>) -> Result<(), StoreError> {
         match change {
             Change::Upsert(pc) => self.upsert(pc, photo),
             Change::Deleted { provider_id } => self.deleted(provider_id, false),
@@ -238,7 +234,11 @@ impl<'a> Planner<'a> {
     /// SPEC §4 matching, rule by rule; the oldest candidate wins.
     fn find_match(&self, f: &Fields) -> Result<Option<(Contact, Vec<ContactId>)>, StoreError> {
         let keys = self.keys_of(f);
-        for kind in [IndexKind::NameEmail, IndexKind::NamePhone, IndexKind::NameOrg] {
+        for kind in [
+            IndexKind::NameEmail,
+            IndexKind::NamePhone,
+            IndexKind::NameOrg,
+        ] {
             let mut found: Vec<Contact> = vec![];
             for key in keys.iter().filter(|k| k.0 == kind) {
                 for c in self.candidates(key)? {
@@ -288,8 +288,12 @@ impl<'a> Planner<'a> {
     }
 
     fn put_link(&mut self, pid: &str, link: LinkRecord, base: Fields) {
-        self.overlay.links.insert(pid.to_string(), Some(link.clone()));
-        self.overlay.bases.insert(pid.to_string(), Some(base.clone()));
+        self.overlay
+            .links
+            .insert(pid.to_string(), Some(link.clone()));
+        self.overlay
+            .bases
+            .insert(pid.to_string(), Some(base.clone()));
         let account = self.ctx.account.clone();
         self.plan.batch.push(Op::PutLink {
             account: account.clone(),
@@ -370,7 +374,15 @@ impl<'a> Planner<'a> {
                     return self.create(pid, &provider, new_link, photo);
                 };
                 let base = self.base(pid)?;
-                self.merge_into(pid, contact, &provider, base, new_link(link.contact_id), &link, None)
+                self.merge_into(
+                    pid,
+                    contact,
+                    &provider,
+                    base,
+                    new_link(link.contact_id),
+                    &link,
+                    None,
+                )
             }
             None => match self.find_match(&provider)? {
                 Some((contact, others)) => {
@@ -389,7 +401,15 @@ impl<'a> Planner<'a> {
                         etag: None,
                         scope: String::new(),
                     };
-                    self.merge_into(pid, contact, &provider, None, new_link(id), &placeholder, Some(others))
+                    self.merge_into(
+                        pid,
+                        contact,
+                        &provider,
+                        None,
+                        new_link(id),
+                        &placeholder,
+                        Some(others),
+                    )
                 }
                 None => self.create(pid, &provider, new_link, photo),
             },
@@ -509,7 +529,9 @@ impl<'a> Planner<'a> {
                     .crm_id(id)
                     .provider_id(pid)
                     .fields(vec![name])
-                    .reason("changed in the CRM and in the provider; the provider's value was kept"),
+                    .reason(
+                        "changed in the CRM and in the provider; the provider's value was kept",
+                    ),
             );
         }
         if !m.refused.is_empty() {

@@ -51,12 +51,24 @@ fn all(db: &Db) -> Vec<Contact> {
 }
 
 /// A CRM contact created through the API (no links).
-fn crm_contact(db: &Db, first: &str, last: &str, emails: &[&str], phones: &[&str], org: Option<&str>, age_days: i64) -> ContactId {
+fn crm_contact(
+    db: &Db,
+    first: &str,
+    last: &str,
+    emails: &[&str],
+    phones: &[&str],
+    org: Option<&str>,
+    age_days: i64,
+) -> ContactId {
     let id = db.next_id().unwrap();
     let mut batch = Batch::default();
     let company_id = org.map(|o| {
         let cid = db.next_id().unwrap();
-        batch.push(Op::PutCompany(Company { id: cid, name: o.into(), created_at: Utc::now() }));
+        batch.push(Op::PutCompany(Company {
+            id: cid,
+            name: o.into(),
+            created_at: Utc::now(),
+        }));
         cid
     });
     batch.push(Op::PutContact(Contact {
@@ -81,12 +93,22 @@ fn crm_contact(db: &Db, first: &str, last: &str, emails: &[&str], phones: &[&str
 #[test]
 fn new_provider_contact_creates_crm_contact_and_counts_added() {
     let db = db();
-    let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    let p = run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     assert!(matches!(p.actions[0], Action::Create { .. }));
     assert_eq!(p.metrics.added_to_crm, 1);
     let c = &all(&db)[0];
     assert_eq!(c.first_name, "Ann");
-    assert_eq!(c.links, vec![LinkRef { account: "g".into(), provider_id: "people/c1".into() }]);
+    assert_eq!(
+        c.links,
+        vec![LinkRef {
+            account: "g".into(),
+            provider_id: "people/c1".into()
+        }]
+    );
     assert_eq!(p.audit[0].action, audit::Action::Added);
 }
 
@@ -95,25 +117,60 @@ fn ineligible_contacts_are_skipped_counted_and_audited() {
     let db = db();
     let eleven: Vec<String> = (0..11).map(|i| format!("e{i}@x.org")).collect();
     let eleven: Vec<&str> = eleven.iter().map(|s| s.as_str()).collect();
-    let p = run(&db, "g", &[
-        up(pc("people/c1", "", "", &["a@x.org"], &[])),
-        up(pc("people/c2", "Bo", "", &[], &[])),
-        up(pc("people/c3", "Cy", "", &eleven, &[])),
-        up(pc("people/c4", "Di", "", &[], &["+1 201 555 0100", "+1 201 555 0101", "+1 201 555 0102", "+1 201 555 0103", "+1 201 555 0104", "+1 201 555 0105", "+1 201 555 0106", "+1 201 555 0107", "+1 201 555 0108", "+1 201 555 0109", "+1 201 555 0110"])),
-    ]);
+    let p = run(
+        &db,
+        "g",
+        &[
+            up(pc("people/c1", "", "", &["a@x.org"], &[])),
+            up(pc("people/c2", "Bo", "", &[], &[])),
+            up(pc("people/c3", "Cy", "", &eleven, &[])),
+            up(pc(
+                "people/c4",
+                "Di",
+                "",
+                &[],
+                &[
+                    "+1 201 555 0100",
+                    "+1 201 555 0101",
+                    "+1 201 555 0102",
+                    "+1 201 555 0103",
+                    "+1 201 555 0104",
+                    "+1 201 555 0105",
+                    "+1 201 555 0106",
+                    "+1 201 555 0107",
+                    "+1 201 555 0108",
+                    "+1 201 555 0109",
+                    "+1 201 555 0110",
+                ],
+            )),
+        ],
+    );
     assert!(all(&db).is_empty(), "skipping writes nothing");
     for r in SkipReason::ALL {
         assert_eq!(p.metrics.skipped.get(&r), Some(&1), "{r:?}");
     }
-    assert!(p.audit.iter().all(|e| e.action == audit::Action::Skipped && e.reason.is_some()));
+    assert!(p
+        .audit
+        .iter()
+        .all(|e| e.action == audit::Action::Skipped && e.reason.is_some()));
 }
 
 #[test]
 fn skipping_never_deletes_anything() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &[], &[]))]);
-    assert!(matches!(p.actions[0], Action::Skip { reason: SkipReason::NoEmailOrPhone, .. }));
+    assert!(matches!(
+        p.actions[0],
+        Action::Skip {
+            reason: SkipReason::NoEmailOrPhone,
+            ..
+        }
+    ));
     assert_eq!(all(&db).len(), 1);
     assert!(db.link("g", "people/c1").unwrap().is_some());
 }
@@ -122,11 +179,28 @@ fn skipping_never_deletes_anything() {
 fn match_rule_1_same_name_and_shared_email() {
     let db = db();
     let id = crm_contact(&db, "ANN", "lee", &["Ann@X.org"], &[], None, 1);
-    let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &["+12015550100"]))]);
+    let p = run(
+        &db,
+        "g",
+        &[up(pc(
+            "people/c1",
+            "Ann",
+            "Lee",
+            &["ann@x.org"],
+            &["+12015550100"],
+        ))],
+    );
     assert!(matches!(&p.actions[0], Action::Link { crm_id, .. } if *crm_id == id));
     assert_eq!(all(&db).len(), 1, "no duplicate");
-    assert_eq!(all(&db)[0].phones, ["+12015550100"], "merge added the phone");
-    assert_eq!(p.metrics.updated_in_crm, 1, "a match merged at initial sync counts as updated");
+    assert_eq!(
+        all(&db)[0].phones,
+        ["+12015550100"],
+        "merge added the phone"
+    );
+    assert_eq!(
+        p.metrics.updated_in_crm, 1,
+        "a match merged at initial sync counts as updated"
+    );
     assert_eq!(p.metrics.added_to_crm, 0);
 }
 
@@ -134,14 +208,32 @@ fn match_rule_1_same_name_and_shared_email() {
 fn match_rule_2_same_name_and_shared_phone_in_e164() {
     let db = db();
     let id = crm_contact(&db, "Ann", "Lee", &[], &["(201) 555-0100"], None, 1);
-    let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &["+1 201 555 0100"]))]);
+    let p = run(
+        &db,
+        "g",
+        &[up(pc(
+            "people/c1",
+            "Ann",
+            "Lee",
+            &["ann@x.org"],
+            &["+1 201 555 0100"],
+        ))],
+    );
     assert!(matches!(&p.actions[0], Action::Link { crm_id, .. } if *crm_id == id));
 }
 
 #[test]
 fn match_rule_3_same_name_and_same_organisation() {
     let db = db();
-    let id = crm_contact(&db, "Ann", "Lee", &["other@y.org"], &[], Some("ACME  Corp"), 1);
+    let id = crm_contact(
+        &db,
+        "Ann",
+        "Lee",
+        &["other@y.org"],
+        &[],
+        Some("ACME  Corp"),
+        1,
+    );
     let mut p1 = pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]);
     p1.fields.organization = Some("acme corp".into());
     let p = run(&db, "g", &[up(p1)]);
@@ -152,7 +244,11 @@ fn match_rule_3_same_name_and_same_organisation() {
 fn match_needs_the_same_name() {
     let db = db();
     crm_contact(&db, "Anna", "Lee", &["ann@x.org"], &[], None, 1);
-    let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    let p = run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     assert!(matches!(p.actions[0], Action::Create { .. }));
 }
 
@@ -172,9 +268,19 @@ fn ambiguous_match_oldest_wins_and_audit_names_the_others() {
     let db = db();
     let newer = crm_contact(&db, "Ann", "Lee", &["ann@x.org"], &[], None, 1);
     let oldest = crm_contact(&db, "Ann", "Lee", &["ann@x.org"], &[], None, 30);
-    let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
-    assert!(matches!(&p.actions[0], Action::Link { crm_id, others, .. } if *crm_id == oldest && others == &vec![newer]));
-    let amb = p.audit.iter().find(|e| e.action == audit::Action::AmbiguousMatch).unwrap();
+    let p = run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    assert!(
+        matches!(&p.actions[0], Action::Link { crm_id, others, .. } if *crm_id == oldest && others == &vec![newer])
+    );
+    let amb = p
+        .audit
+        .iter()
+        .find(|e| e.action == audit::Action::AmbiguousMatch)
+        .unwrap();
     assert_eq!(amb.others, vec![newer]);
     assert_eq!(amb.crm_id, Some(oldest));
 }
@@ -182,10 +288,14 @@ fn ambiguous_match_oldest_wins_and_audit_names_the_others() {
 #[test]
 fn no_duplicate_within_one_page() {
     let db = db();
-    let p = run(&db, "g", &[
-        up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[])),
-        up(pc("people/c2", "ann", "LEE", &["ANN@x.org"], &[])),
-    ]);
+    let p = run(
+        &db,
+        "g",
+        &[
+            up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[])),
+            up(pc("people/c2", "ann", "LEE", &["ANN@x.org"], &[])),
+        ],
+    );
     assert_eq!(all(&db).len(), 1);
     assert_eq!(p.metrics.added_to_crm, 1);
     assert_eq!(all(&db)[0].links.len(), 2);
@@ -194,13 +304,35 @@ fn no_duplicate_within_one_page() {
 #[test]
 fn contact_in_two_accounts_ends_as_one_crm_contact_linked_to_both() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
-    let p = run(&db, "o", &[up(pc("AAMk1", "Ann", "Lee", &[], &["+12015550100"]))]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    let p = run(
+        &db,
+        "o",
+        &[up(pc("AAMk1", "Ann", "Lee", &[], &["+12015550100"]))],
+    );
     // No shared email or phone yet: the Outlook copy has only a phone the CRM lacks.
     assert!(matches!(p.actions[0], Action::Create { .. }));
     let db = self::db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &["+12015550100"]))]);
-    run(&db, "o", &[up(pc("AAMk1", "Ann", "Lee", &[], &["(201) 555-0100"]))]);
+    run(
+        &db,
+        "g",
+        &[up(pc(
+            "people/c1",
+            "Ann",
+            "Lee",
+            &["ann@x.org"],
+            &["+12015550100"],
+        ))],
+    );
+    run(
+        &db,
+        "o",
+        &[up(pc("AAMk1", "Ann", "Lee", &[], &["(201) 555-0100"]))],
+    );
     let cs = all(&db);
     assert_eq!(cs.len(), 1);
     assert_eq!(cs[0].links.len(), 2);
@@ -209,8 +341,18 @@ fn contact_in_two_accounts_ends_as_one_crm_contact_linked_to_both() {
 #[test]
 fn provider_deletion_deletes_crm_contact_and_counts_it() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
-    let p = run(&db, "g", &[Change::Deleted { provider_id: "people/c1".into() }]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    let p = run(
+        &db,
+        "g",
+        &[Change::Deleted {
+            provider_id: "people/c1".into(),
+        }],
+    );
     assert_eq!(p.metrics.deleted_from_provider, 1);
     assert!(all(&db).is_empty());
     assert!(db.link("g", "people/c1").unwrap().is_none());
@@ -219,21 +361,51 @@ fn provider_deletion_deletes_crm_contact_and_counts_it() {
 #[test]
 fn provider_deletion_only_unlinks_when_another_account_still_links() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
-    run(&db, "o", &[up(pc("AAMk1", "Ann", "Lee", &["ann@x.org"], &[]))]);
-    let p = run(&db, "g", &[Change::Deleted { provider_id: "people/c1".into() }]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    run(
+        &db,
+        "o",
+        &[up(pc("AAMk1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    let p = run(
+        &db,
+        "g",
+        &[Change::Deleted {
+            provider_id: "people/c1".into(),
+        }],
+    );
     assert!(matches!(p.actions[0], Action::Unlink { .. }));
     assert_eq!(p.metrics.deleted_from_provider, 0);
     let cs = all(&db);
     assert_eq!(cs.len(), 1);
-    assert_eq!(cs[0].links, vec![LinkRef { account: "o".into(), provider_id: "AAMk1".into() }]);
+    assert_eq!(
+        cs[0].links,
+        vec![LinkRef {
+            account: "o".into(),
+            provider_id: "AAMk1".into()
+        }]
+    );
 }
 
 #[test]
 fn contact_leaving_the_synced_group_is_unlinked_not_deleted() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
-    let p = run(&db, "g", &[Change::Left { provider_id: "people/c1".into() }]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    let p = run(
+        &db,
+        "g",
+        &[Change::Left {
+            provider_id: "people/c1".into(),
+        }],
+    );
     assert!(matches!(p.actions[0], Action::Unlink { .. }));
     assert_eq!(all(&db).len(), 1);
     assert!(all(&db)[0].links.is_empty());
@@ -243,13 +415,34 @@ fn contact_leaving_the_synced_group_is_unlinked_not_deleted() {
 #[test]
 fn one_way_crm_deletion_is_not_recreated_until_the_provider_contact_changes() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     let id = all(&db)[0].id;
-    db.commit(&Batch { ops: vec![Op::DeleteContact(id)] }).unwrap();
-    let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    db.commit(&Batch {
+        ops: vec![Op::DeleteContact(id)],
+    })
+    .unwrap();
+    let p = run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     assert!(matches!(p.actions[0], Action::Ignore { .. }));
     assert!(all(&db).is_empty());
-    let p = run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org", "a2@x.org"], &[]))]);
+    let p = run(
+        &db,
+        "g",
+        &[up(pc(
+            "people/c1",
+            "Ann",
+            "Lee",
+            &["ann@x.org", "a2@x.org"],
+            &[],
+        ))],
+    );
     assert!(matches!(p.actions[0], Action::Create { .. }));
     assert_eq!(all(&db).len(), 1);
 }
@@ -260,7 +453,9 @@ fn replaying_a_page_changes_nothing_and_counts_nothing() {
     let page = vec![
         up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[])),
         up(pc("people/c2", "Bo", "Ek", &[], &["+12015550100"])),
-        Change::Deleted { provider_id: "people/c9".into() },
+        Change::Deleted {
+            provider_id: "people/c9".into(),
+        },
     ];
     run(&db, "g", &page);
     let before = all(&db);
@@ -288,12 +483,21 @@ fn organisation_finds_or_creates_one_company_per_normalised_name() {
 #[test]
 fn provider_updates_apply_on_the_next_page() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     let mut changed = pc("people/c1", "Ann", "Lee-Smith", &["ann@x.org"], &[]);
-    changed.fields.address = Some(Address { city: Some("Oslo".into()), ..Default::default() });
+    changed.fields.address = Some(Address {
+        city: Some("Oslo".into()),
+        ..Default::default()
+    });
     changed.fields.birthday = NaiveDate::from_ymd_opt(1980, 5, 6);
     let p = run(&db, "g", &[up(changed)]);
-    assert!(matches!(&p.actions[0], Action::Update { changed, .. } if changed.contains(&field::NAME) && changed.contains(&field::ADDRESS)));
+    assert!(
+        matches!(&p.actions[0], Action::Update { changed, .. } if changed.contains(&field::NAME) && changed.contains(&field::ADDRESS))
+    );
     assert_eq!(p.metrics.updated_in_crm, 1);
     assert_eq!(all(&db)[0].last_name, "Lee-Smith");
 }
@@ -320,12 +524,18 @@ fn photo_is_stored_only_for_contacts_the_sync_creates() {
 #[test]
 fn contact_limit_projection_counts_new_links_and_removals() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     let changes = vec![
         up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[])),
         up(pc("people/c2", "Bo", "Ek", &["bo@x.org"], &[])),
         up(pc("people/c3", "", "", &["x@x.org"], &[])),
-        Change::Deleted { provider_id: "people/c1".into() },
+        Change::Deleted {
+            provider_id: "people/c1".into(),
+        },
     ];
     assert_eq!(projected_links(&db, "g", &changes).unwrap(), 1);
 }
@@ -333,14 +543,30 @@ fn contact_limit_projection_counts_new_links_and_removals() {
 #[test]
 fn two_way_crm_changes_are_planned_for_the_provider() {
     let db = db();
-    run(&db, "g", &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))]);
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
     let mut c = all(&db)[0].clone();
     c.job_title = Some("CEO".into());
-    db.commit(&Batch { ops: vec![Op::PutContact(c)] }).unwrap();
+    db.commit(&Batch {
+        ops: vec![Op::PutContact(c)],
+    })
+    .unwrap();
     let mut two = ctx("g");
     two.direction = Direction::TwoWay;
-    let p = plan(&db, two, &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))], &HashMap::new()).unwrap();
-    assert!(p.actions.iter().any(|a| matches!(a, Action::Push { fields, .. } if fields == &vec![field::JOB_TITLE])));
+    let p = plan(
+        &db,
+        two,
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+        &HashMap::new(),
+    )
+    .unwrap();
+    assert!(p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Push { fields, .. } if fields == &vec![field::JOB_TITLE])));
     assert!(p.metrics.is_zero());
 }
 
@@ -348,7 +574,11 @@ fn arb_change() -> impl Strategy<Value = Change> {
     let pid = (0u8..6).prop_map(|i| format!("people/c{i}"));
     let name = prop_oneof![Just("Ann"), Just("ann"), Just("Bo"), Just("")];
     let email = prop_oneof![Just("a@x.org"), Just("A@X.org"), Just("b@x.org")];
-    let phone = prop_oneof![Just("+12015550100"), Just("(201) 555-0100"), Just("+12015550101")];
+    let phone = prop_oneof![
+        Just("+12015550100"),
+        Just("(201) 555-0100"),
+        Just("+12015550101")
+    ];
     prop_oneof![
         4 => (pid.clone(), name, proptest::collection::vec(email, 0..3), proptest::collection::vec(phone, 0..2)).prop_map(|(pid, n, e, p)| {
             up(pc(&pid, n, "Lee", &e, &p))
