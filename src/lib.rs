@@ -15,3 +15,6 @@ pub mod providers;
 pub mod secrets;
 pub mod store;
 pub mod sync;
+pub mod actors;
+pub mod crm;
+pub mod runtime;

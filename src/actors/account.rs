@@ -1,0 +1,352 @@
+//! The account actor: one per connected account. It owns the account's delta cursor and
+//! drives rounds: fetch every change since the cursor from the provider, check the
+//! contact limit, then hand the changes to the matcher in chunks; the last chunk carries
+//! the new cursor, so the cursor only moves once everything it covers is committed.
+//!
+//! It never retries on its own: when a round fails it stops and tells the supervisor why
+//! ([`AccountExit`]); the supervisor decides about restarts and backoff.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use chrono::Utc;
+use futures_util::StreamExt;
+
+use super::matcher::{Matcher, SyncChunk};
+use crate::audit::{self, AuditEvent};
+use crate::config::{AccountConfig, Direction};
+use crate::model::{AccountState, Change, DayMetrics, Progress};
+use crate::providers::{Provider, ProviderError, MAX_PHOTO_BYTES};
+use crate::runtime::Runtime;
+use crate::store::{Batch, Op, StoreError};
+use crate::sync::{self, eligibility, PlanContext};
+
+/// Changes per matcher message (and per store transaction).
+pub const CHUNK: usize = 500;
+
+/// Why an account actor stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExitReason {
+    /// Stopped by the supervisor (removed, disabled, or restarting with a new group).
+    Removed,
+    ReauthRequired(String),
+    NotConnected(String),
+    LimitExceeded(String),
+    /// Worth another try later.
+    Transient(String),
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct AccountExit {
+    pub account: String,
+    pub reason: ExitReason,
+}
+
+/// Run a round now (sent by the actor to itself on its poll timer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Poll;
+
+/// Apply changed account settings that keep the cursor (direction).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub AccountConfig);
+
+/// Stop now; the supervisor is not told (it asked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopAccount;
+
+pub struct AccountActor {
+    cfg: AccountConfig,
+    rt: Arc<Runtime>,
+    provider: Arc<dyn Provider>,
+    matcher: Addr<Matcher>,
+    supervisor: Recipient<AccountExit>,
+    busy: bool,
+    quiet_stop: bool,
+}
+
+impl AccountActor {
+    pub fn new(
+        cfg: AccountConfig,
+        rt: Arc<Runtime>,
+        provider: Arc<dyn Provider>,
+        matcher: Addr<Matcher>,
+        supervisor: Recipient<AccountExit>,
+    ) -> Self {
+        AccountActor {
+            cfg,
+            rt,
+            provider,
+            matcher,
+            supervisor,
+            busy: false,
+            quiet_stop: false,
+        }
+    }
+
+    fn persist_status(&self) {
+        if let Some(a) = self.rt.account(&self.cfg.id) {
+            let mut batch = Batch::default();
+            batch.push(Op::PutStatus {
+                account: self.cfg.id.clone(),
+                status: a.status,
+            });
+            if let Err(e) = self.rt.db.commit(&batch) {
+                tracing::warn!(account = %self.cfg.id, error = %e, "Cannot persist account status.");
+            }
+        }
+    }
+
+    fn exit(&mut self, ctx: &mut Context<Self>, reason: ExitReason) {
+        self.quiet_stop = true;
+        self.supervisor.do_send(AccountExit {
+            account: self.cfg.id.clone(),
+            reason,
+        });
+        ctx.stop();
+    }
+}
+
+impl Actor for AccountActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        tracing::info!(account = %self.cfg.id, provider = %self.cfg.provider, group = self.cfg.group.as_str(), direction = self.cfg.direction.as_str(), "Account started.");
+        ctx.notify(Poll);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        tracing::info!(account = %self.cfg.id, "Account stopped.");
+    }
+}
+
+impl Handler<Reconfigure> for AccountActor {
+    type Result = ();
+    fn handle(&mut self, msg: Reconfigure, _: &mut Self::Context) {
+        tracing::info!(account = %self.cfg.id, direction = msg.0.direction.as_str(), "Account reconfigured in place; cursor kept.");
+        self.cfg = msg.0;
+    }
+}
+
+impl Handler<StopAccount> for AccountActor {
+    type Result = ();
+    fn handle(&mut self, _: StopAccount, ctx: &mut Self::Context) {
+        self.quiet_stop = true;
+        ctx.stop();
+    }
+}
+
+/// How a round ended.
+#[derive(Debug)]
+enum RoundError {
+    Provider(ProviderError),
+    Store(String),
+    Limit(String),
+}
+
+impl From<StoreError> for RoundError {
+    fn from(e: StoreError) -> Self {
+        RoundError::Store(e.to_string())
+    }
+}
+
+impl Handler<Poll> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
+        if self.busy {
+            return;
+        }
+        self.busy = true;
+        let id = self.cfg.id.clone();
+        self.rt.set_state(&id, AccountState::Syncing, None);
+        let fut = run_round(
+            self.rt.clone(),
+            self.provider.clone(),
+            self.matcher.clone(),
+            self.cfg.clone(),
+        );
+        let started = Instant::now();
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.busy = false;
+            let secs = started.elapsed().as_secs_f64();
+            match res {
+                Ok(summary) => {
+                    act.rt.update(&act.cfg.id, |a| {
+                        a.status.state = AccountState::Idle;
+                        a.status.last_sync = Some(Utc::now());
+                        a.status.last_error = None;
+                        a.status.progress = None;
+                        a.consecutive_errors = 0;
+                        a.last_success = Some(Utc::now());
+                        a.last_sync_seconds = secs;
+                    });
+                    act.persist_status();
+                    tracing::info!(account = %act.cfg.id, added = summary.added_to_crm, updated = summary.updated_in_crm, deleted = summary.deleted_from_provider, skipped = summary.skipped.values().sum::<u64>(), seconds = secs, "Sync round committed.");
+                    let interval = act.rt.config().daemon.poll_interval;
+                    ctx.run_later(interval, |_, ctx| ctx.notify(Poll));
+                }
+                Err(e) => {
+                    let (state, reason) = match e {
+                        RoundError::Provider(ProviderError::ReauthRequired(m)) => {
+                            (AccountState::ReauthRequired, ExitReason::ReauthRequired(m))
+                        }
+                        RoundError::Provider(ProviderError::NotConnected(m)) => {
+                            (AccountState::NotConnected, ExitReason::NotConnected(m))
+                        }
+                        RoundError::Limit(m) => {
+                            (AccountState::LimitExceeded, ExitReason::LimitExceeded(m))
+                        }
+                        RoundError::Provider(e) => {
+                            if matches!(e, ProviderError::Throttled { .. }) {
+                                act.rt.update(&act.cfg.id, |a| a.throttled += 1);
+                            }
+                            (AccountState::Error, ExitReason::Transient(e.to_string()))
+                        }
+                        RoundError::Store(m) => (
+                            AccountState::Error,
+                            ExitReason::Transient(format!("Store error: {m}")),
+                        ),
+                    };
+                    let message = match &reason {
+                        ExitReason::ReauthRequired(m)
+                        | ExitReason::NotConnected(m)
+                        | ExitReason::LimitExceeded(m)
+                        | ExitReason::Transient(m) => m.clone(),
+                        ExitReason::Removed => String::new(),
+                    };
+                    act.rt.set_state(&act.cfg.id, state, Some(message.clone()));
+                    act.persist_status();
+                    tracing::warn!(account = %act.cfg.id, state = state.as_str(), error = %message, "Sync round failed.");
+                    act.exit(ctx, reason);
+                }
+            }
+        }));
+    }
+}
+
+/// One round: fetch, check, commit chunk by chunk.
+async fn run_round(
+    rt: Arc<Runtime>,
+    provider: Arc<dyn Provider>,
+    matcher: Addr<Matcher>,
+    cfg: AccountConfig,
+) -> Result<DayMetrics, RoundError> {
+    let cursor = rt.db.cursor(&cfg.id)?;
+    let initial = cursor.is_none() && rt.db.link_count(&cfg.id)? == 0;
+    let progress_rt = rt.clone();
+    let progress_id = cfg.id.clone();
+    let progress: crate::providers::ProgressFn = Box::new(move |p: Progress| {
+        tracing::debug!(account = %progress_id, pages = p.pages, contacts = p.contacts, total = ?p.total, "Fetching.");
+        progress_rt.set_progress(&progress_id, p);
+    });
+    let round = provider
+        .fetch_round(cursor.as_deref(), &progress)
+        .await
+        .map_err(RoundError::Provider)?;
+    let mut changes = round.changes;
+
+    // A complete listing of a scope, or a vanished scope, reveals deletions.
+    if !round.complete_scopes.is_empty() || !round.gone_scopes.is_empty() {
+        let seen: HashSet<String> = changes.iter().map(|c| c.provider_id().to_string()).collect();
+        for (pid, link) in rt.db.links_of(&cfg.id)? {
+            let missing = round.complete_scopes.contains(&link.scope) && !seen.contains(&pid);
+            if missing || round.gone_scopes.contains(&link.scope) {
+                changes.push(Change::Deleted { provider_id: pid });
+            }
+        }
+    }
+
+    // SPEC §5: a round that would take the account over its limit writes nothing.
+    let config = rt.config();
+    let limit = config.daemon.contact_limit as usize;
+    let projected = sync::projected_links(&rt.db, &cfg.id, &changes)?;
+    if projected > limit {
+        let msg = format!(
+            "Account {} would have {projected} synced contacts, over contact_limit {limit}; sync stopped. Raise contact_limit in the config to resume.",
+            cfg.id
+        );
+        AuditEvent::new(&cfg.id, cfg.provider.as_str(), audit::Action::LimitExceeded)
+            .reason(format!("{projected} > {limit}"))
+            .emit();
+        return Err(RoundError::Limit(msg));
+    }
+
+    // Photos: only during the initial sync of a one-way account, only for contacts that
+    // sync may create (no link yet).
+    let mut photos = HashMap::new();
+    if initial && cfg.direction == Direction::OneWay {
+        let wanted: Vec<_> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upsert(pc)
+                    if pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok() =>
+                {
+                    Some(pc.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let fetched: Vec<_> = futures_util::stream::iter(wanted)
+            .map(|pc| {
+                let provider = provider.clone();
+                async move { (pc.provider_id.clone(), provider.fetch_photo(&pc).await) }
+            })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        for (pid, res) in fetched {
+            match res {
+                Ok(Some(jpeg)) if jpeg.len() <= MAX_PHOTO_BYTES => {
+                    photos.insert(pid, jpeg);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(account = %cfg.id, provider_id = %pid, error = %e, "Photo not fetched; contact synced without it.")
+                }
+            }
+        }
+    }
+
+    let ctx = PlanContext {
+        account: cfg.id.clone(),
+        provider: cfg.provider.clone(),
+        direction: cfg.direction,
+        audit_values: config.daemon.audit_values,
+        now: Utc::now(),
+    };
+    let mut total = DayMetrics::default();
+    let chunks: Vec<&[Change]> = if changes.is_empty() {
+        vec![&[]]
+    } else {
+        changes.chunks(CHUNK).collect()
+    };
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let chunk_photos = chunk
+            .iter()
+            .filter_map(|c| {
+                photos
+                    .remove(c.provider_id())
+                    .map(|p| (c.provider_id().to_string(), p))
+            })
+            .collect();
+        let summary = matcher
+            .send(SyncChunk {
+                ctx: ctx.clone(),
+                changes: chunk.to_vec(),
+                photos: chunk_photos,
+                cursor: (i + 1 == n).then(|| round.cursor.clone()),
+            })
+            .await
+            .map_err(|_| RoundError::Store("the matcher is gone".into()))?
+            .map_err(|e| RoundError::Store(e.to_string()))?;
+        total.add(&summary.metrics);
+    }
+    Ok(total)
+}

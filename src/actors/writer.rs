@@ -1,0 +1,78 @@
+//! The writer actor: the only place CRM state is written. It owns the durability contract
+//! of SPEC §8: a page's CRM writes, links, base snapshots, metrics and the new cursor are
+//! committed in one store transaction and flushed before the reply; audit events are
+//! emitted only after that. It runs on its own thread (a `SyncArbiter`), since commits and
+//! flushes block.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::audit::AuditEvent;
+use crate::model::DayMetrics;
+use crate::runtime::Runtime;
+use crate::store::{Batch, Op, StoreError};
+
+/// Commit a planned page. The sender may advance its cursor only on `Ok`.
+#[derive(Message)]
+#[rtype(result = "Result<PageCommitted, StoreError>")]
+pub struct CommitPage {
+    pub account: Option<String>,
+    pub batch: Batch,
+    pub metrics: DayMetrics,
+    /// The account's new cursor, stored in the same transaction.
+    pub cursor: Option<Vec<u8>>,
+    pub audit: Vec<AuditEvent>,
+}
+
+/// The page is durable.
+#[derive(Debug, Clone, Copy)]
+pub struct PageCommitted {
+    pub ops: usize,
+}
+
+pub struct Writer {
+    rt: Arc<Runtime>,
+}
+
+impl Writer {
+    pub fn start(rt: Arc<Runtime>) -> Addr<Writer> {
+        SyncArbiter::start(1, move || Writer { rt: rt.clone() })
+    }
+}
+
+impl Actor for Writer {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<CommitPage> for Writer {
+    type Result = Result<PageCommitted, StoreError>;
+
+    fn handle(&mut self, mut msg: CommitPage, _: &mut Self::Context) -> Self::Result {
+        if let Some(account) = &msg.account {
+            if !msg.metrics.is_zero() {
+                msg.batch.push(Op::AddMetrics {
+                    account: account.clone(),
+                    day: self.rt.today(),
+                    delta: msg.metrics.clone(),
+                });
+            }
+            if let Some(cursor) = msg.cursor.take() {
+                msg.batch.push(Op::SetCursor {
+                    account: account.clone(),
+                    cursor: Some(cursor),
+                });
+            }
+        }
+        let ops = msg.batch.ops.len();
+        self.rt.db.commit_durable(&msg.batch)?;
+        // Side effects only after the commit is durable.
+        if let Some(account) = &msg.account {
+            self.rt.update(account, |a| a.totals.add(&msg.metrics));
+        }
+        for e in &msg.audit {
+            e.emit();
+        }
+        Ok(PageCommitted { ops })
+    }
+}
