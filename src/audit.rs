@@ -121,6 +121,11 @@ pub fn recent_events(n: usize) -> Vec<AuditEvent> {
     r.iter().rev().take(n).rev().cloned().collect()
 }
 
+/// The filter that routes only audit events to the audit layer.
+pub fn filter() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_target("audit", tracing::Level::INFO)
+}
+
 /// Writes the `audit` field of an event verbatim, one line per event.
 struct AuditFormat;
 
@@ -155,14 +160,13 @@ where
 }
 
 /// The layer that writes audit events to daily files `audit.YYYY-MM-DD.jsonl` in `dir`.
+/// It formats every event it sees: install it behind [`filter`].
 pub fn layer<S>(
     dir: &std::path::Path,
 ) -> Result<impl tracing_subscriber::Layer<S> + Send + Sync + 'static, String>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::Layer;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create audit_dir {}: {e}", dir.display()))?;
     let appender = tracing_appender::rolling::Builder::new()
@@ -174,6 +178,5 @@ where
     Ok(tracing_subscriber::fmt::layer()
         .event_format(AuditFormat)
         .with_writer(appender)
-        .with_ansi(false)
-        .with_filter(Targets::new().with_target("audit", tracing::Level::INFO)))
+        .with_ansi(false))
 }

@@ -195,7 +195,10 @@ pub fn plan_edit(db: &Db, edit: CrmEdit) -> Result<PlannedEdit, EditError> {
         c.birthday = match opt_text("birthday", v)? {
             None => None,
             Some(s) => Some(NaiveDate::parse_from_str(&s, "%Y-%m-%d").map_err(|_| {
-                invalid("birthday", format!("{s:?} is not a date in the form YYYY-MM-DD"))
+                invalid(
+                    "birthday",
+                    format!("{s:?} is not a date in the form YYYY-MM-DD"),
+                )
             })?),
         };
     }
@@ -218,16 +221,28 @@ pub fn plan_edit(db: &Db, edit: CrmEdit) -> Result<PlannedEdit, EditError> {
     }
     // SPEC §3: a name, an email or a phone, at most 10 of each.
     if c.first_name.is_empty() && c.last_name.is_empty() {
-        return Err(invalid("first_name", "a contact needs a first or last name"));
+        return Err(invalid(
+            "first_name",
+            "a contact needs a first or last name",
+        ));
     }
     if c.emails.is_empty() && c.phones.is_empty() {
-        return Err(invalid("emails", "a contact needs an email address or a phone number"));
+        return Err(invalid(
+            "emails",
+            "a contact needs an email address or a phone number",
+        ));
     }
     if c.emails.len() > MAX_EMAILS {
-        return Err(invalid("emails", format!("at most {MAX_EMAILS} email addresses")));
+        return Err(invalid(
+            "emails",
+            format!("at most {MAX_EMAILS} email addresses"),
+        ));
     }
     if c.phones.len() > MAX_PHONES {
-        return Err(invalid("phones", format!("at most {MAX_PHONES} phone numbers")));
+        return Err(invalid(
+            "phones",
+            format!("at most {MAX_PHONES} phone numbers"),
+        ));
     }
     if c.id == 0 {
         c.id = db.next_id()?;

@@ -7,14 +7,21 @@
 //! - [`store`]: the `Store` seam (sled and in-memory engines) and the typed [`store::Db`].
 //! - [`normalize`]: the keys matching compares on.
 
+pub mod actors;
+pub mod api;
+pub mod app;
 pub mod audit;
+pub mod cli;
 pub mod config;
+pub mod crm;
+pub mod logging;
 pub mod model;
 pub mod normalize;
+pub mod ops;
 pub mod providers;
+pub mod runtime;
 pub mod secrets;
 pub mod store;
 pub mod sync;
-pub mod actors;
-pub mod crm;
-pub mod runtime;
+pub mod systemd;
+pub mod watch;

@@ -83,18 +83,16 @@ impl Runtime {
     pub fn register(&self, cfg: &AccountConfig) {
         let stored = self.db.status(&cfg.id).ok().flatten();
         let mut map = w(&self.accounts);
-        let entry = map
-            .entry(cfg.id.clone())
-            .or_insert_with(|| AccountRuntime {
-                config: cfg.clone(),
-                status: stored.unwrap_or_default(),
-                errors: 0,
-                consecutive_errors: 0,
-                last_success: None,
-                throttled: 0,
-                last_sync_seconds: 0.0,
-                totals: DayMetrics::default(),
-            });
+        let entry = map.entry(cfg.id.clone()).or_insert_with(|| AccountRuntime {
+            config: cfg.clone(),
+            status: stored.unwrap_or_default(),
+            errors: 0,
+            consecutive_errors: 0,
+            last_success: None,
+            throttled: 0,
+            last_sync_seconds: 0.0,
+            totals: DayMetrics::default(),
+        });
         entry.config = cfg.clone();
     }
 

@@ -253,7 +253,10 @@ async fn run_round(
 
     // A complete listing of a scope, or a vanished scope, reveals deletions.
     if !round.complete_scopes.is_empty() || !round.gone_scopes.is_empty() {
-        let seen: HashSet<String> = changes.iter().map(|c| c.provider_id().to_string()).collect();
+        let seen: HashSet<String> = changes
+            .iter()
+            .map(|c| c.provider_id().to_string())
+            .collect();
         for (pid, link) in rt.db.links_of(&cfg.id)? {
             let missing = round.complete_scopes.contains(&link.scope) && !seen.contains(&pid);
             if missing || round.gone_scopes.contains(&link.scope) {

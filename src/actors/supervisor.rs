@@ -22,9 +22,7 @@ use crate::store::{Batch, Op};
 
 /// Builds the provider client of an account (token source, endpoints).
 pub type ProviderFactory = Arc<
-    dyn Fn(&Arc<Runtime>, &AccountConfig) -> Result<Arc<dyn Provider>, ProviderError>
-        + Send
-        + Sync,
+    dyn Fn(&Arc<Runtime>, &AccountConfig) -> Result<Arc<dyn Provider>, ProviderError> + Send + Sync,
 >;
 
 /// Re-read the configuration file (from the watcher, SIGHUP or `ExecReload`).
@@ -134,9 +132,10 @@ impl Supervisor {
                     },
                 );
             }
-            Err(ProviderError::NotConnected(m)) => {
+            Err(e @ ProviderError::NotConnected(_)) => {
                 tracing::warn!(account = %id, "Account is not connected; run `contact-sync connect {id}`.");
-                self.rt.set_state(&id, AccountState::NotConnected, Some(m));
+                self.rt
+                    .set_state(&id, AccountState::NotConnected, Some(e.to_string()));
             }
             Err(ProviderError::ReauthRequired(m)) => {
                 self.rt

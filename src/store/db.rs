@@ -408,6 +408,10 @@ impl Db {
         self.kv.get(Tree::Grants, account.as_bytes())
     }
 
+    pub fn grant_count(&self) -> Result<usize, StoreError> {
+        self.kv.len(Tree::Grants)
+    }
+
     pub fn tombstone(&self, id: ContactId) -> Result<Option<Tombstone>, StoreError> {
         self.get(Tree::Tombstones, &id.to_be_bytes())
     }
