@@ -239,6 +239,20 @@ impl Supervisor {
             }
             out.changed.push(after.id.clone());
         }
+        // Accounts no longer in the file leave the listing; disabled ones show as stopped.
+        for a in self.rt.accounts() {
+            match new.account(&a.config.id) {
+                None => {
+                    self.stop(&a.config.id, ctx);
+                    self.rt.remove(&a.config.id);
+                }
+                Some(cfg) if !cfg.enabled => {
+                    self.rt.register(cfg);
+                    self.rt.set_state(&cfg.id, AccountState::Stopped, None);
+                }
+                Some(_) => {}
+            }
+        }
         // Accounts that stopped for a reason a config change may cure get another go.
         if diff.daemon_changed {
             for a in new.accounts.iter().filter(|a| a.enabled) {
