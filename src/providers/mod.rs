@@ -7,6 +7,7 @@
 //! of throttled and failed requests happen inside the client (see [`http`]); what comes out
 //! is classified by [`ProviderError`].
 
+pub mod google;
 pub mod http;
 pub mod oauth;
 

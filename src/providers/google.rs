@@ -1,0 +1,738 @@
+//! Google People API client: lists `people/me/connections` page by page with a sync token,
+//! maps each `Person` to a [`Change`], and falls back to a full listing when the token is
+//! missing, unreadable, about to expire, or rejected as expired.
+//!
+//! The cursor handed to the account actor is a small JSON document of our own ([`Cursor`]):
+//! Google's sync token plus the time of the full listing that started its chain. Google lets
+//! tokens expire 7 days after the full sync, so a chain older than [`FULL_SYNC_MAX_AGE`] is
+//! restarted with a full listing before Google would reject it.
+//!
+//! Safety rules: a page that does not parse as JSON (cut off, malformed) is a failed fetch,
+//! retried and then reported as [`ProviderError::Transient`], never read as an empty page;
+//! a full listing whose last page carries no `nextSyncToken` is not trusted either. Tokens
+//! and full URLs never reach the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::future::BoxFuture;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::http::{retry_after, retryable_status, transport_error, RetryPolicy};
+use super::oauth::TokenSource;
+use super::{Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_PHOTO_BYTES};
+use crate::config::Group;
+use crate::model::{Address, Change, Fields, Progress, ProviderContact};
+
+/// The person fields a sync reads; identical on every call of a token chain.
+pub const PERSON_FIELDS: &str =
+    "names,emailAddresses,phoneNumbers,addresses,organizations,birthdays,photos,memberships,metadata";
+/// Largest page Google serves.
+pub const PAGE_SIZE: u32 = 1000;
+/// Resource name of the starred group.
+pub const STARRED_GROUP: &str = "contactGroups/starred";
+/// A token chain older than this is restarted with a full listing (Google: 7 days).
+pub const FULL_SYNC_MAX_AGE: chrono::Duration = chrono::Duration::days(6);
+
+/// Our cursor: Google's sync token and when the full listing that began its chain started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Format version; an unknown version is a cursor we cannot decode.
+    pub v: u32,
+    pub sync_token: String,
+    pub full_sync_at: DateTime<Utc>,
+}
+
+impl Cursor {
+    const VERSION: u32 = 1;
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Cursor> {
+        let c: Cursor = serde_json::from_slice(bytes).ok()?;
+        (c.v == Cursor::VERSION && !c.sync_token.is_empty()).then_some(c)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire format: the subset of the People API schema we read. Unknown fields are ignored and
+// every field may be missing.
+// ---------------------------------------------------------------------------------------
+
+/// `ListConnectionsResponse`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ListConnectionsJson {
+    pub connections: Vec<PersonJson>,
+    pub next_page_token: Option<String>,
+    pub next_sync_token: Option<String>,
+    pub total_items: Option<u64>,
+    pub total_people: Option<u64>,
+}
+
+/// `Person`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersonJson {
+    pub resource_name: String,
+    pub etag: Option<String>,
+    pub metadata: Option<PersonMetadataJson>,
+    pub names: Vec<NameJson>,
+    pub email_addresses: Vec<ValueJson>,
+    pub phone_numbers: Vec<ValueJson>,
+    pub addresses: Vec<AddressJson>,
+    pub organizations: Vec<OrganizationJson>,
+    pub birthdays: Vec<BirthdayJson>,
+    pub photos: Vec<PhotoJson>,
+    pub memberships: Vec<MembershipJson>,
+}
+
+/// `PersonMetadata`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersonMetadataJson {
+    pub deleted: Option<bool>,
+    pub sources: Vec<SourceJson>,
+}
+
+/// `Source` (as found in `PersonMetadata.sources`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SourceJson {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// `FieldMetadata`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FieldMetadataJson {
+    pub primary: Option<bool>,
+}
+
+/// `Name`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NameJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub display_name: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+}
+
+/// `EmailAddress` and `PhoneNumber` (we read only the value).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ValueJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub value: Option<String>,
+}
+
+/// `Address`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AddressJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub street_address: Option<String>,
+    pub city: Option<String>,
+    pub region: Option<String>,
+    pub postal_code: Option<String>,
+    pub country: Option<String>,
+    pub country_code: Option<String>,
+}
+
+/// `Organization`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OrganizationJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub name: Option<String>,
+    pub title: Option<String>,
+}
+
+/// `Birthday`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct BirthdayJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub date: Option<DateJson>,
+}
+
+/// `Date`: a partial date; 0 (or absence) means "not given".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DateJson {
+    pub year: Option<i64>,
+    pub month: Option<i64>,
+    pub day: Option<i64>,
+}
+
+/// `Photo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PhotoJson {
+    pub url: Option<String>,
+    pub default: Option<bool>,
+}
+
+/// `Membership`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MembershipJson {
+    pub contact_group_membership: Option<ContactGroupMembershipJson>,
+}
+
+/// `ContactGroupMembership`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ContactGroupMembershipJson {
+    pub contact_group_id: Option<String>,
+    pub contact_group_resource_name: Option<String>,
+}
+
+/// `{"error": Status}` as Google sends it on failures.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct ErrorEnvelope {
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct ApiError {
+    code: Option<i64>,
+    message: Option<String>,
+    status: Option<String>,
+    details: Vec<serde_json::Value>,
+}
+
+impl ApiError {
+    /// The `ErrorInfo` reasons among the details.
+    fn has_reason(&self, reason: &str) -> bool {
+        self.details
+            .iter()
+            .any(|d| d.get("reason").and_then(|r| r.as_str()) == Some(reason))
+    }
+
+    fn describe(&self, http: StatusCode) -> String {
+        let msg: String = self
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect();
+        let status = self.status.as_deref().unwrap_or("");
+        let code = self
+            .code
+            .map(|c| format!(" (code {c})"))
+            .unwrap_or_default();
+        format!("Google People API answered HTTP {http} {status}{code}: {msg}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mapping
+// ---------------------------------------------------------------------------------------
+
+fn is_primary(m: &Option<FieldMetadataJson>) -> bool {
+    m.as_ref().and_then(|m| m.primary) == Some(true)
+}
+
+/// The entry marked primary, else the first.
+fn primary<T>(items: &[T], meta: impl Fn(&T) -> &Option<FieldMetadataJson>) -> Option<&T> {
+    items.iter().find(|i| is_primary(meta(i))).or(items.first())
+}
+
+fn clean(s: &Option<String>) -> Option<String> {
+    s.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn values(items: &[ValueJson]) -> Vec<String> {
+    items.iter().filter_map(|v| clean(&v.value)).collect()
+}
+
+/// Whether the person is in the starred contact group.
+pub fn is_starred(person: &PersonJson) -> bool {
+    person.memberships.iter().any(|m| {
+        m.contact_group_membership.as_ref().is_some_and(|g| {
+            g.contact_group_resource_name.as_deref() == Some(STARRED_GROUP)
+                || g.contact_group_id.as_deref() == Some("starred")
+        })
+    })
+}
+
+fn name_of(person: &PersonJson) -> (String, String) {
+    let Some(n) = primary(&person.names, |n| &n.metadata) else {
+        return (String::new(), String::new());
+    };
+    let given = clean(&n.given_name).unwrap_or_default();
+    let family = clean(&n.family_name).unwrap_or_default();
+    if !given.is_empty() || !family.is_empty() {
+        return (given, family);
+    }
+    let display = clean(&n.display_name).unwrap_or_default();
+    let words: Vec<&str> = display.split_whitespace().collect();
+    match words.as_slice() {
+        [] => (String::new(), String::new()),
+        [one] => (one.to_string(), String::new()),
+        [rest @ .., last] => (rest.join(" "), last.to_string()),
+    }
+}
+
+fn birthday_of(person: &PersonJson) -> Option<NaiveDate> {
+    let b = primary(&person.birthdays, |b| &b.metadata)?;
+    let d = b.date.as_ref()?;
+    let (y, m, day) = (d.year?, d.month?, d.day?);
+    if y <= 0 || m <= 0 || day <= 0 {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(
+        i32::try_from(y).ok()?,
+        u32::try_from(m).ok()?,
+        u32::try_from(day).ok()?,
+    )
+}
+
+fn address_of(person: &PersonJson) -> Option<Address> {
+    let a = primary(&person.addresses, |a| &a.metadata)?;
+    Address {
+        street: clean(&a.street_address),
+        city: clean(&a.city),
+        region: clean(&a.region),
+        postal_code: clean(&a.postal_code),
+        country: clean(&a.country).or_else(|| clean(&a.country_code)),
+    }
+    .non_empty()
+}
+
+/// Maps one `Person` of a connections listing to a change (SPEC §3).
+pub fn map_person(person: &PersonJson, group: Group) -> Change {
+    let provider_id = person.resource_name.clone();
+    if person.metadata.as_ref().and_then(|m| m.deleted) == Some(true) {
+        return Change::Deleted { provider_id };
+    }
+    if group == Group::Starred && !is_starred(person) {
+        return Change::Left { provider_id };
+    }
+    let (first_name, last_name) = name_of(person);
+    let org = primary(&person.organizations, |o| &o.metadata);
+    let fields = Fields {
+        first_name,
+        last_name,
+        emails: values(&person.email_addresses),
+        phones: values(&person.phone_numbers),
+        address: address_of(person),
+        organization: org.and_then(|o| clean(&o.name)),
+        job_title: org.and_then(|o| clean(&o.title)),
+        birthday: birthday_of(person),
+    };
+    let photo_url = person
+        .photos
+        .iter()
+        .filter(|p| p.default != Some(true))
+        .find_map(|p| clean(&p.url));
+    Change::Upsert(ProviderContact {
+        provider_id,
+        etag: person.etag.clone(),
+        scope: String::new(),
+        fields,
+        photo_url,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------
+
+/// Why a call failed: an API answer we did not retry, or a classified provider error.
+#[derive(Debug)]
+enum CallError {
+    Api { status: StatusCode, error: ApiError },
+    Provider(ProviderError),
+}
+
+impl CallError {
+    fn into_provider(self) -> ProviderError {
+        match self {
+            CallError::Provider(e) => e,
+            CallError::Api { status, error } => ProviderError::Permanent(error.describe(status)),
+        }
+    }
+}
+
+/// Outcome of one listing attempt.
+enum Listing {
+    Done(Round),
+    Expired,
+}
+
+/// A Google People API client for one account.
+pub struct GoogleClient {
+    api_base: String,
+    group: Group,
+    tokens: Arc<TokenSource>,
+    retry: RetryPolicy,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for GoogleClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoogleClient")
+            .field("api_base", &self.api_base)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GoogleClient {
+    pub fn new(
+        api_base: String,
+        group: Group,
+        tokens: Arc<TokenSource>,
+        retry: RetryPolicy,
+    ) -> Self {
+        let http = super::http::client(retry.request_timeout);
+        GoogleClient {
+            api_base: api_base.trim_end_matches('/').to_string(),
+            group,
+            tokens,
+            retry,
+            http,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.api_base, path)
+    }
+
+    /// Sends one authorised request, retrying 429/5xx/transport failures and unreadable
+    /// bodies per the retry policy, and a 401 once with a fresh token. `path` is only used
+    /// for the log (never the query, which may carry tokens).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, CallError> {
+        let url = self.url(path);
+        let mut attempt: u32 = 0;
+        let mut refreshed = false;
+        loop {
+            let token = self
+                .tokens
+                .access_token()
+                .await
+                .map_err(CallError::Provider)?;
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .query(query)
+                .bearer_auth(token.expose_secret());
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let mut wait: Option<Duration> = None;
+            let failure = match req.send().await {
+                Err(e) => transport_error(&e),
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::UNAUTHORIZED {
+                        if refreshed {
+                            return Err(CallError::Provider(ProviderError::Permanent(format!(
+                                "Google rejected a freshly refreshed access token for {path} (HTTP 401)."
+                            ))));
+                        }
+                        debug!(path, "HTTP 401; refreshing the access token once");
+                        refreshed = true;
+                        self.tokens.invalidate(&token).await;
+                        continue;
+                    }
+                    if status.is_success() {
+                        match resp.bytes().await {
+                            Err(e) => transport_error(&e),
+                            Ok(bytes) => match serde_json::from_slice::<T>(&bytes) {
+                                Ok(v) => return Ok(v),
+                                Err(e) => ProviderError::Transient(format!(
+                                    "Google sent an unreadable answer for {path} ({} bytes): {e}.",
+                                    bytes.len()
+                                )),
+                            },
+                        }
+                    } else if retryable_status(status) {
+                        let ra = retry_after(resp.headers());
+                        let throttled = status == StatusCode::TOO_MANY_REQUESTS;
+                        let err = if throttled {
+                            ProviderError::Throttled { retry_after: ra }
+                        } else {
+                            ProviderError::Transient(format!(
+                                "Google People API answered HTTP {status} for {path}."
+                            ))
+                        };
+                        if ra.is_some_and(|d| d > self.retry.max_retry_after) {
+                            return Err(CallError::Provider(err));
+                        }
+                        wait = ra;
+                        err
+                    } else {
+                        let bytes = resp.bytes().await.unwrap_or_default();
+                        let error = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+                            .ok()
+                            .and_then(|e| e.error)
+                            .unwrap_or_default();
+                        return Err(CallError::Api { status, error });
+                    }
+                }
+            };
+            attempt += 1;
+            if attempt >= self.retry.max_attempts {
+                return Err(CallError::Provider(failure));
+            }
+            let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
+            warn!(path, attempt, ?delay, error = %failure, "Google request failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Lists every page, from the start of a chain (`sync_token: None`) or since a token.
+    async fn list(
+        &self,
+        sync_token: Option<&str>,
+        full_sync_at: DateTime<Utc>,
+        progress: &ProgressFn,
+    ) -> Result<Listing, ProviderError> {
+        let full = sync_token.is_none();
+        let page_size = PAGE_SIZE.to_string();
+        let mut round = Round {
+            full,
+            complete_scopes: if full { vec![String::new()] } else { vec![] },
+            ..Round::default()
+        };
+        let mut page_token: Option<String> = None;
+        let mut seen: u64 = 0;
+        loop {
+            let mut query: Vec<(&str, &str)> = vec![
+                ("personFields", PERSON_FIELDS),
+                ("pageSize", &page_size),
+                ("requestSyncToken", "true"),
+            ];
+            if let Some(t) = sync_token {
+                query.push(("syncToken", t));
+            }
+            if let Some(p) = &page_token {
+                query.push(("pageToken", p));
+            }
+            let page: ListConnectionsJson = match self
+                .call(Method::GET, "/v1/people/me/connections", &query, None)
+                .await
+            {
+                Ok(p) => p,
+                Err(CallError::Api { status, error })
+                    if !full
+                        && (status == StatusCode::GONE
+                            || (status == StatusCode::BAD_REQUEST
+                                && (error.has_reason("EXPIRED_SYNC_TOKEN")
+                                    || error.status.as_deref()
+                                        == Some("FAILED_PRECONDITION")))) =>
+                {
+                    info!(%status, "Google rejected the sync token as expired; starting a full listing");
+                    return Ok(Listing::Expired);
+                }
+                Err(e) => return Err(e.into_provider()),
+            };
+            round.pages += 1;
+            seen += page.connections.len() as u64;
+            round
+                .changes
+                .extend(page.connections.iter().map(|p| map_person(p, self.group)));
+            progress(Progress {
+                pages: round.pages,
+                contacts: seen,
+                total: page.total_items.or(page.total_people),
+            });
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) => page_token = Some(next),
+                None => {
+                    let Some(sync) = page.next_sync_token.filter(|t| !t.is_empty()) else {
+                        return Err(ProviderError::Transient(
+                            "Google's last page carried no nextSyncToken; the listing is not trusted."
+                                .into(),
+                        ));
+                    };
+                    round.cursor = Cursor {
+                        v: Cursor::VERSION,
+                        sync_token: sync,
+                        full_sync_at,
+                    }
+                    .encode();
+                    return Ok(Listing::Done(round));
+                }
+            }
+        }
+    }
+
+    async fn round(
+        &self,
+        cursor: Option<&[u8]>,
+        progress: &ProgressFn,
+    ) -> Result<Round, ProviderError> {
+        let now = Utc::now();
+        let decoded = cursor.and_then(Cursor::decode);
+        if cursor.is_some() && decoded.is_none() {
+            warn!("Unreadable Google cursor; starting a full listing");
+        }
+        if let Some(c) = decoded {
+            if now - c.full_sync_at < FULL_SYNC_MAX_AGE {
+                match self
+                    .list(Some(&c.sync_token), c.full_sync_at, progress)
+                    .await?
+                {
+                    Listing::Done(r) => return Ok(r),
+                    Listing::Expired => {}
+                }
+            } else {
+                info!(
+                    full_sync_at = %c.full_sync_at,
+                    "Google sync token chain is about to expire; starting a full listing"
+                );
+            }
+        }
+        match self.list(None, now, progress).await? {
+            Listing::Done(r) => Ok(r),
+            Listing::Expired => Err(ProviderError::Permanent(
+                "Google reported an expired sync token on a full listing.".into(),
+            )),
+        }
+    }
+
+    /// Whether `url` points at our API host (where sending the bearer token is fine).
+    fn same_origin(&self, url: &str) -> bool {
+        match (url::Url::parse(url), url::Url::parse(&self.api_base)) {
+            (Ok(a), Ok(b)) => a.origin() == b.origin(),
+            _ => false,
+        }
+    }
+
+    async fn photo(&self, url: &str) -> Result<Option<Jpeg>, ProviderError> {
+        let mut attempt: u32 = 0;
+        let mut refreshed = false;
+        loop {
+            let mut req = self.http.get(url);
+            let mut token: Option<SecretString> = None;
+            if self.same_origin(url) {
+                let t = self.tokens.access_token().await?;
+                req = req.bearer_auth(t.expose_secret());
+                token = Some(t);
+            }
+            let mut wait = None;
+            let failure = match req.send().await {
+                Err(e) => transport_error(&e),
+                Ok(mut resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::NOT_FOUND {
+                        return Ok(None);
+                    }
+                    if status == StatusCode::UNAUTHORIZED && !refreshed {
+                        if let Some(t) = &token {
+                            refreshed = true;
+                            self.tokens.invalidate(t).await;
+                            continue;
+                        }
+                    }
+                    if status.is_success() {
+                        if resp
+                            .content_length()
+                            .is_some_and(|n| n > MAX_PHOTO_BYTES as u64)
+                        {
+                            warn!(
+                                bytes = resp.content_length(),
+                                "Photo larger than the cap; skipped"
+                            );
+                            return Ok(None);
+                        }
+                        let mut buf: Vec<u8> = Vec::new();
+                        let mut cut = None;
+                        loop {
+                            match resp.chunk().await {
+                                Ok(Some(c)) => {
+                                    if buf.len() + c.len() > MAX_PHOTO_BYTES {
+                                        warn!("Photo larger than the cap; skipped");
+                                        return Ok(None);
+                                    }
+                                    buf.extend_from_slice(&c);
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    cut = Some(transport_error(&e));
+                                    break;
+                                }
+                            }
+                        }
+                        match cut {
+                            None if buf.is_empty() => return Ok(None),
+                            None => return Ok(Some(buf)),
+                            Some(e) => e,
+                        }
+                    } else if retryable_status(status) {
+                        let ra = retry_after(resp.headers());
+                        let err = if status == StatusCode::TOO_MANY_REQUESTS {
+                            ProviderError::Throttled { retry_after: ra }
+                        } else {
+                            ProviderError::Transient(format!("Photo fetch answered HTTP {status}."))
+                        };
+                        if ra.is_some_and(|d| d > self.retry.max_retry_after) {
+                            return Err(err);
+                        }
+                        wait = ra;
+                        err
+                    } else {
+                        warn!(%status, "Photo fetch refused; contact kept without photo");
+                        return Ok(None);
+                    }
+                }
+            };
+            attempt += 1;
+            if attempt >= self.retry.max_attempts {
+                return Err(failure);
+            }
+            let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
+            warn!(attempt, ?delay, error = %failure, "Photo fetch failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl Provider for GoogleClient {
+    fn fetch_round<'a>(
+        &'a self,
+        cursor: Option<&'a [u8]>,
+        progress: &'a ProgressFn,
+    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
+        Box::pin(self.round(cursor, progress))
+    }
+
+    fn fetch_photo<'a>(
+        &'a self,
+        contact: &'a ProviderContact,
+    ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>> {
+        Box::pin(async move {
+            match contact.photo_url.as_deref() {
+                Some(url) if !url.is_empty() => self.photo(url).await,
+                _ => Ok(None),
+            }
+        })
+    }
+}
