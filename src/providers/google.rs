@@ -1042,4 +1042,816 @@ mod tests {
             None
         );
     }
+
+    // -----------------------------------------------------------------------------------
+    // A loopback HTTP server speaking just enough HTTP/1.1 to script answers, including
+    // bodies cut off mid-way.
+    // -----------------------------------------------------------------------------------
+
+    #[derive(Debug, Clone)]
+    struct Req {
+        method: String,
+        path: String,
+        query: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Req {
+        fn q(&self, k: &str) -> Option<&str> {
+            self.query
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        }
+        fn header(&self, k: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+        }
+        fn bearer(&self) -> Option<&str> {
+            self.header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "))
+        }
+        /// The query without the paging parameter, sorted: what must not change in a chain.
+        fn fixed_query(&self) -> Vec<(String, String)> {
+            let mut q: Vec<_> = self
+                .query
+                .iter()
+                .filter(|(k, _)| k != "pageToken")
+                .cloned()
+                .collect();
+            q.sort();
+            q
+        }
+    }
+
+    struct Resp {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        /// Send only this many body bytes, then close (Content-Length stays the full size).
+        cut: Option<usize>,
+    }
+
+    impl Resp {
+        fn json(status: u16, v: serde_json::Value) -> Resp {
+            Resp {
+                status,
+                headers: vec![(
+                    "Content-Type".into(),
+                    "application/json; charset=UTF-8".into(),
+                )],
+                body: serde_json::to_vec(&v).unwrap(),
+                cut: None,
+            }
+        }
+        fn raw(status: u16, body: &[u8]) -> Resp {
+            Resp {
+                status,
+                headers: vec![],
+                body: body.to_vec(),
+                cut: None,
+            }
+        }
+        fn header(mut self, k: &str, v: &str) -> Resp {
+            self.headers.push((k.into(), v.into()));
+            self
+        }
+    }
+
+    type Handler = Arc<dyn Fn(&Req) -> Resp + Send + Sync>;
+
+    struct TestServer {
+        base: String,
+        log: Arc<Mutex<Vec<Req>>>,
+        token_calls: Arc<AtomicUsize>,
+    }
+
+    impl TestServer {
+        /// API requests (the token endpoint excluded).
+        fn api_requests(&self) -> Vec<Req> {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.path != "/token")
+                .cloned()
+                .collect()
+        }
+    }
+
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Req> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next()?.split(' ');
+        let method = first.next()?.to_string();
+        let target = first.next()?.to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = buf[head_end + 4..].to_vec();
+        while body.len() < len {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
+        let query = url::form_urlencoded::parse(qs.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Some(Req {
+            method,
+            path: path.to_string(),
+            query,
+            headers,
+            body,
+        })
+    }
+
+    /// Serves `api` on a loopback port, plus `/token`: access tokens `t1`, `t2`, ... or,
+    /// when `revoked`, `invalid_grant`.
+    async fn serve(
+        revoked: bool,
+        api: impl Fn(&Req) -> Resp + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let log: Arc<Mutex<Vec<Req>>> = Arc::default();
+        let token_calls = Arc::new(AtomicUsize::new(0));
+        let api: Handler = Arc::new(api);
+        let (log2, calls2) = (log.clone(), token_calls.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (log, calls, api) = (log2.clone(), calls2.clone(), api.clone());
+                tokio::spawn(async move {
+                    let Some(req) = read_request(&mut sock).await else {
+                        return;
+                    };
+                    log.lock().unwrap().push(req.clone());
+                    let resp = if req.path == "/token" {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        if revoked {
+                            Resp::json(
+                                400,
+                                json!({"error": "invalid_grant",
+                                       "error_description": "Token has been expired or revoked."}),
+                            )
+                        } else {
+                            Resp::json(
+                                200,
+                                json!({"access_token": format!("t{n}"), "token_type": "Bearer",
+                                       "expires_in": 3600}),
+                            )
+                        }
+                    } else {
+                        api(&req)
+                    };
+                    let mut head = format!(
+                        "HTTP/1.1 {} Scripted\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        resp.status,
+                        resp.body.len()
+                    );
+                    for (k, v) in &resp.headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let end = resp.cut.unwrap_or(resp.body.len()).min(resp.body.len());
+                    let _ = sock.write_all(&resp.body[..end]).await;
+                    let _ = sock.flush().await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        TestServer {
+            base,
+            log,
+            token_calls,
+        }
+    }
+
+    fn client_for(srv: &TestServer, group: Group) -> GoogleClient {
+        let tokens = Arc::new(TokenSource::new(
+            OAuthClient {
+                client_id: "test-client".into(),
+                client_secret: Some(SecretString::from("shh")),
+                token_url: format!("{}/token", srv.base),
+                scopes: vec!["https://www.googleapis.com/auth/contacts".into()],
+            },
+            SecretString::from("refresh-1"),
+            Arc::new(|_| Ok(())),
+        ));
+        GoogleClient::new(srv.base.clone(), group, tokens, RetryPolicy::fast())
+    }
+
+    fn recording_progress() -> (ProgressFn, Arc<Mutex<Vec<Progress>>>) {
+        let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let s = seen.clone();
+        (Box::new(move |p| s.lock().unwrap().push(p)), seen)
+    }
+
+    fn no_progress() -> ProgressFn {
+        Box::new(|_| {})
+    }
+
+    fn contact(id: u32, starred: bool) -> serde_json::Value {
+        let mut groups = vec![json!({"contactGroupMembership": {
+            "contactGroupId": "myContacts", "contactGroupResourceName": "contactGroups/myContacts"}})];
+        if starred {
+            groups.push(json!({"contactGroupMembership": {
+                "contactGroupId": "starred", "contactGroupResourceName": "contactGroups/starred"}}));
+        }
+        json!({
+            "resourceName": format!("people/c{id}"),
+            "etag": format!("%E{id}"),
+            "metadata": {"sources": [{"type": "CONTACT", "id": format!("{id}"), "etag": format!("#{id}")}],
+                         "objectType": "PERSON"},
+            "names": [{"metadata": {"primary": true}, "givenName": format!("Given{id}"),
+                       "familyName": "Family", "displayName": format!("Given{id} Family")}],
+            "emailAddresses": [{"value": format!("c{id}@example.com")}],
+            "memberships": groups
+        })
+    }
+
+    /// Full listing: page 1 (c1, c2) and page 2 (c3, the sync token). Incremental with
+    /// `sync-1`: c2 changed, c3 deleted, token `sync-2`.
+    fn two_page_book(req: &Req) -> Resp {
+        assert_eq!(req.path, "/v1/people/me/connections");
+        match (req.q("syncToken"), req.q("pageToken")) {
+            (None, None) => Resp::json(
+                200,
+                json!({"connections": [contact(1, true), contact(2, false)],
+                       "nextPageToken": "page-2", "totalPeople": 3, "totalItems": 3}),
+            ),
+            (None, Some("page-2")) => Resp::json(
+                200,
+                json!({"connections": [contact(3, true)], "nextSyncToken": "sync-1",
+                       "totalPeople": 3, "totalItems": 3}),
+            ),
+            (Some("sync-1"), None) => Resp::json(
+                200,
+                json!({"connections": [contact(2, false),
+                    {"resourceName": "people/c3", "etag": "%E3x",
+                     "metadata": {"sources": [{"type": "CONTACT", "id": "3"}], "deleted": true}}],
+                    "nextSyncToken": "sync-2", "totalItems": 2}),
+            ),
+            other => Resp::json(
+                400,
+                json!({"error": {"code": 400,
+                "message": format!("unexpected {other:?}"), "status": "INVALID_ARGUMENT"}}),
+            ),
+        }
+    }
+
+    fn ids(r: &Round) -> Vec<String> {
+        r.changes
+            .iter()
+            .map(|c| c.provider_id().to_string())
+            .collect()
+    }
+
+    fn expired_sync_token() -> Resp {
+        Resp::json(
+            400,
+            json!({"error": {
+                "code": 400,
+                "message": "Sync token is expired. Clear local cache and retry call without the sync token.",
+                "status": "FAILED_PRECONDITION",
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "EXPIRED_SYNC_TOKEN",
+                             "domain": "people.googleapis.com"}]}}),
+        )
+    }
+
+    #[tokio::test]
+    async fn full_listing_pages_through_to_the_sync_token_with_identical_parameters() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let (progress, seen) = recording_progress();
+        let r = gc.fetch_round(None, &progress).await.expect("round");
+        assert!(r.full);
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(r.pages, 2);
+        assert_eq!(ids(&r), vec!["people/c1", "people/c2", "people/c3"]);
+        assert!(r.changes.iter().all(|c| matches!(c, Change::Upsert(_))));
+        let cur = Cursor::decode(&r.cursor).expect("our cursor");
+        assert_eq!(cur.sync_token, "sync-1");
+        assert!(Utc::now() - cur.full_sync_at < chrono::Duration::minutes(1));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                Progress {
+                    pages: 1,
+                    contacts: 2,
+                    total: Some(3)
+                },
+                Progress {
+                    pages: 2,
+                    contacts: 3,
+                    total: Some(3)
+                },
+            ]
+        );
+
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 2);
+        assert!(reqs.iter().all(|r| r.method == "GET"));
+        assert_eq!(reqs[0].q("personFields"), Some(PERSON_FIELDS));
+        assert_eq!(reqs[0].q("pageSize"), Some("1000"));
+        assert_eq!(reqs[0].q("requestSyncToken"), Some("true"));
+        assert_eq!(reqs[0].q("syncToken"), None);
+        assert_eq!(reqs[1].q("pageToken"), Some("page-2"));
+        assert_eq!(reqs[0].fixed_query(), reqs[1].fixed_query());
+        assert_eq!(reqs[0].bearer(), Some("t1"));
+    }
+
+    #[tokio::test]
+    async fn incremental_round_sends_the_sync_token_and_reports_deletions() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let first = gc.fetch_round(None, &no_progress()).await.expect("full");
+        let r = gc
+            .fetch_round(Some(&first.cursor), &no_progress())
+            .await
+            .expect("incremental");
+        assert!(!r.full);
+        assert!(r.complete_scopes.is_empty());
+        assert_eq!(r.pages, 1);
+        assert!(matches!(&r.changes[0], Change::Upsert(c) if c.provider_id == "people/c2"));
+        assert_eq!(
+            r.changes[1],
+            Change::Deleted {
+                provider_id: "people/c3".into()
+            }
+        );
+        let cur = Cursor::decode(&r.cursor).unwrap();
+        assert_eq!(cur.sync_token, "sync-2");
+        // The chain keeps the time of the full listing that began it.
+        assert_eq!(
+            cur.full_sync_at,
+            Cursor::decode(&first.cursor).unwrap().full_sync_at
+        );
+        let reqs = srv.api_requests();
+        assert_eq!(reqs[2].q("syncToken"), Some("sync-1"));
+        // Every other parameter is the one of the full listing.
+        let without_sync = |r: &Req| {
+            r.fixed_query()
+                .into_iter()
+                .filter(|(k, _)| k != "syncToken")
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(without_sync(&reqs[2]), without_sync(&reqs[0]));
+    }
+
+    #[tokio::test]
+    async fn group_starred_lists_everyone_and_marks_unstarred_as_left() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::Starred);
+        let r = gc.fetch_round(None, &no_progress()).await.unwrap();
+        assert!(matches!(&r.changes[0], Change::Upsert(c) if c.provider_id == "people/c1"));
+        assert_eq!(
+            r.changes[1],
+            Change::Left {
+                provider_id: "people/c2".into()
+            }
+        );
+        assert!(matches!(&r.changes[2], Change::Upsert(c) if c.provider_id == "people/c3"));
+    }
+
+    #[tokio::test]
+    async fn expired_sync_token_restarts_the_round_as_a_full_listing() {
+        let srv = serve(false, |req: &Req| match req.q("syncToken") {
+            Some("old") => expired_sync_token(),
+            _ => two_page_book(req),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let stale = Cursor {
+            v: 1,
+            sync_token: "old".into(),
+            full_sync_at: Utc::now(),
+        }
+        .encode();
+        let (progress, seen) = recording_progress();
+        let r = gc
+            .fetch_round(Some(&stale), &progress)
+            .await
+            .expect("resync");
+        assert!(r.full);
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(ids(&r), vec!["people/c1", "people/c2", "people/c3"]);
+        assert_eq!(Cursor::decode(&r.cursor).unwrap().sync_token, "sync-1");
+        assert_eq!(seen.lock().unwrap().last().unwrap().contacts, 3);
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[0].q("syncToken"), Some("old"));
+        assert_eq!(reqs[1].q("syncToken"), None);
+    }
+
+    #[tokio::test]
+    async fn http_410_on_a_sync_token_is_treated_as_expired() {
+        let srv = serve(false, |req: &Req| match req.q("syncToken") {
+            Some("old") => Resp::json(
+                410,
+                json!({"error": {"code": 410, "message": "Gone",
+                                                            "status": "NOT_FOUND"}}),
+            ),
+            _ => two_page_book(req),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let stale = Cursor {
+            v: 1,
+            sync_token: "old".into(),
+            full_sync_at: Utc::now(),
+        }
+        .encode();
+        let r = gc
+            .fetch_round(Some(&stale), &no_progress())
+            .await
+            .expect("resync");
+        assert!(r.full);
+        assert_eq!(r.changes.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn other_400_is_permanent_not_a_resync() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                400,
+                json!({"error": {"code": 400, "message": "Invalid personFields mask path",
+                                             "status": "INVALID_ARGUMENT"}}),
+            )
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let cur = Cursor {
+            v: 1,
+            sync_token: "s".into(),
+            full_sync_at: Utc::now(),
+        }
+        .encode();
+        let err = gc
+            .fetch_round(Some(&cur), &no_progress())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::Permanent(m) if m.contains("INVALID_ARGUMENT")),
+            "{err:?}"
+        );
+        assert_eq!(srv.api_requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn chain_older_than_six_days_is_refreshed_with_a_full_listing() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let old = Cursor {
+            v: 1,
+            sync_token: "sync-1".into(),
+            full_sync_at: Utc::now() - chrono::Duration::hours(6 * 24 + 1),
+        }
+        .encode();
+        let r = gc.fetch_round(Some(&old), &no_progress()).await.unwrap();
+        assert!(r.full);
+        assert!(srv
+            .api_requests()
+            .iter()
+            .all(|r| r.q("syncToken").is_none()));
+        let fresh = Cursor::decode(&r.cursor).unwrap();
+        assert!(Utc::now() - fresh.full_sync_at < chrono::Duration::minutes(1));
+
+        // Five days old is still used incrementally.
+        let young = Cursor {
+            v: 1,
+            sync_token: "sync-1".into(),
+            full_sync_at: Utc::now() - chrono::Duration::days(5),
+        }
+        .encode();
+        let r = gc.fetch_round(Some(&young), &no_progress()).await.unwrap();
+        assert!(!r.full);
+    }
+
+    #[tokio::test]
+    async fn undecodable_cursor_does_a_full_listing() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(Some(b"\x01\x02not-a-cursor"), &no_progress())
+            .await
+            .unwrap();
+        assert!(r.full);
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(r.changes.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn throttled_429_honours_retry_after_then_succeeds() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |req: &Req| {
+            if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+                Resp::json(
+                    429,
+                    json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                    "message": "Quota exceeded for quota metric 'Read requests'"}}),
+                )
+                .header("Retry-After", "0")
+            } else {
+                two_page_book(req)
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(None, &no_progress())
+            .await
+            .expect("after 429");
+        assert_eq!(r.changes.len(), 3);
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[0].fixed_query(), reqs[1].fixed_query());
+        assert_eq!(reqs[1].q("pageToken"), None);
+    }
+
+    #[tokio::test]
+    async fn endless_429_ends_as_throttled_and_long_retry_after_is_not_waited() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                429,
+                json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}),
+            )
+            .header("Retry-After", "0")
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert_eq!(
+            err,
+            ProviderError::Throttled {
+                retry_after: Some(Duration::ZERO)
+            }
+        );
+        assert_eq!(
+            srv.api_requests().len(),
+            RetryPolicy::fast().max_attempts as usize
+        );
+
+        let srv = serve(false, |_: &Req| {
+            Resp::json(429, json!({})).header("Retry-After", "3600")
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert_eq!(
+            err,
+            ProviderError::Throttled {
+                retry_after: Some(Duration::from_secs(3600))
+            }
+        );
+        assert_eq!(srv.api_requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_with_backoff() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |req: &Req| {
+            match n2.fetch_add(1, Ordering::SeqCst) {
+                0 => Resp::raw(500, b"oops"),
+                1 => Resp::json(
+                    503,
+                    json!({"error": {"code": 503, "status": "UNAVAILABLE"}}),
+                ),
+                _ => two_page_book(req),
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(None, &no_progress())
+            .await
+            .expect("after 5xx");
+        assert_eq!(r.changes.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn truncated_or_malformed_page_is_refetched_not_read_as_deletions() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |req: &Req| {
+            let page2 = req.q("pageToken").is_some();
+            if page2 {
+                match n2.fetch_add(1, Ordering::SeqCst) {
+                    // Cut off by the connection: fewer bytes than Content-Length.
+                    0 => {
+                        let mut r = two_page_book(req);
+                        r.cut = Some(r.body.len() / 2);
+                        r
+                    }
+                    // Complete HTTP, but the JSON stops half-way.
+                    1 => {
+                        let full = two_page_book(req).body;
+                        Resp::raw(200, &full[..full.len() / 2])
+                    }
+                    // Not JSON at all.
+                    2 => Resp::raw(200, b"<html>Bad gateway</html>"),
+                    _ => two_page_book(req),
+                }
+            } else {
+                two_page_book(req)
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc.fetch_round(None, &no_progress()).await.expect("round");
+        assert_eq!(ids(&r), vec!["people/c1", "people/c2", "people/c3"]);
+        assert_eq!(r.pages, 2);
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 5);
+        assert!(reqs[1..].iter().all(|r| r.q("pageToken") == Some("page-2")));
+    }
+
+    #[tokio::test]
+    async fn persistently_truncated_page_is_a_transient_error() {
+        let srv = serve(false, |req: &Req| {
+            let mut r = two_page_book(req);
+            if req.q("pageToken").is_some() {
+                r.cut = Some(10);
+            }
+            r
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+        assert!(err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn last_page_without_sync_token_is_not_trusted() {
+        let srv = serve(false, |_: &Req| Resp::json(200, json!({}))).await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn empty_address_book_is_a_complete_empty_listing() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(200, json!({"nextSyncToken": "empty-1", "totalItems": 0}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let (progress, seen) = recording_progress();
+        let r = gc.fetch_round(None, &progress).await.unwrap();
+        assert!(r.full && r.changes.is_empty());
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Progress {
+                pages: 1,
+                contacts: 0,
+                total: Some(0)
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn unauthorized_401_refreshes_the_token_once_and_retries() {
+        let srv = serve(false, |req: &Req| match req.bearer() {
+            Some("t1") => Resp::json(
+                401,
+                json!({"error": {"code": 401,
+                "message": "Request had invalid authentication credentials.",
+                "status": "UNAUTHENTICATED"}}),
+            ),
+            Some("t2") => two_page_book(req),
+            other => panic!("unexpected bearer {other:?}"),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(None, &no_progress())
+            .await
+            .expect("after refresh");
+        assert_eq!(r.changes.len(), 3);
+        assert_eq!(srv.token_calls.load(Ordering::SeqCst), 2);
+        let bearers: Vec<_> = srv
+            .api_requests()
+            .iter()
+            .map(|r| r.bearer().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(bearers, vec!["t1", "t2", "t2"]);
+        let token_reqs: Vec<Req> = srv
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == "/token")
+            .cloned()
+            .collect();
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&token_reqs[1].body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert!(form.contains(&("grant_type".into(), "refresh_token".into())));
+        assert!(form.contains(&("refresh_token".into(), "refresh-1".into())));
+    }
+
+    #[tokio::test]
+    async fn second_401_after_refresh_is_permanent() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                401,
+                json!({"error": {"code": 401, "status": "UNAUTHENTICATED"}}),
+            )
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
+        assert_eq!(srv.api_requests().len(), 2);
+        assert_eq!(srv.token_calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn revoked_grant_is_reauth_required() {
+        let srv = serve(true, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::ReauthRequired(_)), "{err:?}");
+        assert!(srv.api_requests().is_empty());
+    }
+
+    fn with_photo(url: String) -> ProviderContact {
+        ProviderContact {
+            provider_id: "people/c1".into(),
+            etag: None,
+            scope: String::new(),
+            fields: Fields::default(),
+            photo_url: Some(url),
+        }
+    }
+
+    #[tokio::test]
+    async fn photo_is_fetched_and_missing_or_oversized_photos_are_none() {
+        let srv = serve(false, |req: &Req| match req.path.as_str() {
+            "/photo/small" => {
+                Resp::raw(200, b"\xff\xd8\xff\xe0JFIF").header("Content-Type", "image/jpeg")
+            }
+            "/photo/big" => Resp::raw(200, &vec![7u8; MAX_PHOTO_BYTES + 1]),
+            "/photo/flaky" if req.header("x-never").is_none() => Resp::raw(503, b""),
+            _ => Resp::raw(404, b"not found"),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let got = gc
+            .fetch_photo(&with_photo(format!("{}/photo/small", srv.base)))
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(&b"\xff\xd8\xff\xe0JFIF"[..]));
+        assert_eq!(
+            gc.fetch_photo(&with_photo(format!("{}/photo/big", srv.base)))
+                .await,
+            Ok(None)
+        );
+        assert_eq!(
+            gc.fetch_photo(&with_photo(format!("{}/photo/gone", srv.base)))
+                .await,
+            Ok(None)
+        );
+        let err = gc
+            .fetch_photo(&with_photo(format!("{}/photo/flaky", srv.base)))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable());
+        let mut none = with_photo(String::new());
+        none.photo_url = None;
+        assert_eq!(gc.fetch_photo(&none).await, Ok(None));
+    }
 }
