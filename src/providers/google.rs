@@ -373,6 +373,18 @@ impl CallError {
     }
 }
 
+/// How a call may be retried and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// A read: every failure may be retried.
+    Read,
+    /// An idempotent write (etag-guarded update, delete) whose answer may be empty.
+    EmptyOk,
+    /// A create: only failures that cannot have reached the server (429, no connection)
+    /// are retried, so a contact is never created twice.
+    Create,
+}
+
 /// Outcome of one listing attempt.
 enum Listing {
     Done(Round),
@@ -427,8 +439,10 @@ impl GoogleClient {
         path: &str,
         query: &[(&str, &str)],
         body: Option<&serde_json::Value>,
+        kind: CallKind,
     ) -> Result<T, CallError> {
         let url = self.url(path);
+        let idempotent = kind != CallKind::Create;
         let mut attempt: u32 = 0;
         let mut refreshed = false;
         loop {
@@ -446,8 +460,13 @@ impl GoogleClient {
                 req = req.json(b);
             }
             let mut wait: Option<Duration> = None;
+            // Whether sending again cannot apply a write twice.
+            let mut safe = idempotent;
             let failure = match req.send().await {
-                Err(e) => transport_error(&e),
+                Err(e) => {
+                    safe |= e.is_connect();
+                    transport_error(&e)
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED {
@@ -464,7 +483,13 @@ impl GoogleClient {
                     if status.is_success() {
                         match resp.bytes().await {
                             Err(e) => transport_error(&e),
-                            Ok(bytes) => match serde_json::from_slice::<T>(&bytes) {
+                            Ok(bytes) => match serde_json::from_slice::<T>(
+                                if kind == CallKind::EmptyOk && bytes.trim_ascii().is_empty() {
+                                    b"{}"
+                                } else {
+                                    &bytes
+                                },
+                            ) {
                                 Ok(v) => return Ok(v),
                                 Err(e) => ProviderError::Transient(format!(
                                     "Google sent an unreadable answer for {path} ({} bytes): {e}.",
@@ -475,6 +500,8 @@ impl GoogleClient {
                     } else if retryable_status(status) {
                         let ra = retry_after(resp.headers());
                         let throttled = status == StatusCode::TOO_MANY_REQUESTS;
+                        // A 429 was not processed; a 5xx may have been.
+                        safe |= throttled;
                         let err = if throttled {
                             ProviderError::Throttled { retry_after: ra }
                         } else {
@@ -498,7 +525,7 @@ impl GoogleClient {
                 }
             };
             attempt += 1;
-            if attempt >= self.retry.max_attempts {
+            if attempt >= self.retry.max_attempts || !safe {
                 return Err(CallError::Provider(failure));
             }
             let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
@@ -536,7 +563,13 @@ impl GoogleClient {
                 query.push(("pageToken", p));
             }
             let page: ListConnectionsJson = match self
-                .call(Method::GET, "/v1/people/me/connections", &query, None)
+                .call(
+                    Method::GET,
+                    "/v1/people/me/connections",
+                    &query,
+                    None,
+                    CallKind::Read,
+                )
                 .await
             {
                 Ok(p) => p,
@@ -734,6 +767,471 @@ impl Provider for GoogleClient {
                 _ => Ok(None),
             }
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Two-way: writes
+// ---------------------------------------------------------------------------------------
+
+/// Most contacts per `batchCreateContacts` / `batchUpdateContacts` call.
+pub const MAX_BATCH_WRITE: usize = 200;
+/// Most resource names per `batchDeleteContacts` call.
+pub const MAX_BATCH_DELETE: usize = 500;
+/// What the post-write read returns: enough for the resource name and the new etag.
+const WRITE_READ_MASK: &str = "metadata";
+const MY_CONTACTS_GROUP: &str = "contactGroups/myContacts";
+
+/// The Person JSON for CRM fields (SPEC §3 in reverse): one name, all emails and phones,
+/// the address, the organisation with the job title, the birthday, and the memberships
+/// (`myContacts`, plus `starred` when asked). Every mapped field is present, empty when
+/// the CRM has no value, so an update mask clears what the CRM cleared.
+pub fn fields_to_person(fields: &Fields, starred: bool) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    fn put(m: &mut Map<String, Value>, k: &str, v: &Option<String>) {
+        if let Some(v) = v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            m.insert(k.into(), Value::String(v.to_string()));
+        }
+    }
+    let addresses: Vec<Value> = fields
+        .address
+        .clone()
+        .and_then(Address::non_empty)
+        .map(|a| {
+            let mut m = Map::new();
+            put(&mut m, "streetAddress", &a.street);
+            put(&mut m, "city", &a.city);
+            put(&mut m, "region", &a.region);
+            put(&mut m, "postalCode", &a.postal_code);
+            put(&mut m, "country", &a.country);
+            Value::Object(m)
+        })
+        .into_iter()
+        .collect();
+    let mut org = Map::new();
+    put(&mut org, "name", &fields.organization);
+    put(&mut org, "title", &fields.job_title);
+    let organizations: Vec<Value> = if org.is_empty() {
+        vec![]
+    } else {
+        vec![Value::Object(org)]
+    };
+    let birthdays: Vec<Value> = fields
+        .birthday
+        .map(|d| {
+            use chrono::Datelike;
+            json!({"date": {"year": d.year(), "month": d.month(), "day": d.day()}})
+        })
+        .into_iter()
+        .collect();
+    let mut groups = vec![MY_CONTACTS_GROUP];
+    if starred {
+        groups.push(STARRED_GROUP);
+    }
+    json!({
+        "names": [{"givenName": fields.first_name.trim(), "familyName": fields.last_name.trim()}],
+        "emailAddresses": fields.emails.iter().map(|e| json!({"value": e})).collect::<Vec<_>>(),
+        "phoneNumbers": fields.phones.iter().map(|p| json!({"value": p})).collect::<Vec<_>>(),
+        "addresses": addresses,
+        "organizations": organizations,
+        "birthdays": birthdays,
+        "memberships": groups.iter()
+            .map(|g| json!({"contactGroupMembership": {"contactGroupResourceName": g}}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The `updatePersonFields` mask for changed CRM fields ([`crate::model::field`] names),
+/// in a fixed order without duplicates. The photo is not part of a person update.
+pub fn update_mask(changed: &[&str]) -> String {
+    use crate::model::field;
+    let mut out: Vec<&str> = Vec::new();
+    for name in changed {
+        let google = match *name {
+            field::NAME => "names",
+            field::EMAILS => "emailAddresses",
+            field::PHONES => "phoneNumbers",
+            field::ADDRESS => "addresses",
+            field::COMPANY | field::JOB_TITLE => "organizations",
+            field::BIRTHDAY => "birthdays",
+            _ => continue,
+        };
+        if !out.contains(&google) {
+            out.push(google);
+        }
+    }
+    const ORDER: [&str; 6] = [
+        "names",
+        "emailAddresses",
+        "phoneNumbers",
+        "addresses",
+        "organizations",
+        "birthdays",
+    ];
+    out.sort_by_key(|f| ORDER.iter().position(|o| o == f));
+    out.join(",")
+}
+
+/// Outcome of creating one contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    pub crm_id: u64,
+    /// The new contact's resource name and etag.
+    pub result: Result<(String, Option<String>), ProviderError>,
+}
+
+/// Outcome of updating one contact.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    /// Written; the new etag when Google returned it.
+    Updated {
+        etag: Option<String>,
+    },
+    /// The etag was stale: the contact changed in Google since it was read.
+    Conflict,
+    /// The contact no longer exists in Google.
+    Gone,
+    Failed(ProviderError),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Updated {
+    pub provider_id: String,
+    pub outcome: UpdateOutcome,
+}
+
+/// Outcome of deleting one contact (one already gone counts as deleted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deleted {
+    pub provider_id: String,
+    pub result: Result<(), ProviderError>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct PersonResponseJson {
+    person: Option<PersonJson>,
+    status: Option<ApiError>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct BatchCreateResponseJson {
+    created_people: Vec<PersonResponseJson>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct BatchUpdateResponseJson {
+    update_result: std::collections::HashMap<String, PersonResponseJson>,
+}
+
+fn is_stale_etag(status: StatusCode, e: &ApiError) -> bool {
+    status == StatusCode::BAD_REQUEST
+        && (e.status.as_deref() == Some("FAILED_PRECONDITION")
+            || e.has_reason("failedPrecondition")
+            || e.message
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("etag")))
+}
+
+/// google.rpc.Code of a per-item status.
+const RPC_NOT_FOUND: i64 = 5;
+const RPC_FAILED_PRECONDITION: i64 = 9;
+
+impl GoogleClient {
+    /// Creates contacts (`(crm id, fields, starred)`), 200 per call, one call at a time.
+    /// A batch Google rejects as a whole is retried contact by contact, so one invalid
+    /// contact does not hold back the others. Results come in input order.
+    pub async fn batch_create(&self, items: &[(u64, Fields, bool)]) -> Vec<Created> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(MAX_BATCH_WRITE) {
+            match self.create_chunk(chunk).await {
+                Err(CallError::Api { status, .. })
+                    if status == StatusCode::BAD_REQUEST && chunk.len() > 1 =>
+                {
+                    for one in chunk {
+                        let r = self.create_chunk(std::slice::from_ref(one)).await;
+                        out.extend(Self::created(std::slice::from_ref(one), r));
+                    }
+                }
+                r => out.extend(Self::created(chunk, r)),
+            }
+        }
+        out
+    }
+
+    async fn create_chunk(
+        &self,
+        chunk: &[(u64, Fields, bool)],
+    ) -> Result<BatchCreateResponseJson, CallError> {
+        let body = serde_json::json!({
+            "contacts": chunk.iter()
+                .map(|(_, f, starred)| serde_json::json!({"contactPerson": fields_to_person(f, *starred)}))
+                .collect::<Vec<_>>(),
+            "readMask": WRITE_READ_MASK,
+        });
+        self.call(
+            Method::POST,
+            "/v1/people:batchCreateContacts",
+            &[],
+            Some(&body),
+            CallKind::Create,
+        )
+        .await
+    }
+
+    /// Google answers created people in request order (the response has no other key).
+    fn created(
+        chunk: &[(u64, Fields, bool)],
+        r: Result<BatchCreateResponseJson, CallError>,
+    ) -> Vec<Created> {
+        let fail = |e: ProviderError| -> Vec<Created> {
+            chunk
+                .iter()
+                .map(|(id, _, _)| Created {
+                    crm_id: *id,
+                    result: Err(e.clone()),
+                })
+                .collect()
+        };
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(e) => return fail(e.into_provider()),
+        };
+        if resp.created_people.len() != chunk.len() {
+            return fail(ProviderError::Transient(format!(
+                "Google answered {} created contacts for {} sent.",
+                resp.created_people.len(),
+                chunk.len()
+            )));
+        }
+        chunk
+            .iter()
+            .zip(resp.created_people)
+            .map(|((id, _, _), pr)| {
+                let result = match (pr.person, pr.status) {
+                    (_, Some(st)) if st.code.unwrap_or(0) != 0 => Err(ProviderError::Permanent(
+                        st.describe(StatusCode::BAD_REQUEST),
+                    )),
+                    (Some(p), _) if !p.resource_name.is_empty() => Ok((p.resource_name, p.etag)),
+                    _ => Err(ProviderError::Transient(
+                        "Google created a contact but did not name it.".into(),
+                    )),
+                };
+                Created {
+                    crm_id: *id,
+                    result,
+                }
+            })
+            .collect()
+    }
+
+    /// Updates contacts (`(resource name, etag, fields, changed field names)`), 200 per
+    /// call, one call at a time, each guarded by its etag: a stale etag is a
+    /// [`UpdateOutcome::Conflict`]. A batch Google rejects as a whole is retried contact by
+    /// contact to find the one at fault. Results come in input order.
+    pub async fn batch_update(
+        &self,
+        items: &[(String, String, Fields, Vec<&'static str>)],
+    ) -> Vec<Updated> {
+        let mut out = Vec::with_capacity(items.len());
+        // Contacts with nothing Google stores changed are not sent.
+        let mut send: Vec<(&String, &String, &Fields, String)> = Vec::new();
+        let mut order: Vec<&String> = Vec::new();
+        let mut done: std::collections::HashMap<String, UpdateOutcome> = Default::default();
+        for (id, etag, fields, changed) in items {
+            order.push(id);
+            let mask = update_mask(changed);
+            if mask.is_empty() {
+                done.insert(
+                    id.clone(),
+                    UpdateOutcome::Updated {
+                        etag: Some(etag.clone()),
+                    },
+                );
+            } else {
+                send.push((id, etag, fields, mask));
+            }
+        }
+        // One update mask per call: group by mask, keeping order within a group.
+        let mut masks: Vec<String> = Vec::new();
+        for (_, _, _, m) in &send {
+            if !masks.contains(m) {
+                masks.push(m.clone());
+            }
+        }
+        for mask in &masks {
+            let group: Vec<_> = send.iter().filter(|s| &s.3 == mask).collect();
+            for chunk in group.chunks(MAX_BATCH_WRITE) {
+                let pairs: Vec<(&String, &String, &Fields)> =
+                    chunk.iter().map(|(i, e, f, _)| (*i, *e, *f)).collect();
+                match self.update_chunk(&pairs, mask).await {
+                    Err(CallError::Api { status, .. })
+                        if status == StatusCode::BAD_REQUEST && pairs.len() > 1 =>
+                    {
+                        for one in &pairs {
+                            let r = self.update_chunk(std::slice::from_ref(one), mask).await;
+                            done.extend(Self::updated(std::slice::from_ref(one), r));
+                        }
+                    }
+                    r => done.extend(Self::updated(&pairs, r)),
+                }
+            }
+        }
+        for id in order {
+            let outcome =
+                done.remove(id)
+                    .unwrap_or(UpdateOutcome::Failed(ProviderError::Permanent(
+                        "Contact listed twice in one update.".into(),
+                    )));
+            out.push(Updated {
+                provider_id: id.clone(),
+                outcome,
+            });
+        }
+        out
+    }
+
+    async fn update_chunk(
+        &self,
+        chunk: &[(&String, &String, &Fields)],
+        mask: &str,
+    ) -> Result<BatchUpdateResponseJson, CallError> {
+        let contacts: serde_json::Map<String, serde_json::Value> = chunk
+            .iter()
+            .map(|(id, etag, fields)| {
+                let mut person = fields_to_person(fields, false);
+                person["resourceName"] = serde_json::json!(id);
+                person["etag"] = serde_json::json!(etag);
+                person["metadata"] =
+                    serde_json::json!({"sources": [{"type": "CONTACT", "etag": etag}]});
+                if let Some(m) = person.as_object_mut() {
+                    m.remove("memberships");
+                }
+                ((*id).clone(), person)
+            })
+            .collect();
+        let body = serde_json::json!({
+            "contacts": contacts,
+            "updateMask": mask,
+            "readMask": WRITE_READ_MASK,
+        });
+        self.call(
+            Method::POST,
+            "/v1/people:batchUpdateContacts",
+            &[],
+            Some(&body),
+            CallKind::EmptyOk,
+        )
+        .await
+    }
+
+    fn updated(
+        chunk: &[(&String, &String, &Fields)],
+        r: Result<BatchUpdateResponseJson, CallError>,
+    ) -> Vec<(String, UpdateOutcome)> {
+        let single = chunk.len() == 1;
+        match r {
+            Ok(mut resp) => chunk
+                .iter()
+                .map(|(id, _, _)| {
+                    let outcome = match resp.update_result.remove(id.as_str()) {
+                        Some(PersonResponseJson {
+                            status: Some(st), ..
+                        }) if st.code.unwrap_or(0) != 0 => match st.code {
+                            Some(RPC_FAILED_PRECONDITION) => UpdateOutcome::Conflict,
+                            Some(RPC_NOT_FOUND) => UpdateOutcome::Gone,
+                            _ => UpdateOutcome::Failed(ProviderError::Permanent(
+                                st.describe(StatusCode::BAD_REQUEST),
+                            )),
+                        },
+                        Some(pr) => UpdateOutcome::Updated {
+                            etag: pr.person.and_then(|p| p.etag),
+                        },
+                        None => UpdateOutcome::Updated { etag: None },
+                    };
+                    ((*id).clone(), outcome)
+                })
+                .collect(),
+            Err(e) => {
+                let outcome = match &e {
+                    CallError::Api { status, error } if single && is_stale_etag(*status, error) => {
+                        UpdateOutcome::Conflict
+                    }
+                    CallError::Api { status, .. } if single && *status == StatusCode::NOT_FOUND => {
+                        UpdateOutcome::Gone
+                    }
+                    _ => UpdateOutcome::Failed(e.into_provider()),
+                };
+                chunk
+                    .iter()
+                    .map(|(id, _, _)| ((*id).clone(), outcome.clone()))
+                    .collect()
+            }
+        }
+    }
+
+    /// Deletes contacts by resource name, 500 per call, one call at a time. A batch Google
+    /// rejects as a whole is retried contact by contact; one already gone counts as deleted.
+    pub async fn batch_delete(&self, ids: &[String]) -> Vec<Deleted> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_BATCH_DELETE) {
+            match self.delete_chunk(chunk).await {
+                Ok(()) => out.extend(chunk.iter().map(|id| Deleted {
+                    provider_id: id.clone(),
+                    result: Ok(()),
+                })),
+                Err(CallError::Api { status, .. })
+                    if chunk.len() > 1
+                        && (status == StatusCode::BAD_REQUEST
+                            || status == StatusCode::NOT_FOUND) =>
+                {
+                    for id in chunk {
+                        let result = match self.delete_chunk(std::slice::from_ref(id)).await {
+                            Ok(()) => Ok(()),
+                            Err(CallError::Api { status, .. })
+                                if status == StatusCode::NOT_FOUND =>
+                            {
+                                Ok(())
+                            }
+                            Err(e) => Err(e.into_provider()),
+                        };
+                        out.push(Deleted {
+                            provider_id: id.clone(),
+                            result,
+                        });
+                    }
+                }
+                Err(CallError::Api { status, .. }) if status == StatusCode::NOT_FOUND => out
+                    .extend(chunk.iter().map(|id| Deleted {
+                        provider_id: id.clone(),
+                        result: Ok(()),
+                    })),
+                Err(e) => {
+                    let e = e.into_provider();
+                    out.extend(chunk.iter().map(|id| Deleted {
+                        provider_id: id.clone(),
+                        result: Err(e.clone()),
+                    }))
+                }
+            }
+        }
+        out
+    }
+
+    async fn delete_chunk(&self, chunk: &[String]) -> Result<(), CallError> {
+        let body = serde_json::json!({ "resourceNames": chunk });
+        let _: serde::de::IgnoredAny = self
+            .call(
+                Method::POST,
+                "/v1/people:batchDeleteContacts",
+                &[],
+                Some(&body),
+                CallKind::EmptyOk,
+            )
+            .await?;
+        Ok(())
     }
 }
 
