@@ -2352,4 +2352,410 @@ mod tests {
         none.photo_url = None;
         assert_eq!(gc.fetch_photo(&none).await, Ok(None));
     }
+
+    // ---- two-way writes ----
+
+    fn full_fields() -> Fields {
+        Fields {
+            first_name: "Ada".into(),
+            last_name: "Lovelace".into(),
+            emails: vec!["ada@example.org".into(), "ada@work.example".into()],
+            phones: vec!["+44 20 7946 0018".into()],
+            address: Some(Address {
+                street: Some("12 St James's Sq".into()),
+                city: Some("London".into()),
+                region: None,
+                postal_code: Some("SW1Y 4JH".into()),
+                country: Some("United Kingdom".into()),
+            }),
+            organization: Some("Analytical Engines Ltd".into()),
+            job_title: Some("Programmer".into()),
+            birthday: NaiveDate::from_ymd_opt(1815, 12, 10),
+        }
+    }
+
+    fn body_json(r: &Req) -> serde_json::Value {
+        serde_json::from_slice(&r.body).expect("JSON request body")
+    }
+
+    #[test]
+    fn fields_to_person_round_trips_through_map_person() {
+        for starred in [false, true] {
+            let f = full_fields();
+            let v = fields_to_person(&f, starred);
+            let p: PersonJson = serde_json::from_value(
+                json!({"resourceName": "people/c1", "etag": "e"})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+                    .into_iter()
+                    .chain(v.as_object().unwrap().clone())
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            )
+            .unwrap();
+            assert_eq!(is_starred(&p), starred);
+            let group = if starred { Group::Starred } else { Group::All };
+            assert_eq!(upsert(map_person(&p, group)).fields, f);
+        }
+        let empty = fields_to_person(&Fields::default(), false);
+        assert_eq!(empty["addresses"], json!([]));
+        assert_eq!(empty["organizations"], json!([]));
+        assert_eq!(empty["birthdays"], json!([]));
+        assert_eq!(
+            empty["memberships"],
+            json!([{"contactGroupMembership": {"contactGroupResourceName": "contactGroups/myContacts"}}])
+        );
+    }
+
+    #[test]
+    fn update_mask_maps_crm_fields_to_person_fields() {
+        use crate::model::field;
+        assert_eq!(
+            update_mask(&[field::JOB_TITLE, field::NAME, field::COMPANY, field::PHOTO]),
+            "names,organizations"
+        );
+        assert_eq!(
+            update_mask(&[
+                field::BIRTHDAY,
+                field::ADDRESS,
+                field::PHONES,
+                field::EMAILS
+            ]),
+            "emailAddresses,phoneNumbers,addresses,birthdays"
+        );
+        assert_eq!(update_mask(&[field::PHOTO]), "");
+    }
+
+    #[tokio::test]
+    async fn batch_create_sends_at_most_200_per_call_and_answers_in_input_order() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let m2 = made.clone();
+        let srv = serve(false, move |req: &Req| {
+            assert_eq!(
+                (req.method.as_str(), req.path.as_str()),
+                ("POST", "/v1/people:batchCreateContacts")
+            );
+            let b = body_json(req);
+            assert_eq!(b["readMask"], "metadata");
+            let people: Vec<_> = b["contacts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let n = m2.fetch_add(1, Ordering::SeqCst);
+                    json!({"httpStatusCode": 200, "requestedResourceName": "",
+                           "person": {"resourceName": format!("people/n{n}"),
+                                      "etag": format!("%N{n}"),
+                                      "names": c["contactPerson"]["names"]}})
+                })
+                .collect();
+            Resp::json(200, json!({"createdPeople": people}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let items: Vec<(u64, Fields, bool)> = (0..450u64)
+            .map(|i| {
+                let mut f = full_fields();
+                f.first_name = format!("P{i}");
+                (1000 + i, f, i == 7)
+            })
+            .collect();
+        let out = gc.batch_create(&items).await;
+        assert_eq!(out.len(), 450);
+        for (i, c) in out.iter().enumerate() {
+            assert_eq!(c.crm_id, 1000 + i as u64);
+            assert_eq!(
+                c.result,
+                Ok((format!("people/n{i}"), Some(format!("%N{i}"))))
+            );
+        }
+        let reqs = srv.api_requests();
+        let sizes: Vec<usize> = reqs
+            .iter()
+            .map(|r| body_json(r)["contacts"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, vec![200, 200, 50]);
+        let first = body_json(&reqs[0]);
+        let starred = &first["contacts"][7]["contactPerson"]["memberships"];
+        assert_eq!(starred.as_array().unwrap().len(), 2);
+        assert_eq!(
+            starred[1]["contactGroupMembership"]["contactGroupResourceName"],
+            "contactGroups/starred"
+        );
+        assert_eq!(
+            first["contacts"][8]["contactPerson"]["memberships"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn batch_create_rejected_as_a_whole_is_retried_one_by_one() {
+        let srv = serve(false, |req: &Req| {
+            let b = body_json(req);
+            let contacts = b["contacts"].as_array().unwrap();
+            if contacts
+                .iter()
+                .any(|c| c["contactPerson"]["names"][0]["givenName"] == "Bad")
+            {
+                return Resp::json(
+                    400,
+                    json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                    "message": "Invalid contact"}}),
+                );
+            }
+            let people: Vec<_> = contacts
+                .iter()
+                .map(|c| {
+                    json!({"person": {"resourceName": format!("people/{}",
+                    c["contactPerson"]["names"][0]["givenName"].as_str().unwrap())}})
+                })
+                .collect();
+            Resp::json(200, json!({"createdPeople": people}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let mk = |id: u64, name: &str| {
+            let mut f = full_fields();
+            f.first_name = name.into();
+            (id, f, false)
+        };
+        let out = gc
+            .batch_create(&[mk(1, "Good"), mk(2, "Bad"), mk(3, "Fine")])
+            .await;
+        assert_eq!(out[0].result, Ok(("people/Good".into(), None)));
+        assert!(
+            matches!(&out[1].result, Err(ProviderError::Permanent(m)) if m.contains("INVALID_ARGUMENT"))
+        );
+        assert_eq!(out[2].result, Ok(("people/Fine".into(), None)));
+        assert_eq!(srv.api_requests().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn batch_create_is_not_resent_after_a_server_error_but_is_after_429() {
+        let srv = serve(false, |_: &Req| Resp::raw(500, b"internal")).await;
+        let gc = client_for(&srv, Group::All);
+        let out = gc.batch_create(&[(1, full_fields(), false)]).await;
+        assert!(matches!(out[0].result, Err(ProviderError::Transient(_))));
+        assert_eq!(
+            srv.api_requests().len(),
+            1,
+            "a create that may have landed is not resent"
+        );
+
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |_: &Req| {
+            if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+                Resp::json(429, json!({})).header("Retry-After", "0")
+            } else {
+                Resp::json(
+                    200,
+                    json!({"createdPeople": [{"person": {"resourceName": "people/x"}}]}),
+                )
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let out = gc.batch_create(&[(1, full_fields(), false)]).await;
+        assert_eq!(out[0].result, Ok(("people/x".into(), None)));
+    }
+
+    #[tokio::test]
+    async fn batch_update_sends_etags_and_masks_and_reports_stale_etag_as_conflict() {
+        use crate::model::field;
+        let srv = serve(false, |req: &Req| {
+            assert_eq!(req.path, "/v1/people:batchUpdateContacts");
+            let b = body_json(req);
+            let contacts = b["contacts"].as_object().unwrap();
+            for (id, p) in contacts {
+                assert_eq!(p["resourceName"], json!(id));
+                assert_eq!(p["metadata"]["sources"][0]["etag"], p["etag"]);
+                assert_eq!(p["metadata"]["sources"][0]["type"], "CONTACT");
+                assert!(p.get("memberships").is_none());
+            }
+            if contacts.values().any(|p| p["etag"].as_str().unwrap().starts_with("stale")) {
+                return Resp::json(400, json!({"error": {"code": 400, "status": "FAILED_PRECONDITION",
+                    "message": "Request person.etag is different than the current person.etag. Clear local cache and get the latest person."}}));
+            }
+            let result: serde_json::Map<String, serde_json::Value> = contacts
+                .iter()
+                .map(|(id, p)| (id.clone(), json!({"httpStatusCode": 200, "requestedResourceName": id,
+                    "person": {"resourceName": id, "etag": format!("{}+", p["etag"].as_str().unwrap())}})))
+                .collect();
+            Resp::json(200, json!({"updateResult": result}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let items = vec![
+            (
+                "people/c1".to_string(),
+                "e1".to_string(),
+                full_fields(),
+                vec![field::NAME, field::JOB_TITLE],
+            ),
+            (
+                "people/c2".to_string(),
+                "stale2".to_string(),
+                full_fields(),
+                vec![field::COMPANY, field::NAME],
+            ),
+            (
+                "people/c3".to_string(),
+                "e3".to_string(),
+                full_fields(),
+                vec![field::PHOTO],
+            ),
+            (
+                "people/c4".to_string(),
+                "e4".to_string(),
+                full_fields(),
+                vec![field::EMAILS],
+            ),
+        ];
+        let out = gc.batch_update(&items).await;
+        let got: Vec<_> = out
+            .iter()
+            .map(|u| (u.provider_id.as_str(), u.outcome.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "people/c1",
+                    UpdateOutcome::Updated {
+                        etag: Some("e1+".into())
+                    }
+                ),
+                ("people/c2", UpdateOutcome::Conflict),
+                (
+                    "people/c3",
+                    UpdateOutcome::Updated {
+                        etag: Some("e3".into())
+                    }
+                ),
+                (
+                    "people/c4",
+                    UpdateOutcome::Updated {
+                        etag: Some("e4+".into())
+                    }
+                ),
+            ]
+        );
+        let reqs = srv.api_requests();
+        let masks: Vec<(String, usize)> = reqs
+            .iter()
+            .map(|r| {
+                let b = body_json(r);
+                (
+                    b["updateMask"].as_str().unwrap().to_string(),
+                    b["contacts"].as_object().unwrap().len(),
+                )
+            })
+            .collect();
+        // c1 and c2 share a mask; the batch fails on c2's etag and is retried one by one.
+        assert_eq!(
+            masks,
+            vec![
+                ("names,organizations".to_string(), 2),
+                ("names,organizations".to_string(), 1),
+                ("names,organizations".to_string(), 1),
+                ("emailAddresses".to_string(), 1),
+            ]
+        );
+        assert_eq!(body_json(&reqs[1])["readMask"], "metadata");
+    }
+
+    #[tokio::test]
+    async fn batch_update_per_item_status_maps_to_conflict_and_gone() {
+        use crate::model::field;
+        let srv = serve(false, |_: &Req| {
+            Resp::json(200, json!({"updateResult": {
+                "people/c1": {"status": {"code": 9, "message": "etag mismatch"}},
+                "people/c2": {"status": {"code": 5, "message": "not found"}},
+                "people/c3": {"status": {"code": 3, "message": "bad phone"}},
+                "people/c4": {"status": {"code": 0}, "person": {"resourceName": "people/c4", "etag": "n4"}}
+            }}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let items: Vec<_> = (1..=4)
+            .map(|i| {
+                (
+                    format!("people/c{i}"),
+                    format!("e{i}"),
+                    full_fields(),
+                    vec![field::PHONES],
+                )
+            })
+            .collect();
+        let out = gc.batch_update(&items).await;
+        assert_eq!(out[0].outcome, UpdateOutcome::Conflict);
+        assert_eq!(out[1].outcome, UpdateOutcome::Gone);
+        assert!(matches!(
+            out[2].outcome,
+            UpdateOutcome::Failed(ProviderError::Permanent(_))
+        ));
+        assert_eq!(
+            out[3].outcome,
+            UpdateOutcome::Updated {
+                etag: Some("n4".into())
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn batch_delete_sends_at_most_500_per_call_and_gone_counts_as_deleted() {
+        let srv = serve(false, |req: &Req| {
+            assert_eq!(req.path, "/v1/people:batchDeleteContacts");
+            let b = body_json(req);
+            let names = b["resourceNames"].as_array().unwrap();
+            if names.iter().any(|n| n == "people/missing") {
+                return Resp::json(
+                    404,
+                    json!({"error": {"code": 404, "status": "NOT_FOUND",
+                    "message": "Requested entity was not found."}}),
+                );
+            }
+            if names.iter().any(|n| n == "people/locked") {
+                return Resp::json(
+                    400,
+                    json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                    "message": "Not a contact"}}),
+                );
+            }
+            // Google's Empty answer; an empty body is accepted too.
+            if names.len() == 1 {
+                Resp::raw(200, b"")
+            } else {
+                Resp::json(200, json!({}))
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let ids: Vec<String> = (0..1200).map(|i| format!("people/c{i}")).collect();
+        let out = gc.batch_delete(&ids).await;
+        assert_eq!(out.len(), 1200);
+        assert!(out.iter().all(|d| d.result.is_ok()));
+        let sizes: Vec<usize> = srv
+            .api_requests()
+            .iter()
+            .map(|r| body_json(r)["resourceNames"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, vec![500, 500, 200]);
+
+        let out = gc
+            .batch_delete(&[
+                "people/a".into(),
+                "people/missing".into(),
+                "people/locked".into(),
+            ])
+            .await;
+        assert_eq!(out[0].result, Ok(()));
+        assert_eq!(out[1].result, Ok(()));
+        assert!(matches!(out[2].result, Err(ProviderError::Permanent(_))));
+    }
 }
