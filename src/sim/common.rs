@@ -761,6 +761,16 @@ pub(crate) async fn entry(
     if r.segs.first().map(String::as_str) == Some("_sim") {
         return control(&shared, provider, &r).into_http(None);
     }
+    // The work runs in its own task so that a client that gives up (timeouts, hangs) does
+    // not cancel it: the request is still logged and its quota slot released.
+    let task = tokio::spawn(async move { serve(&shared, provider, r).await });
+    match task.await {
+        Ok((resp, fault)) => resp.into_http(fault),
+        Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<FaultKind>) {
     let adm = shared.admit(provider, &r);
     let mut fault_name = None;
     let resp = if adm.over_quota {
@@ -779,9 +789,9 @@ pub(crate) async fn entry(
             Some(FaultKind::Unavailable) => server_error(provider, 503, Some(adm.retry_after)),
             Some(FaultKind::Hang) => {
                 tokio::time::sleep(Duration::from_millis(adm.hang_ms)).await;
-                dispatch(&shared, provider, &r)
+                dispatch(shared, provider, &r)
             }
-            _ => dispatch(&shared, provider, &r),
+            _ => dispatch(shared, provider, &r),
         };
         if adm.counted {
             if let Some(u) = &adm.user {
@@ -804,7 +814,7 @@ pub(crate) async fn entry(
     let body_fault = adm
         .fault
         .filter(|k| matches!(k, FaultKind::Drop | FaultKind::Truncate));
-    resp.into_http(body_fault)
+    (resp, body_fault)
 }
 
 pub(crate) fn dispatch(shared: &Shared, provider: Provider, r: &Req) -> Resp {
