@@ -596,7 +596,18 @@ impl GoogleClient {
                 contacts: seen,
                 total: page.total_items.or(page.total_people),
             });
+            debug!(
+                pages = round.pages,
+                contacts = seen,
+                full,
+                "Google page listed"
+            );
             match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) if page_token.as_deref() == Some(next.as_str()) => {
+                    return Err(ProviderError::Transient(
+                        "Google sent the same page token twice; paging stopped.".into(),
+                    ));
+                }
                 Some(next) => page_token = Some(next),
                 None => {
                     let Some(sync) = page.next_sync_token.filter(|t| !t.is_empty()) else {
@@ -2757,5 +2768,20 @@ mod tests {
         assert_eq!(out[0].result, Ok(()));
         assert_eq!(out[1].result, Ok(()));
         assert!(matches!(out[2].result, Err(ProviderError::Permanent(_))));
+    }
+
+    #[tokio::test]
+    async fn repeated_page_token_stops_instead_of_looping() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                200,
+                json!({"connections": [contact(1, false)], "nextPageToken": "same"}),
+            )
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+        assert_eq!(srv.api_requests().len(), 2);
     }
 }
