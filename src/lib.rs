@@ -21,6 +21,7 @@ pub mod ops;
 pub mod providers;
 pub mod runtime;
 pub mod secrets;
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod systemd;

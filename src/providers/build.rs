@@ -110,9 +110,20 @@ fn build_client(
     account: &AccountConfig,
     tokens: Arc<TokenSource>,
 ) -> Result<Arc<dyn Provider>, ProviderError> {
-    let _ = (config, tokens, retry_policy());
-    Err(ProviderError::Permanent(format!(
-        "The {} client is not built into this binary yet.",
-        account.provider
-    )))
+    match account.provider {
+        ProviderKind::Google => {
+            let p = config.providers.google.as_ref().ok_or_else(|| {
+                ProviderError::Permanent("[providers.google] is not configured.".into())
+            })?;
+            Ok(Arc::new(super::google::GoogleClient::new(
+                p.api_base.clone(),
+                account.group,
+                tokens,
+                retry_policy(),
+            )))
+        }
+        ProviderKind::Outlook => Err(ProviderError::Permanent(
+            "The Outlook client is not built into this binary yet.".into(),
+        )),
+    }
 }

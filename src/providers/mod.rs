@@ -8,6 +8,7 @@
 //! is classified by [`ProviderError`].
 
 pub mod build;
+pub mod google;
 pub mod http;
 pub mod oauth;
 

@@ -1,0 +1,2787 @@
+//! Google People API client: lists `people/me/connections` page by page with a sync token,
+//! maps each `Person` to a [`Change`], and falls back to a full listing when the token is
+//! missing, unreadable, about to expire, or rejected as expired.
+//!
+//! The cursor handed to the account actor is a small JSON document of our own ([`Cursor`]):
+//! Google's sync token plus the time of the full listing that started its chain. Google lets
+//! tokens expire 7 days after the full sync, so a chain older than [`FULL_SYNC_MAX_AGE`] is
+//! restarted with a full listing before Google would reject it.
+//!
+//! Safety rules: a page that does not parse as JSON (cut off, malformed) is a failed fetch,
+//! retried and then reported as [`ProviderError::Transient`], never read as an empty page;
+//! a full listing whose last page carries no `nextSyncToken` is not trusted either. Tokens
+//! and full URLs never reach the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::future::BoxFuture;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use super::http::{retry_after, retryable_status, transport_error, RetryPolicy};
+use super::oauth::TokenSource;
+use super::{Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_PHOTO_BYTES};
+use crate::config::Group;
+use crate::model::{Address, Change, Fields, Progress, ProviderContact};
+
+/// The person fields a sync reads; identical on every call of a token chain.
+pub const PERSON_FIELDS: &str =
+    "names,emailAddresses,phoneNumbers,addresses,organizations,birthdays,photos,memberships,metadata";
+/// Largest page Google serves.
+pub const PAGE_SIZE: u32 = 1000;
+/// Resource name of the starred group.
+pub const STARRED_GROUP: &str = "contactGroups/starred";
+/// A token chain older than this is restarted with a full listing (Google: 7 days).
+pub const FULL_SYNC_MAX_AGE: chrono::Duration = chrono::Duration::days(6);
+
+/// Our cursor: Google's sync token and when the full listing that began its chain started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Format version; an unknown version is a cursor we cannot decode.
+    pub v: u32,
+    pub sync_token: String,
+    pub full_sync_at: DateTime<Utc>,
+}
+
+impl Cursor {
+    const VERSION: u32 = 1;
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Cursor> {
+        let c: Cursor = serde_json::from_slice(bytes).ok()?;
+        (c.v == Cursor::VERSION && !c.sync_token.is_empty()).then_some(c)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Wire format: the subset of the People API schema we read. Unknown fields are ignored and
+// every field may be missing.
+// ---------------------------------------------------------------------------------------
+
+/// `ListConnectionsResponse`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ListConnectionsJson {
+    pub connections: Vec<PersonJson>,
+    pub next_page_token: Option<String>,
+    pub next_sync_token: Option<String>,
+    pub total_items: Option<u64>,
+    pub total_people: Option<u64>,
+}
+
+/// `Person`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersonJson {
+    pub resource_name: String,
+    pub etag: Option<String>,
+    pub metadata: Option<PersonMetadataJson>,
+    pub names: Vec<NameJson>,
+    pub email_addresses: Vec<ValueJson>,
+    pub phone_numbers: Vec<ValueJson>,
+    pub addresses: Vec<AddressJson>,
+    pub organizations: Vec<OrganizationJson>,
+    pub birthdays: Vec<BirthdayJson>,
+    pub photos: Vec<PhotoJson>,
+    pub memberships: Vec<MembershipJson>,
+}
+
+/// `PersonMetadata`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PersonMetadataJson {
+    pub deleted: Option<bool>,
+    pub sources: Vec<SourceJson>,
+}
+
+/// `Source` (as found in `PersonMetadata.sources`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SourceJson {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub id: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// `FieldMetadata`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct FieldMetadataJson {
+    pub primary: Option<bool>,
+}
+
+/// `Name`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct NameJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub display_name: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+}
+
+/// `EmailAddress` and `PhoneNumber` (we read only the value).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ValueJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub value: Option<String>,
+}
+
+/// `Address`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct AddressJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub street_address: Option<String>,
+    pub city: Option<String>,
+    pub region: Option<String>,
+    pub postal_code: Option<String>,
+    pub country: Option<String>,
+    pub country_code: Option<String>,
+}
+
+/// `Organization`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OrganizationJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub name: Option<String>,
+    pub title: Option<String>,
+}
+
+/// `Birthday`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct BirthdayJson {
+    pub metadata: Option<FieldMetadataJson>,
+    pub date: Option<DateJson>,
+}
+
+/// `Date`: a partial date; 0 (or absence) means "not given".
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DateJson {
+    pub year: Option<i64>,
+    pub month: Option<i64>,
+    pub day: Option<i64>,
+}
+
+/// `Photo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct PhotoJson {
+    pub url: Option<String>,
+    pub default: Option<bool>,
+}
+
+/// `Membership`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct MembershipJson {
+    pub contact_group_membership: Option<ContactGroupMembershipJson>,
+}
+
+/// `ContactGroupMembership`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ContactGroupMembershipJson {
+    pub contact_group_id: Option<String>,
+    pub contact_group_resource_name: Option<String>,
+}
+
+/// `{"error": Status}` as Google sends it on failures.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct ErrorEnvelope {
+    error: Option<ApiError>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct ApiError {
+    code: Option<i64>,
+    message: Option<String>,
+    status: Option<String>,
+    details: Vec<serde_json::Value>,
+}
+
+impl ApiError {
+    /// The `ErrorInfo` reasons among the details.
+    fn has_reason(&self, reason: &str) -> bool {
+        self.details
+            .iter()
+            .any(|d| d.get("reason").and_then(|r| r.as_str()) == Some(reason))
+    }
+
+    fn describe(&self, http: StatusCode) -> String {
+        let msg: String = self
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect();
+        let status = self.status.as_deref().unwrap_or("");
+        let code = self
+            .code
+            .map(|c| format!(" (code {c})"))
+            .unwrap_or_default();
+        format!("Google People API answered HTTP {http} {status}{code}: {msg}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mapping
+// ---------------------------------------------------------------------------------------
+
+fn is_primary(m: &Option<FieldMetadataJson>) -> bool {
+    m.as_ref().and_then(|m| m.primary) == Some(true)
+}
+
+/// The entry marked primary, else the first.
+fn primary<T>(items: &[T], meta: impl Fn(&T) -> &Option<FieldMetadataJson>) -> Option<&T> {
+    items.iter().find(|i| is_primary(meta(i))).or(items.first())
+}
+
+fn clean(s: &Option<String>) -> Option<String> {
+    s.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn values(items: &[ValueJson]) -> Vec<String> {
+    items.iter().filter_map(|v| clean(&v.value)).collect()
+}
+
+/// Whether the person is in the starred contact group.
+pub fn is_starred(person: &PersonJson) -> bool {
+    person.memberships.iter().any(|m| {
+        m.contact_group_membership.as_ref().is_some_and(|g| {
+            g.contact_group_resource_name.as_deref() == Some(STARRED_GROUP)
+                || g.contact_group_id.as_deref() == Some("starred")
+        })
+    })
+}
+
+fn name_of(person: &PersonJson) -> (String, String) {
+    let Some(n) = primary(&person.names, |n| &n.metadata) else {
+        return (String::new(), String::new());
+    };
+    let given = clean(&n.given_name).unwrap_or_default();
+    let family = clean(&n.family_name).unwrap_or_default();
+    if !given.is_empty() || !family.is_empty() {
+        return (given, family);
+    }
+    let display = clean(&n.display_name).unwrap_or_default();
+    let words: Vec<&str> = display.split_whitespace().collect();
+    match words.as_slice() {
+        [] => (String::new(), String::new()),
+        [one] => (one.to_string(), String::new()),
+        [rest @ .., last] => (rest.join(" "), last.to_string()),
+    }
+}
+
+fn birthday_of(person: &PersonJson) -> Option<NaiveDate> {
+    let b = primary(&person.birthdays, |b| &b.metadata)?;
+    let d = b.date.as_ref()?;
+    let (y, m, day) = (d.year?, d.month?, d.day?);
+    if y <= 0 || m <= 0 || day <= 0 {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(
+        i32::try_from(y).ok()?,
+        u32::try_from(m).ok()?,
+        u32::try_from(day).ok()?,
+    )
+}
+
+fn address_of(person: &PersonJson) -> Option<Address> {
+    let a = primary(&person.addresses, |a| &a.metadata)?;
+    Address {
+        street: clean(&a.street_address),
+        city: clean(&a.city),
+        region: clean(&a.region),
+        postal_code: clean(&a.postal_code),
+        country: clean(&a.country).or_else(|| clean(&a.country_code)),
+    }
+    .non_empty()
+}
+
+/// Maps one `Person` of a connections listing to a change (SPEC §3).
+pub fn map_person(person: &PersonJson, group: Group) -> Change {
+    let provider_id = person.resource_name.clone();
+    if person.metadata.as_ref().and_then(|m| m.deleted) == Some(true) {
+        return Change::Deleted { provider_id };
+    }
+    if group == Group::Starred && !is_starred(person) {
+        return Change::Left { provider_id };
+    }
+    let (first_name, last_name) = name_of(person);
+    let org = primary(&person.organizations, |o| &o.metadata);
+    let fields = Fields {
+        first_name,
+        last_name,
+        emails: values(&person.email_addresses),
+        phones: values(&person.phone_numbers),
+        address: address_of(person),
+        organization: org.and_then(|o| clean(&o.name)),
+        job_title: org.and_then(|o| clean(&o.title)),
+        birthday: birthday_of(person),
+    };
+    let photo_url = person
+        .photos
+        .iter()
+        .filter(|p| p.default != Some(true))
+        .find_map(|p| clean(&p.url));
+    Change::Upsert(ProviderContact {
+        provider_id,
+        etag: person.etag.clone(),
+        scope: String::new(),
+        fields,
+        photo_url,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------
+
+/// Why a call failed: an API answer we did not retry, or a classified provider error.
+#[derive(Debug)]
+enum CallError {
+    Api { status: StatusCode, error: ApiError },
+    Provider(ProviderError),
+}
+
+impl CallError {
+    fn into_provider(self) -> ProviderError {
+        match self {
+            CallError::Provider(e) => e,
+            CallError::Api { status, error } => ProviderError::Permanent(error.describe(status)),
+        }
+    }
+}
+
+/// How a call may be retried and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallKind {
+    /// A read: every failure may be retried.
+    Read,
+    /// An idempotent write (etag-guarded update, delete) whose answer may be empty.
+    EmptyOk,
+    /// A create: only failures that cannot have reached the server (429, no connection)
+    /// are retried, so a contact is never created twice.
+    Create,
+}
+
+/// Outcome of one listing attempt.
+enum Listing {
+    Done(Round),
+    Expired,
+}
+
+/// A Google People API client for one account.
+pub struct GoogleClient {
+    api_base: String,
+    group: Group,
+    tokens: Arc<TokenSource>,
+    retry: RetryPolicy,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for GoogleClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoogleClient")
+            .field("api_base", &self.api_base)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GoogleClient {
+    pub fn new(
+        api_base: String,
+        group: Group,
+        tokens: Arc<TokenSource>,
+        retry: RetryPolicy,
+    ) -> Self {
+        let http = super::http::client(retry.request_timeout);
+        GoogleClient {
+            api_base: api_base.trim_end_matches('/').to_string(),
+            group,
+            tokens,
+            retry,
+            http,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.api_base, path)
+    }
+
+    /// Sends one authorised request, retrying 429/5xx/transport failures and unreadable
+    /// bodies per the retry policy, and a 401 once with a fresh token. `path` is only used
+    /// for the log (never the query, which may carry tokens).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+        kind: CallKind,
+    ) -> Result<T, CallError> {
+        let url = self.url(path);
+        let idempotent = kind != CallKind::Create;
+        let mut attempt: u32 = 0;
+        let mut refreshed = false;
+        loop {
+            let token = self
+                .tokens
+                .access_token()
+                .await
+                .map_err(CallError::Provider)?;
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .query(query)
+                .bearer_auth(token.expose_secret());
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let mut wait: Option<Duration> = None;
+            // Whether sending again cannot apply a write twice.
+            let mut safe = idempotent;
+            let failure = match req.send().await {
+                Err(e) => {
+                    safe |= e.is_connect();
+                    transport_error(&e)
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::UNAUTHORIZED {
+                        if refreshed {
+                            return Err(CallError::Provider(ProviderError::Permanent(format!(
+                                "Google rejected a freshly refreshed access token for {path} (HTTP 401)."
+                            ))));
+                        }
+                        debug!(path, "HTTP 401; refreshing the access token once");
+                        refreshed = true;
+                        self.tokens.invalidate(&token).await;
+                        continue;
+                    }
+                    if status.is_success() {
+                        match resp.bytes().await {
+                            Err(e) => transport_error(&e),
+                            Ok(bytes) => match serde_json::from_slice::<T>(
+                                if kind == CallKind::EmptyOk && bytes.trim_ascii().is_empty() {
+                                    b"{}"
+                                } else {
+                                    &bytes
+                                },
+                            ) {
+                                Ok(v) => return Ok(v),
+                                Err(e) => ProviderError::Transient(format!(
+                                    "Google sent an unreadable answer for {path} ({} bytes): {e}.",
+                                    bytes.len()
+                                )),
+                            },
+                        }
+                    } else if retryable_status(status) {
+                        let ra = retry_after(resp.headers());
+                        let throttled = status == StatusCode::TOO_MANY_REQUESTS;
+                        // A 429 was not processed; a 5xx may have been.
+                        safe |= throttled;
+                        let err = if throttled {
+                            ProviderError::Throttled { retry_after: ra }
+                        } else {
+                            ProviderError::Transient(format!(
+                                "Google People API answered HTTP {status} for {path}."
+                            ))
+                        };
+                        if ra.is_some_and(|d| d > self.retry.max_retry_after) {
+                            return Err(CallError::Provider(err));
+                        }
+                        wait = ra;
+                        err
+                    } else {
+                        let bytes = resp.bytes().await.unwrap_or_default();
+                        let error = serde_json::from_slice::<ErrorEnvelope>(&bytes)
+                            .ok()
+                            .and_then(|e| e.error)
+                            .unwrap_or_default();
+                        return Err(CallError::Api { status, error });
+                    }
+                }
+            };
+            attempt += 1;
+            if attempt >= self.retry.max_attempts || !safe {
+                return Err(CallError::Provider(failure));
+            }
+            let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
+            warn!(path, attempt, ?delay, error = %failure, "Google request failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Lists every page, from the start of a chain (`sync_token: None`) or since a token.
+    async fn list(
+        &self,
+        sync_token: Option<&str>,
+        full_sync_at: DateTime<Utc>,
+        progress: &ProgressFn,
+    ) -> Result<Listing, ProviderError> {
+        let full = sync_token.is_none();
+        let page_size = PAGE_SIZE.to_string();
+        let mut round = Round {
+            full,
+            complete_scopes: if full { vec![String::new()] } else { vec![] },
+            ..Round::default()
+        };
+        let mut page_token: Option<String> = None;
+        let mut seen: u64 = 0;
+        loop {
+            let mut query: Vec<(&str, &str)> = vec![
+                ("personFields", PERSON_FIELDS),
+                ("pageSize", &page_size),
+                ("requestSyncToken", "true"),
+            ];
+            if let Some(t) = sync_token {
+                query.push(("syncToken", t));
+            }
+            if let Some(p) = &page_token {
+                query.push(("pageToken", p));
+            }
+            let page: ListConnectionsJson = match self
+                .call(
+                    Method::GET,
+                    "/v1/people/me/connections",
+                    &query,
+                    None,
+                    CallKind::Read,
+                )
+                .await
+            {
+                Ok(p) => p,
+                Err(CallError::Api { status, error })
+                    if !full
+                        && (status == StatusCode::GONE
+                            || (status == StatusCode::BAD_REQUEST
+                                && (error.has_reason("EXPIRED_SYNC_TOKEN")
+                                    || error.status.as_deref()
+                                        == Some("FAILED_PRECONDITION")))) =>
+                {
+                    info!(%status, "Google rejected the sync token as expired; starting a full listing");
+                    return Ok(Listing::Expired);
+                }
+                Err(e) => return Err(e.into_provider()),
+            };
+            round.pages += 1;
+            seen += page.connections.len() as u64;
+            round
+                .changes
+                .extend(page.connections.iter().map(|p| map_person(p, self.group)));
+            progress(Progress {
+                pages: round.pages,
+                contacts: seen,
+                total: page.total_items.or(page.total_people),
+            });
+            debug!(
+                pages = round.pages,
+                contacts = seen,
+                full,
+                "Google page listed"
+            );
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(next) if page_token.as_deref() == Some(next.as_str()) => {
+                    return Err(ProviderError::Transient(
+                        "Google sent the same page token twice; paging stopped.".into(),
+                    ));
+                }
+                Some(next) => page_token = Some(next),
+                None => {
+                    let Some(sync) = page.next_sync_token.filter(|t| !t.is_empty()) else {
+                        return Err(ProviderError::Transient(
+                            "Google's last page carried no nextSyncToken; the listing is not trusted."
+                                .into(),
+                        ));
+                    };
+                    round.cursor = Cursor {
+                        v: Cursor::VERSION,
+                        sync_token: sync,
+                        full_sync_at,
+                    }
+                    .encode();
+                    return Ok(Listing::Done(round));
+                }
+            }
+        }
+    }
+
+    async fn round(
+        &self,
+        cursor: Option<&[u8]>,
+        progress: &ProgressFn,
+    ) -> Result<Round, ProviderError> {
+        let now = Utc::now();
+        let decoded = cursor.and_then(Cursor::decode);
+        if cursor.is_some() && decoded.is_none() {
+            warn!("Unreadable Google cursor; starting a full listing");
+        }
+        if let Some(c) = decoded {
+            if now - c.full_sync_at < FULL_SYNC_MAX_AGE {
+                match self
+                    .list(Some(&c.sync_token), c.full_sync_at, progress)
+                    .await?
+                {
+                    Listing::Done(r) => return Ok(r),
+                    Listing::Expired => {}
+                }
+            } else {
+                info!(
+                    full_sync_at = %c.full_sync_at,
+                    "Google sync token chain is about to expire; starting a full listing"
+                );
+            }
+        }
+        match self.list(None, now, progress).await? {
+            Listing::Done(r) => Ok(r),
+            Listing::Expired => Err(ProviderError::Permanent(
+                "Google reported an expired sync token on a full listing.".into(),
+            )),
+        }
+    }
+
+    /// Whether `url` points at our API host (where sending the bearer token is fine).
+    fn same_origin(&self, url: &str) -> bool {
+        match (url::Url::parse(url), url::Url::parse(&self.api_base)) {
+            (Ok(a), Ok(b)) => a.origin() == b.origin(),
+            _ => false,
+        }
+    }
+
+    async fn photo(&self, url: &str) -> Result<Option<Jpeg>, ProviderError> {
+        let mut attempt: u32 = 0;
+        let mut refreshed = false;
+        loop {
+            let mut req = self.http.get(url);
+            let mut token: Option<SecretString> = None;
+            if self.same_origin(url) {
+                let t = self.tokens.access_token().await?;
+                req = req.bearer_auth(t.expose_secret());
+                token = Some(t);
+            }
+            let mut wait = None;
+            let failure = match req.send().await {
+                Err(e) => transport_error(&e),
+                Ok(mut resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::NOT_FOUND {
+                        return Ok(None);
+                    }
+                    if status == StatusCode::UNAUTHORIZED && !refreshed {
+                        if let Some(t) = &token {
+                            refreshed = true;
+                            self.tokens.invalidate(t).await;
+                            continue;
+                        }
+                    }
+                    if status.is_success() {
+                        if resp
+                            .content_length()
+                            .is_some_and(|n| n > MAX_PHOTO_BYTES as u64)
+                        {
+                            warn!(
+                                bytes = resp.content_length(),
+                                "Photo larger than the cap; skipped"
+                            );
+                            return Ok(None);
+                        }
+                        let mut buf: Vec<u8> = Vec::new();
+                        let mut cut = None;
+                        loop {
+                            match resp.chunk().await {
+                                Ok(Some(c)) => {
+                                    if buf.len() + c.len() > MAX_PHOTO_BYTES {
+                                        warn!("Photo larger than the cap; skipped");
+                                        return Ok(None);
+                                    }
+                                    buf.extend_from_slice(&c);
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    cut = Some(transport_error(&e));
+                                    break;
+                                }
+                            }
+                        }
+                        match cut {
+                            None if buf.is_empty() => return Ok(None),
+                            None => return Ok(Some(buf)),
+                            Some(e) => e,
+                        }
+                    } else if retryable_status(status) {
+                        let ra = retry_after(resp.headers());
+                        let err = if status == StatusCode::TOO_MANY_REQUESTS {
+                            ProviderError::Throttled { retry_after: ra }
+                        } else {
+                            ProviderError::Transient(format!("Photo fetch answered HTTP {status}."))
+                        };
+                        if ra.is_some_and(|d| d > self.retry.max_retry_after) {
+                            return Err(err);
+                        }
+                        wait = ra;
+                        err
+                    } else {
+                        warn!(%status, "Photo fetch refused; contact kept without photo");
+                        return Ok(None);
+                    }
+                }
+            };
+            attempt += 1;
+            if attempt >= self.retry.max_attempts {
+                return Err(failure);
+            }
+            let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
+            warn!(attempt, ?delay, error = %failure, "Photo fetch failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+impl Provider for GoogleClient {
+    fn fetch_round<'a>(
+        &'a self,
+        cursor: Option<&'a [u8]>,
+        progress: &'a ProgressFn,
+    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
+        Box::pin(self.round(cursor, progress))
+    }
+
+    fn fetch_photo<'a>(
+        &'a self,
+        contact: &'a ProviderContact,
+    ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>> {
+        Box::pin(async move {
+            match contact.photo_url.as_deref() {
+                Some(url) if !url.is_empty() => self.photo(url).await,
+                _ => Ok(None),
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Two-way: writes
+// ---------------------------------------------------------------------------------------
+
+/// Most contacts per `batchCreateContacts` / `batchUpdateContacts` call.
+pub const MAX_BATCH_WRITE: usize = 200;
+/// Most resource names per `batchDeleteContacts` call.
+pub const MAX_BATCH_DELETE: usize = 500;
+/// What the post-write read returns: enough for the resource name and the new etag.
+const WRITE_READ_MASK: &str = "metadata";
+const MY_CONTACTS_GROUP: &str = "contactGroups/myContacts";
+
+/// The Person JSON for CRM fields (SPEC §3 in reverse): one name, all emails and phones,
+/// the address, the organisation with the job title, the birthday, and the memberships
+/// (`myContacts`, plus `starred` when asked). Every mapped field is present, empty when
+/// the CRM has no value, so an update mask clears what the CRM cleared.
+pub fn fields_to_person(fields: &Fields, starred: bool) -> serde_json::Value {
+    use serde_json::{json, Map, Value};
+    fn put(m: &mut Map<String, Value>, k: &str, v: &Option<String>) {
+        if let Some(v) = v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            m.insert(k.into(), Value::String(v.to_string()));
+        }
+    }
+    let addresses: Vec<Value> = fields
+        .address
+        .clone()
+        .and_then(Address::non_empty)
+        .map(|a| {
+            let mut m = Map::new();
+            put(&mut m, "streetAddress", &a.street);
+            put(&mut m, "city", &a.city);
+            put(&mut m, "region", &a.region);
+            put(&mut m, "postalCode", &a.postal_code);
+            put(&mut m, "country", &a.country);
+            Value::Object(m)
+        })
+        .into_iter()
+        .collect();
+    let mut org = Map::new();
+    put(&mut org, "name", &fields.organization);
+    put(&mut org, "title", &fields.job_title);
+    let organizations: Vec<Value> = if org.is_empty() {
+        vec![]
+    } else {
+        vec![Value::Object(org)]
+    };
+    let birthdays: Vec<Value> = fields
+        .birthday
+        .map(|d| {
+            use chrono::Datelike;
+            json!({"date": {"year": d.year(), "month": d.month(), "day": d.day()}})
+        })
+        .into_iter()
+        .collect();
+    let mut groups = vec![MY_CONTACTS_GROUP];
+    if starred {
+        groups.push(STARRED_GROUP);
+    }
+    json!({
+        "names": [{"givenName": fields.first_name.trim(), "familyName": fields.last_name.trim()}],
+        "emailAddresses": fields.emails.iter().map(|e| json!({"value": e})).collect::<Vec<_>>(),
+        "phoneNumbers": fields.phones.iter().map(|p| json!({"value": p})).collect::<Vec<_>>(),
+        "addresses": addresses,
+        "organizations": organizations,
+        "birthdays": birthdays,
+        "memberships": groups.iter()
+            .map(|g| json!({"contactGroupMembership": {"contactGroupResourceName": g}}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The `updatePersonFields` mask for changed CRM fields ([`crate::model::field`] names),
+/// in a fixed order without duplicates. The photo is not part of a person update.
+pub fn update_mask(changed: &[&str]) -> String {
+    use crate::model::field;
+    let mut out: Vec<&str> = Vec::new();
+    for name in changed {
+        let google = match *name {
+            field::NAME => "names",
+            field::EMAILS => "emailAddresses",
+            field::PHONES => "phoneNumbers",
+            field::ADDRESS => "addresses",
+            field::COMPANY | field::JOB_TITLE => "organizations",
+            field::BIRTHDAY => "birthdays",
+            _ => continue,
+        };
+        if !out.contains(&google) {
+            out.push(google);
+        }
+    }
+    const ORDER: [&str; 6] = [
+        "names",
+        "emailAddresses",
+        "phoneNumbers",
+        "addresses",
+        "organizations",
+        "birthdays",
+    ];
+    out.sort_by_key(|f| ORDER.iter().position(|o| o == f));
+    out.join(",")
+}
+
+/// Outcome of creating one contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    pub crm_id: u64,
+    /// The new contact's resource name and etag.
+    pub result: Result<(String, Option<String>), ProviderError>,
+}
+
+/// Outcome of updating one contact.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    /// Written; the new etag when Google returned it.
+    Updated {
+        etag: Option<String>,
+    },
+    /// The etag was stale: the contact changed in Google since it was read.
+    Conflict,
+    /// The contact no longer exists in Google.
+    Gone,
+    Failed(ProviderError),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Updated {
+    pub provider_id: String,
+    pub outcome: UpdateOutcome,
+}
+
+/// Outcome of deleting one contact (one already gone counts as deleted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deleted {
+    pub provider_id: String,
+    pub result: Result<(), ProviderError>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct PersonResponseJson {
+    person: Option<PersonJson>,
+    status: Option<ApiError>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct BatchCreateResponseJson {
+    created_people: Vec<PersonResponseJson>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct BatchUpdateResponseJson {
+    update_result: std::collections::HashMap<String, PersonResponseJson>,
+}
+
+fn is_stale_etag(status: StatusCode, e: &ApiError) -> bool {
+    status == StatusCode::BAD_REQUEST
+        && (e.status.as_deref() == Some("FAILED_PRECONDITION")
+            || e.has_reason("failedPrecondition")
+            || e.message
+                .as_deref()
+                .is_some_and(|m| m.to_ascii_lowercase().contains("etag")))
+}
+
+/// google.rpc.Code of a per-item status.
+const RPC_NOT_FOUND: i64 = 5;
+const RPC_FAILED_PRECONDITION: i64 = 9;
+
+impl GoogleClient {
+    /// Creates contacts (`(crm id, fields, starred)`), 200 per call, one call at a time.
+    /// A batch Google rejects as a whole is retried contact by contact, so one invalid
+    /// contact does not hold back the others. Results come in input order.
+    pub async fn batch_create(&self, items: &[(u64, Fields, bool)]) -> Vec<Created> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(MAX_BATCH_WRITE) {
+            match self.create_chunk(chunk).await {
+                Err(CallError::Api { status, .. })
+                    if status == StatusCode::BAD_REQUEST && chunk.len() > 1 =>
+                {
+                    for one in chunk {
+                        let r = self.create_chunk(std::slice::from_ref(one)).await;
+                        out.extend(Self::created(std::slice::from_ref(one), r));
+                    }
+                }
+                r => out.extend(Self::created(chunk, r)),
+            }
+        }
+        out
+    }
+
+    async fn create_chunk(
+        &self,
+        chunk: &[(u64, Fields, bool)],
+    ) -> Result<BatchCreateResponseJson, CallError> {
+        let body = serde_json::json!({
+            "contacts": chunk.iter()
+                .map(|(_, f, starred)| serde_json::json!({"contactPerson": fields_to_person(f, *starred)}))
+                .collect::<Vec<_>>(),
+            "readMask": WRITE_READ_MASK,
+        });
+        self.call(
+            Method::POST,
+            "/v1/people:batchCreateContacts",
+            &[],
+            Some(&body),
+            CallKind::Create,
+        )
+        .await
+    }
+
+    /// Google answers created people in request order (the response has no other key).
+    fn created(
+        chunk: &[(u64, Fields, bool)],
+        r: Result<BatchCreateResponseJson, CallError>,
+    ) -> Vec<Created> {
+        let fail = |e: ProviderError| -> Vec<Created> {
+            chunk
+                .iter()
+                .map(|(id, _, _)| Created {
+                    crm_id: *id,
+                    result: Err(e.clone()),
+                })
+                .collect()
+        };
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(e) => return fail(e.into_provider()),
+        };
+        if resp.created_people.len() != chunk.len() {
+            return fail(ProviderError::Transient(format!(
+                "Google answered {} created contacts for {} sent.",
+                resp.created_people.len(),
+                chunk.len()
+            )));
+        }
+        chunk
+            .iter()
+            .zip(resp.created_people)
+            .map(|((id, _, _), pr)| {
+                let result = match (pr.person, pr.status) {
+                    (_, Some(st)) if st.code.unwrap_or(0) != 0 => Err(ProviderError::Permanent(
+                        st.describe(StatusCode::BAD_REQUEST),
+                    )),
+                    (Some(p), _) if !p.resource_name.is_empty() => Ok((p.resource_name, p.etag)),
+                    _ => Err(ProviderError::Transient(
+                        "Google created a contact but did not name it.".into(),
+                    )),
+                };
+                Created {
+                    crm_id: *id,
+                    result,
+                }
+            })
+            .collect()
+    }
+
+    /// Updates contacts (`(resource name, etag, fields, changed field names)`), 200 per
+    /// call, one call at a time, each guarded by its etag: a stale etag is a
+    /// [`UpdateOutcome::Conflict`]. A batch Google rejects as a whole is retried contact by
+    /// contact to find the one at fault. Results come in input order.
+    pub async fn batch_update(
+        &self,
+        items: &[(String, String, Fields, Vec<&'static str>)],
+    ) -> Vec<Updated> {
+        let mut out = Vec::with_capacity(items.len());
+        // Contacts with nothing Google stores changed are not sent.
+        let mut send: Vec<(&String, &String, &Fields, String)> = Vec::new();
+        let mut order: Vec<&String> = Vec::new();
+        let mut done: std::collections::HashMap<String, UpdateOutcome> = Default::default();
+        for (id, etag, fields, changed) in items {
+            order.push(id);
+            let mask = update_mask(changed);
+            if mask.is_empty() {
+                done.insert(
+                    id.clone(),
+                    UpdateOutcome::Updated {
+                        etag: Some(etag.clone()),
+                    },
+                );
+            } else {
+                send.push((id, etag, fields, mask));
+            }
+        }
+        // One update mask per call: group by mask, keeping order within a group.
+        let mut masks: Vec<String> = Vec::new();
+        for (_, _, _, m) in &send {
+            if !masks.contains(m) {
+                masks.push(m.clone());
+            }
+        }
+        for mask in &masks {
+            let group: Vec<_> = send.iter().filter(|s| &s.3 == mask).collect();
+            for chunk in group.chunks(MAX_BATCH_WRITE) {
+                let pairs: Vec<(&String, &String, &Fields)> =
+                    chunk.iter().map(|(i, e, f, _)| (*i, *e, *f)).collect();
+                match self.update_chunk(&pairs, mask).await {
+                    Err(CallError::Api { status, .. })
+                        if status == StatusCode::BAD_REQUEST && pairs.len() > 1 =>
+                    {
+                        for one in &pairs {
+                            let r = self.update_chunk(std::slice::from_ref(one), mask).await;
+                            done.extend(Self::updated(std::slice::from_ref(one), r));
+                        }
+                    }
+                    r => done.extend(Self::updated(&pairs, r)),
+                }
+            }
+        }
+        for id in order {
+            let outcome =
+                done.remove(id)
+                    .unwrap_or(UpdateOutcome::Failed(ProviderError::Permanent(
+                        "Contact listed twice in one update.".into(),
+                    )));
+            out.push(Updated {
+                provider_id: id.clone(),
+                outcome,
+            });
+        }
+        out
+    }
+
+    async fn update_chunk(
+        &self,
+        chunk: &[(&String, &String, &Fields)],
+        mask: &str,
+    ) -> Result<BatchUpdateResponseJson, CallError> {
+        let contacts: serde_json::Map<String, serde_json::Value> = chunk
+            .iter()
+            .map(|(id, etag, fields)| {
+                let mut person = fields_to_person(fields, false);
+                person["resourceName"] = serde_json::json!(id);
+                person["etag"] = serde_json::json!(etag);
+                person["metadata"] =
+                    serde_json::json!({"sources": [{"type": "CONTACT", "etag": etag}]});
+                if let Some(m) = person.as_object_mut() {
+                    m.remove("memberships");
+                }
+                ((*id).clone(), person)
+            })
+            .collect();
+        let body = serde_json::json!({
+            "contacts": contacts,
+            "updateMask": mask,
+            "readMask": WRITE_READ_MASK,
+        });
+        self.call(
+            Method::POST,
+            "/v1/people:batchUpdateContacts",
+            &[],
+            Some(&body),
+            CallKind::EmptyOk,
+        )
+        .await
+    }
+
+    fn updated(
+        chunk: &[(&String, &String, &Fields)],
+        r: Result<BatchUpdateResponseJson, CallError>,
+    ) -> Vec<(String, UpdateOutcome)> {
+        let single = chunk.len() == 1;
+        match r {
+            Ok(mut resp) => chunk
+                .iter()
+                .map(|(id, _, _)| {
+                    let outcome = match resp.update_result.remove(id.as_str()) {
+                        Some(PersonResponseJson {
+                            status: Some(st), ..
+                        }) if st.code.unwrap_or(0) != 0 => match st.code {
+                            Some(RPC_FAILED_PRECONDITION) => UpdateOutcome::Conflict,
+                            Some(RPC_NOT_FOUND) => UpdateOutcome::Gone,
+                            _ => UpdateOutcome::Failed(ProviderError::Permanent(
+                                st.describe(StatusCode::BAD_REQUEST),
+                            )),
+                        },
+                        Some(pr) => UpdateOutcome::Updated {
+                            etag: pr.person.and_then(|p| p.etag),
+                        },
+                        None => UpdateOutcome::Updated { etag: None },
+                    };
+                    ((*id).clone(), outcome)
+                })
+                .collect(),
+            Err(e) => {
+                let outcome = match &e {
+                    CallError::Api { status, error } if single && is_stale_etag(*status, error) => {
+                        UpdateOutcome::Conflict
+                    }
+                    CallError::Api { status, .. } if single && *status == StatusCode::NOT_FOUND => {
+                        UpdateOutcome::Gone
+                    }
+                    _ => UpdateOutcome::Failed(e.into_provider()),
+                };
+                chunk
+                    .iter()
+                    .map(|(id, _, _)| ((*id).clone(), outcome.clone()))
+                    .collect()
+            }
+        }
+    }
+
+    /// Deletes contacts by resource name, 500 per call, one call at a time. A batch Google
+    /// rejects as a whole is retried contact by contact; one already gone counts as deleted.
+    pub async fn batch_delete(&self, ids: &[String]) -> Vec<Deleted> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_BATCH_DELETE) {
+            match self.delete_chunk(chunk).await {
+                Ok(()) => out.extend(chunk.iter().map(|id| Deleted {
+                    provider_id: id.clone(),
+                    result: Ok(()),
+                })),
+                Err(CallError::Api { status, .. })
+                    if chunk.len() > 1
+                        && (status == StatusCode::BAD_REQUEST
+                            || status == StatusCode::NOT_FOUND) =>
+                {
+                    for id in chunk {
+                        let result = match self.delete_chunk(std::slice::from_ref(id)).await {
+                            Ok(()) => Ok(()),
+                            Err(CallError::Api { status, .. })
+                                if status == StatusCode::NOT_FOUND =>
+                            {
+                                Ok(())
+                            }
+                            Err(e) => Err(e.into_provider()),
+                        };
+                        out.push(Deleted {
+                            provider_id: id.clone(),
+                            result,
+                        });
+                    }
+                }
+                Err(CallError::Api { status, .. }) if status == StatusCode::NOT_FOUND => out
+                    .extend(chunk.iter().map(|id| Deleted {
+                        provider_id: id.clone(),
+                        result: Ok(()),
+                    })),
+                Err(e) => {
+                    let e = e.into_provider();
+                    out.extend(chunk.iter().map(|id| Deleted {
+                        provider_id: id.clone(),
+                        result: Err(e.clone()),
+                    }))
+                }
+            }
+        }
+        out
+    }
+
+    async fn delete_chunk(&self, chunk: &[String]) -> Result<(), CallError> {
+        let body = serde_json::json!({ "resourceNames": chunk });
+        let _: serde::de::IgnoredAny = self
+            .call(
+                Method::POST,
+                "/v1/people:batchDeleteContacts",
+                &[],
+                Some(&body),
+                CallKind::EmptyOk,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::oauth::OAuthClient;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn person(v: serde_json::Value) -> PersonJson {
+        serde_json::from_value(v).expect("fixture parses")
+    }
+
+    fn upsert(c: Change) -> ProviderContact {
+        match c {
+            Change::Upsert(p) => p,
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+
+    /// A contact as `people.connections.list` returns it, with two names (primary second),
+    /// two addresses (primary second), a default photo before a real one.
+    fn ada() -> serde_json::Value {
+        json!({
+          "resourceName": "people/c100",
+          "etag": "%EgoBAgMEBQYHCAkKGgQBAgUHIgxBQUFBQUFBQUFBQT0=",
+          "metadata": {
+            "sources": [{"type": "CONTACT", "id": "100", "etag": "#src-etag",
+                         "updateTime": "2026-11-20T10:00:00.123Z"}],
+            "objectType": "PERSON"
+          },
+          "names": [
+            {"metadata": {"primary": false, "source": {"type": "PROFILE", "id": "9"}},
+             "displayName": "Countess Lovelace", "givenName": "Augusta", "familyName": "Byron"},
+            {"metadata": {"primary": true, "source": {"type": "CONTACT", "id": "100"}},
+             "displayName": "Ada Lovelace", "familyName": "Lovelace", "givenName": "Ada",
+             "displayNameLastFirst": "Lovelace, Ada", "unstructuredName": "Ada Lovelace"}
+          ],
+          "emailAddresses": [
+            {"metadata": {"primary": true}, "value": "ada@example.org", "type": "home",
+             "formattedType": "Home"},
+            {"metadata": {}, "value": "  "},
+            {"value": "ada@work.example"}
+          ],
+          "phoneNumbers": [
+            {"value": "+44 20 7946 0018", "canonicalForm": "+442079460018", "type": "mobile"}
+          ],
+          "addresses": [
+            {"metadata": {"source": {"type": "CONTACT"}}, "streetAddress": "1 Old St",
+             "city": "Bath", "countryCode": "GB", "type": "home"},
+            {"metadata": {"primary": true, "source": {"type": "CONTACT"}},
+             "formattedValue": "12 St James's Sq\nLondon SW1Y 4JH\nUK",
+             "streetAddress": "12 St James's Sq", "city": "London", "postalCode": "SW1Y 4JH",
+             "countryCode": "GB", "type": "work"}
+          ],
+          "organizations": [
+            {"name": "Analytical Engines Ltd", "title": "Programmer", "type": "work",
+             "current": true, "metadata": {"primary": true}}
+          ],
+          "birthdays": [
+            {"metadata": {"primary": true}, "date": {"year": 1815, "month": 12, "day": 10},
+             "text": "10 Dec 1815"}
+          ],
+          "photos": [
+            {"metadata": {"primary": true}, "url": "https://lh3.googleusercontent.com/cm/default",
+             "default": true},
+            {"url": "https://lh3.googleusercontent.com/contacts/real"}
+          ],
+          "memberships": [
+            {"metadata": {"source": {"type": "CONTACT", "id": "100"}},
+             "contactGroupMembership": {"contactGroupId": "myContacts",
+                                        "contactGroupResourceName": "contactGroups/myContacts"}}
+          ],
+          "someFutureField": [{"x": 1}]
+        })
+    }
+
+    #[test]
+    fn primary_name_is_used_not_the_first() {
+        let c = upsert(map_person(&person(ada()), Group::All));
+        assert_eq!(c.fields.first_name, "Ada");
+        assert_eq!(c.fields.last_name, "Lovelace");
+        assert_eq!(c.provider_id, "people/c100");
+        assert_eq!(
+            c.etag.as_deref(),
+            Some("%EgoBAgMEBQYHCAkKGgQBAgUHIgxBQUFBQUFBQUFBQT0=")
+        );
+        assert_eq!(c.scope, "");
+    }
+
+    #[test]
+    fn first_name_entry_is_used_when_none_is_primary() {
+        let p = person(json!({"resourceName": "people/c1", "names": [
+            {"givenName": "Grace", "familyName": "Hopper"},
+            {"givenName": "Amazing", "familyName": "Grace"}]}));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(
+            (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
+            ("Grace", "Hopper")
+        );
+    }
+
+    #[test]
+    fn display_name_fallback_splits_last_word_as_last_name() {
+        let p = person(json!({"resourceName": "people/c2", "names": [
+            {"metadata": {"primary": true}, "displayName": "  Jean  Claude Van Damme "}]}));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(c.fields.first_name, "Jean Claude Van");
+        assert_eq!(c.fields.last_name, "Damme");
+
+        let p = person(json!({"resourceName": "people/c3", "names": [
+            {"displayName": "Cher", "givenName": "", "familyName": " "}]}));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(
+            (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
+            ("Cher", "")
+        );
+
+        let p = person(json!({"resourceName": "people/c4"}));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(
+            (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
+            ("", "")
+        );
+    }
+
+    #[test]
+    fn given_name_alone_does_not_use_display_name() {
+        let p = person(json!({"resourceName": "people/c5", "names": [
+            {"displayName": "Madonna Louise Ciccone", "givenName": "Madonna"}]}));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(
+            (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
+            ("Madonna", "")
+        );
+    }
+
+    #[test]
+    fn primary_address_is_used_even_when_not_first() {
+        let c = upsert(map_person(&person(ada()), Group::All));
+        assert_eq!(
+            c.fields.address,
+            Some(Address {
+                street: Some("12 St James's Sq".into()),
+                city: Some("London".into()),
+                region: None,
+                postal_code: Some("SW1Y 4JH".into()),
+                country: Some("GB".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn first_address_is_used_without_primary_and_country_beats_country_code() {
+        let p = person(json!({"resourceName": "people/c6", "addresses": [
+            {"city": "Lyon", "country": "France", "countryCode": "FR", "region": "ARA"},
+            {"city": "Paris"}]}));
+        let c = upsert(map_person(&p, Group::All));
+        let a = c.fields.address.expect("address");
+        assert_eq!(a.city.as_deref(), Some("Lyon"));
+        assert_eq!(a.country.as_deref(), Some("France"));
+        assert_eq!(a.region.as_deref(), Some("ARA"));
+    }
+
+    #[test]
+    fn empty_address_is_no_address() {
+        let p = person(json!({"resourceName": "people/c7", "addresses": [
+            {"metadata": {"primary": true}, "type": "home", "formattedValue": ""}]}));
+        assert_eq!(upsert(map_person(&p, Group::All)).fields.address, None);
+    }
+
+    #[test]
+    fn emails_and_phones_keep_order_and_drop_blanks() {
+        let c = upsert(map_person(&person(ada()), Group::All));
+        assert_eq!(c.fields.emails, vec!["ada@example.org", "ada@work.example"]);
+        assert_eq!(c.fields.phones, vec!["+44 20 7946 0018"]);
+    }
+
+    #[test]
+    fn eleven_emails_are_all_kept_for_the_eligibility_check() {
+        let emails: Vec<_> = (0..11)
+            .map(|i| json!({"value": format!("p{i}@example.com")}))
+            .collect();
+        let phones: Vec<_> = (0..12)
+            .map(|i| json!({"value": format!("+1555000{i:04}")}))
+            .collect();
+        let p = person(json!({"resourceName": "people/c8",
+            "names": [{"givenName": "Many"}], "emailAddresses": emails, "phoneNumbers": phones}));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(c.fields.emails.len(), 11);
+        assert_eq!(c.fields.emails[10], "p10@example.com");
+        assert_eq!(c.fields.phones.len(), 12);
+    }
+
+    #[test]
+    fn primary_organization_gives_company_and_job_title() {
+        let c = upsert(map_person(&person(ada()), Group::All));
+        assert_eq!(
+            c.fields.organization.as_deref(),
+            Some("Analytical Engines Ltd")
+        );
+        assert_eq!(c.fields.job_title.as_deref(), Some("Programmer"));
+
+        let p = person(json!({"resourceName": "people/c9", "organizations": [
+            {"name": "Old Co", "title": "Intern", "current": false},
+            {"name": "New Co", "metadata": {"primary": true}}]}));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(c.fields.organization.as_deref(), Some("New Co"));
+        assert_eq!(c.fields.job_title, None);
+    }
+
+    #[test]
+    fn birthday_with_year_month_and_day_is_kept() {
+        let c = upsert(map_person(&person(ada()), Group::All));
+        assert_eq!(c.fields.birthday, NaiveDate::from_ymd_opt(1815, 12, 10));
+    }
+
+    #[test]
+    fn birthday_without_year_is_none() {
+        for date in [
+            json!({"month": 3, "day": 14}),
+            json!({"year": 0, "month": 3, "day": 14}),
+            json!({"year": 1990, "month": 3}),
+            json!({"year": 1990, "month": 3, "day": 0}),
+            json!({"year": 1990}),
+            json!({"year": 2023, "month": 2, "day": 30}),
+            json!({"year": 2023, "month": 13, "day": 1}),
+        ] {
+            let p = person(json!({"resourceName": "people/c10",
+                "birthdays": [{"date": date, "text": "someday"}]}));
+            assert_eq!(
+                upsert(map_person(&p, Group::All)).fields.birthday,
+                None,
+                "{date}"
+            );
+        }
+        let p = person(json!({"resourceName": "people/c10",
+            "birthdays": [{"text": "March 14th"}]}));
+        assert_eq!(upsert(map_person(&p, Group::All)).fields.birthday, None);
+    }
+
+    #[test]
+    fn deleted_person_is_a_deletion() {
+        let p = person(json!({"resourceName": "people/c11", "etag": "%Eh",
+            "metadata": {"sources": [{"type": "CONTACT", "id": "11"}], "deleted": true}}));
+        for g in [Group::All, Group::Starred] {
+            assert_eq!(
+                map_person(&p, g),
+                Change::Deleted {
+                    provider_id: "people/c11".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn group_starred_keeps_starred_and_marks_others_left() {
+        let not_starred = person(ada());
+        assert_eq!(
+            map_person(&not_starred, Group::Starred),
+            Change::Left {
+                provider_id: "people/c100".into()
+            }
+        );
+        assert!(matches!(
+            map_person(&not_starred, Group::All),
+            Change::Upsert(_)
+        ));
+
+        let mut v = ada();
+        v["memberships"].as_array_mut().unwrap().push(json!({
+            "metadata": {"source": {"type": "CONTACT", "id": "100"}},
+            "contactGroupMembership": {"contactGroupId": "starred",
+                                       "contactGroupResourceName": "contactGroups/starred"}}));
+        let starred = person(v);
+        let c = upsert(map_person(&starred, Group::Starred));
+        assert_eq!(c.fields.first_name, "Ada");
+    }
+
+    #[test]
+    fn default_photo_is_ignored() {
+        let c = upsert(map_person(&person(ada()), Group::All));
+        assert_eq!(
+            c.photo_url.as_deref(),
+            Some("https://lh3.googleusercontent.com/contacts/real")
+        );
+        let p = person(json!({"resourceName": "people/c12", "photos": [
+            {"url": "https://lh3.googleusercontent.com/cm/x", "default": true}]}));
+        assert_eq!(upsert(map_person(&p, Group::All)).photo_url, None);
+    }
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = Cursor {
+            v: 1,
+            sync_token: "tok".into(),
+            full_sync_at: Utc::now(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()));
+        assert_eq!(Cursor::decode(b"\x00\x01garbage"), None);
+        assert_eq!(
+            Cursor::decode(br#"{"v":99,"sync_token":"t","full_sync_at":"2026-01-01T00:00:00Z"}"#),
+            None
+        );
+    }
+
+    // -----------------------------------------------------------------------------------
+    // A loopback HTTP server speaking just enough HTTP/1.1 to script answers, including
+    // bodies cut off mid-way.
+    // -----------------------------------------------------------------------------------
+
+    #[derive(Debug, Clone)]
+    struct Req {
+        method: String,
+        path: String,
+        query: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    }
+
+    impl Req {
+        fn q(&self, k: &str) -> Option<&str> {
+            self.query
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        }
+        fn header(&self, k: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
+        }
+        fn bearer(&self) -> Option<&str> {
+            self.header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "))
+        }
+        /// The query without the paging parameter, sorted: what must not change in a chain.
+        fn fixed_query(&self) -> Vec<(String, String)> {
+            let mut q: Vec<_> = self
+                .query
+                .iter()
+                .filter(|(k, _)| k != "pageToken")
+                .cloned()
+                .collect();
+            q.sort();
+            q
+        }
+    }
+
+    struct Resp {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        /// Send only this many body bytes, then close (Content-Length stays the full size).
+        cut: Option<usize>,
+    }
+
+    impl Resp {
+        fn json(status: u16, v: serde_json::Value) -> Resp {
+            Resp {
+                status,
+                headers: vec![(
+                    "Content-Type".into(),
+                    "application/json; charset=UTF-8".into(),
+                )],
+                body: serde_json::to_vec(&v).unwrap(),
+                cut: None,
+            }
+        }
+        fn raw(status: u16, body: &[u8]) -> Resp {
+            Resp {
+                status,
+                headers: vec![],
+                body: body.to_vec(),
+                cut: None,
+            }
+        }
+        fn header(mut self, k: &str, v: &str) -> Resp {
+            self.headers.push((k.into(), v.into()));
+            self
+        }
+    }
+
+    type Handler = Arc<dyn Fn(&Req) -> Resp + Send + Sync>;
+
+    struct TestServer {
+        base: String,
+        log: Arc<Mutex<Vec<Req>>>,
+        token_calls: Arc<AtomicUsize>,
+    }
+
+    impl TestServer {
+        /// API requests (the token endpoint excluded).
+        fn api_requests(&self) -> Vec<Req> {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.path != "/token")
+                .cloned()
+                .collect()
+        }
+    }
+
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Req> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next()?.split(' ');
+        let method = first.next()?.to_string();
+        let target = first.next()?.to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = buf[head_end + 4..].to_vec();
+        while body.len() < len {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        let (path, qs) = target.split_once('?').unwrap_or((&target, ""));
+        let query = url::form_urlencoded::parse(qs.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Some(Req {
+            method,
+            path: path.to_string(),
+            query,
+            headers,
+            body,
+        })
+    }
+
+    /// Serves `api` on a loopback port, plus `/token`: access tokens `t1`, `t2`, ... or,
+    /// when `revoked`, `invalid_grant`.
+    async fn serve(
+        revoked: bool,
+        api: impl Fn(&Req) -> Resp + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let log: Arc<Mutex<Vec<Req>>> = Arc::default();
+        let token_calls = Arc::new(AtomicUsize::new(0));
+        let api: Handler = Arc::new(api);
+        let (log2, calls2) = (log.clone(), token_calls.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let (log, calls, api) = (log2.clone(), calls2.clone(), api.clone());
+                tokio::spawn(async move {
+                    let Some(req) = read_request(&mut sock).await else {
+                        return;
+                    };
+                    log.lock().unwrap().push(req.clone());
+                    let resp = if req.path == "/token" {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        if revoked {
+                            Resp::json(
+                                400,
+                                json!({"error": "invalid_grant",
+                                       "error_description": "Token has been expired or revoked."}),
+                            )
+                        } else {
+                            Resp::json(
+                                200,
+                                json!({"access_token": format!("t{n}"), "token_type": "Bearer",
+                                       "expires_in": 3600}),
+                            )
+                        }
+                    } else {
+                        api(&req)
+                    };
+                    let mut head = format!(
+                        "HTTP/1.1 {} Scripted\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        resp.status,
+                        resp.body.len()
+                    );
+                    for (k, v) in &resp.headers {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let end = resp.cut.unwrap_or(resp.body.len()).min(resp.body.len());
+                    let _ = sock.write_all(&resp.body[..end]).await;
+                    let _ = sock.flush().await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        TestServer {
+            base,
+            log,
+            token_calls,
+        }
+    }
+
+    fn client_for(srv: &TestServer, group: Group) -> GoogleClient {
+        let tokens = Arc::new(TokenSource::new(
+            OAuthClient {
+                client_id: "test-client".into(),
+                client_secret: Some(SecretString::from("shh")),
+                token_url: format!("{}/token", srv.base),
+                scopes: vec!["https://www.googleapis.com/auth/contacts".into()],
+            },
+            SecretString::from("refresh-1"),
+            Arc::new(|_| Ok(())),
+        ));
+        GoogleClient::new(srv.base.clone(), group, tokens, RetryPolicy::fast())
+    }
+
+    fn recording_progress() -> (ProgressFn, Arc<Mutex<Vec<Progress>>>) {
+        let seen: Arc<Mutex<Vec<Progress>>> = Arc::default();
+        let s = seen.clone();
+        (Box::new(move |p| s.lock().unwrap().push(p)), seen)
+    }
+
+    fn no_progress() -> ProgressFn {
+        Box::new(|_| {})
+    }
+
+    fn contact(id: u32, starred: bool) -> serde_json::Value {
+        let mut groups = vec![json!({"contactGroupMembership": {
+            "contactGroupId": "myContacts", "contactGroupResourceName": "contactGroups/myContacts"}})];
+        if starred {
+            groups.push(json!({"contactGroupMembership": {
+                "contactGroupId": "starred", "contactGroupResourceName": "contactGroups/starred"}}));
+        }
+        json!({
+            "resourceName": format!("people/c{id}"),
+            "etag": format!("%E{id}"),
+            "metadata": {"sources": [{"type": "CONTACT", "id": format!("{id}"), "etag": format!("#{id}")}],
+                         "objectType": "PERSON"},
+            "names": [{"metadata": {"primary": true}, "givenName": format!("Given{id}"),
+                       "familyName": "Family", "displayName": format!("Given{id} Family")}],
+            "emailAddresses": [{"value": format!("c{id}@example.com")}],
+            "memberships": groups
+        })
+    }
+
+    /// Full listing: page 1 (c1, c2) and page 2 (c3, the sync token). Incremental with
+    /// `sync-1`: c2 changed, c3 deleted, token `sync-2`.
+    fn two_page_book(req: &Req) -> Resp {
+        assert_eq!(req.path, "/v1/people/me/connections");
+        match (req.q("syncToken"), req.q("pageToken")) {
+            (None, None) => Resp::json(
+                200,
+                json!({"connections": [contact(1, true), contact(2, false)],
+                       "nextPageToken": "page-2", "totalPeople": 3, "totalItems": 3}),
+            ),
+            (None, Some("page-2")) => Resp::json(
+                200,
+                json!({"connections": [contact(3, true)], "nextSyncToken": "sync-1",
+                       "totalPeople": 3, "totalItems": 3}),
+            ),
+            (Some("sync-1"), None) => Resp::json(
+                200,
+                json!({"connections": [contact(2, false),
+                    {"resourceName": "people/c3", "etag": "%E3x",
+                     "metadata": {"sources": [{"type": "CONTACT", "id": "3"}], "deleted": true}}],
+                    "nextSyncToken": "sync-2", "totalItems": 2}),
+            ),
+            other => Resp::json(
+                400,
+                json!({"error": {"code": 400,
+                "message": format!("unexpected {other:?}"), "status": "INVALID_ARGUMENT"}}),
+            ),
+        }
+    }
+
+    fn ids(r: &Round) -> Vec<String> {
+        r.changes
+            .iter()
+            .map(|c| c.provider_id().to_string())
+            .collect()
+    }
+
+    fn expired_sync_token() -> Resp {
+        Resp::json(
+            400,
+            json!({"error": {
+                "code": 400,
+                "message": "Sync token is expired. Clear local cache and retry call without the sync token.",
+                "status": "FAILED_PRECONDITION",
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                             "reason": "EXPIRED_SYNC_TOKEN",
+                             "domain": "people.googleapis.com"}]}}),
+        )
+    }
+
+    #[tokio::test]
+    async fn full_listing_pages_through_to_the_sync_token_with_identical_parameters() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let (progress, seen) = recording_progress();
+        let r = gc.fetch_round(None, &progress).await.expect("round");
+        assert!(r.full);
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(r.pages, 2);
+        assert_eq!(ids(&r), vec!["people/c1", "people/c2", "people/c3"]);
+        assert!(r.changes.iter().all(|c| matches!(c, Change::Upsert(_))));
+        let cur = Cursor::decode(&r.cursor).expect("our cursor");
+        assert_eq!(cur.sync_token, "sync-1");
+        assert!(Utc::now() - cur.full_sync_at < chrono::Duration::minutes(1));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                Progress {
+                    pages: 1,
+                    contacts: 2,
+                    total: Some(3)
+                },
+                Progress {
+                    pages: 2,
+                    contacts: 3,
+                    total: Some(3)
+                },
+            ]
+        );
+
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 2);
+        assert!(reqs.iter().all(|r| r.method == "GET"));
+        assert_eq!(reqs[0].q("personFields"), Some(PERSON_FIELDS));
+        assert_eq!(reqs[0].q("pageSize"), Some("1000"));
+        assert_eq!(reqs[0].q("requestSyncToken"), Some("true"));
+        assert_eq!(reqs[0].q("syncToken"), None);
+        assert_eq!(reqs[1].q("pageToken"), Some("page-2"));
+        assert_eq!(reqs[0].fixed_query(), reqs[1].fixed_query());
+        assert_eq!(reqs[0].bearer(), Some("t1"));
+    }
+
+    #[tokio::test]
+    async fn incremental_round_sends_the_sync_token_and_reports_deletions() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let first = gc.fetch_round(None, &no_progress()).await.expect("full");
+        let r = gc
+            .fetch_round(Some(&first.cursor), &no_progress())
+            .await
+            .expect("incremental");
+        assert!(!r.full);
+        assert!(r.complete_scopes.is_empty());
+        assert_eq!(r.pages, 1);
+        assert!(matches!(&r.changes[0], Change::Upsert(c) if c.provider_id == "people/c2"));
+        assert_eq!(
+            r.changes[1],
+            Change::Deleted {
+                provider_id: "people/c3".into()
+            }
+        );
+        let cur = Cursor::decode(&r.cursor).unwrap();
+        assert_eq!(cur.sync_token, "sync-2");
+        // The chain keeps the time of the full listing that began it.
+        assert_eq!(
+            cur.full_sync_at,
+            Cursor::decode(&first.cursor).unwrap().full_sync_at
+        );
+        let reqs = srv.api_requests();
+        assert_eq!(reqs[2].q("syncToken"), Some("sync-1"));
+        // Every other parameter is the one of the full listing.
+        let without_sync = |r: &Req| {
+            r.fixed_query()
+                .into_iter()
+                .filter(|(k, _)| k != "syncToken")
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(without_sync(&reqs[2]), without_sync(&reqs[0]));
+    }
+
+    #[tokio::test]
+    async fn group_starred_lists_everyone_and_marks_unstarred_as_left() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::Starred);
+        let r = gc.fetch_round(None, &no_progress()).await.unwrap();
+        assert!(matches!(&r.changes[0], Change::Upsert(c) if c.provider_id == "people/c1"));
+        assert_eq!(
+            r.changes[1],
+            Change::Left {
+                provider_id: "people/c2".into()
+            }
+        );
+        assert!(matches!(&r.changes[2], Change::Upsert(c) if c.provider_id == "people/c3"));
+    }
+
+    #[tokio::test]
+    async fn expired_sync_token_restarts_the_round_as_a_full_listing() {
+        let srv = serve(false, |req: &Req| match req.q("syncToken") {
+            Some("old") => expired_sync_token(),
+            _ => two_page_book(req),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let stale = Cursor {
+            v: 1,
+            sync_token: "old".into(),
+            full_sync_at: Utc::now(),
+        }
+        .encode();
+        let (progress, seen) = recording_progress();
+        let r = gc
+            .fetch_round(Some(&stale), &progress)
+            .await
+            .expect("resync");
+        assert!(r.full);
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(ids(&r), vec!["people/c1", "people/c2", "people/c3"]);
+        assert_eq!(Cursor::decode(&r.cursor).unwrap().sync_token, "sync-1");
+        assert_eq!(seen.lock().unwrap().last().unwrap().contacts, 3);
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[0].q("syncToken"), Some("old"));
+        assert_eq!(reqs[1].q("syncToken"), None);
+    }
+
+    #[tokio::test]
+    async fn http_410_on_a_sync_token_is_treated_as_expired() {
+        let srv = serve(false, |req: &Req| match req.q("syncToken") {
+            Some("old") => Resp::json(
+                410,
+                json!({"error": {"code": 410, "message": "Gone",
+                                                            "status": "NOT_FOUND"}}),
+            ),
+            _ => two_page_book(req),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let stale = Cursor {
+            v: 1,
+            sync_token: "old".into(),
+            full_sync_at: Utc::now(),
+        }
+        .encode();
+        let r = gc
+            .fetch_round(Some(&stale), &no_progress())
+            .await
+            .expect("resync");
+        assert!(r.full);
+        assert_eq!(r.changes.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn other_400_is_permanent_not_a_resync() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                400,
+                json!({"error": {"code": 400, "message": "Invalid personFields mask path",
+                                             "status": "INVALID_ARGUMENT"}}),
+            )
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let cur = Cursor {
+            v: 1,
+            sync_token: "s".into(),
+            full_sync_at: Utc::now(),
+        }
+        .encode();
+        let err = gc
+            .fetch_round(Some(&cur), &no_progress())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::Permanent(m) if m.contains("INVALID_ARGUMENT")),
+            "{err:?}"
+        );
+        assert_eq!(srv.api_requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn chain_older_than_six_days_is_refreshed_with_a_full_listing() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let old = Cursor {
+            v: 1,
+            sync_token: "sync-1".into(),
+            full_sync_at: Utc::now() - chrono::Duration::hours(6 * 24 + 1),
+        }
+        .encode();
+        let r = gc.fetch_round(Some(&old), &no_progress()).await.unwrap();
+        assert!(r.full);
+        assert!(srv
+            .api_requests()
+            .iter()
+            .all(|r| r.q("syncToken").is_none()));
+        let fresh = Cursor::decode(&r.cursor).unwrap();
+        assert!(Utc::now() - fresh.full_sync_at < chrono::Duration::minutes(1));
+
+        // Five days old is still used incrementally.
+        let young = Cursor {
+            v: 1,
+            sync_token: "sync-1".into(),
+            full_sync_at: Utc::now() - chrono::Duration::days(5),
+        }
+        .encode();
+        let r = gc.fetch_round(Some(&young), &no_progress()).await.unwrap();
+        assert!(!r.full);
+    }
+
+    #[tokio::test]
+    async fn undecodable_cursor_does_a_full_listing() {
+        let srv = serve(false, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(Some(b"\x01\x02not-a-cursor"), &no_progress())
+            .await
+            .unwrap();
+        assert!(r.full);
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(r.changes.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn throttled_429_honours_retry_after_then_succeeds() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |req: &Req| {
+            if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+                Resp::json(
+                    429,
+                    json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                    "message": "Quota exceeded for quota metric 'Read requests'"}}),
+                )
+                .header("Retry-After", "0")
+            } else {
+                two_page_book(req)
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(None, &no_progress())
+            .await
+            .expect("after 429");
+        assert_eq!(r.changes.len(), 3);
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 3);
+        assert_eq!(reqs[0].fixed_query(), reqs[1].fixed_query());
+        assert_eq!(reqs[1].q("pageToken"), None);
+    }
+
+    #[tokio::test]
+    async fn endless_429_ends_as_throttled_and_long_retry_after_is_not_waited() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                429,
+                json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}}),
+            )
+            .header("Retry-After", "0")
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert_eq!(
+            err,
+            ProviderError::Throttled {
+                retry_after: Some(Duration::ZERO)
+            }
+        );
+        assert_eq!(
+            srv.api_requests().len(),
+            RetryPolicy::fast().max_attempts as usize
+        );
+
+        let srv = serve(false, |_: &Req| {
+            Resp::json(429, json!({})).header("Retry-After", "3600")
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert_eq!(
+            err,
+            ProviderError::Throttled {
+                retry_after: Some(Duration::from_secs(3600))
+            }
+        );
+        assert_eq!(srv.api_requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_with_backoff() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |req: &Req| {
+            match n2.fetch_add(1, Ordering::SeqCst) {
+                0 => Resp::raw(500, b"oops"),
+                1 => Resp::json(
+                    503,
+                    json!({"error": {"code": 503, "status": "UNAVAILABLE"}}),
+                ),
+                _ => two_page_book(req),
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(None, &no_progress())
+            .await
+            .expect("after 5xx");
+        assert_eq!(r.changes.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn truncated_or_malformed_page_is_refetched_not_read_as_deletions() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |req: &Req| {
+            let page2 = req.q("pageToken").is_some();
+            if page2 {
+                match n2.fetch_add(1, Ordering::SeqCst) {
+                    // Cut off by the connection: fewer bytes than Content-Length.
+                    0 => {
+                        let mut r = two_page_book(req);
+                        r.cut = Some(r.body.len() / 2);
+                        r
+                    }
+                    // Complete HTTP, but the JSON stops half-way.
+                    1 => {
+                        let full = two_page_book(req).body;
+                        Resp::raw(200, &full[..full.len() / 2])
+                    }
+                    // Not JSON at all.
+                    2 => Resp::raw(200, b"<html>Bad gateway</html>"),
+                    _ => two_page_book(req),
+                }
+            } else {
+                two_page_book(req)
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc.fetch_round(None, &no_progress()).await.expect("round");
+        assert_eq!(ids(&r), vec!["people/c1", "people/c2", "people/c3"]);
+        assert_eq!(r.pages, 2);
+        let reqs = srv.api_requests();
+        assert_eq!(reqs.len(), 5);
+        assert!(reqs[1..].iter().all(|r| r.q("pageToken") == Some("page-2")));
+    }
+
+    #[tokio::test]
+    async fn persistently_truncated_page_is_a_transient_error() {
+        let srv = serve(false, |req: &Req| {
+            let mut r = two_page_book(req);
+            if req.q("pageToken").is_some() {
+                r.cut = Some(10);
+            }
+            r
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+        assert!(err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn last_page_without_sync_token_is_not_trusted() {
+        let srv = serve(false, |_: &Req| Resp::json(200, json!({}))).await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn empty_address_book_is_a_complete_empty_listing() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(200, json!({"nextSyncToken": "empty-1", "totalItems": 0}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let (progress, seen) = recording_progress();
+        let r = gc.fetch_round(None, &progress).await.unwrap();
+        assert!(r.full && r.changes.is_empty());
+        assert_eq!(r.complete_scopes, vec![String::new()]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Progress {
+                pages: 1,
+                contacts: 0,
+                total: Some(0)
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn unauthorized_401_refreshes_the_token_once_and_retries() {
+        let srv = serve(false, |req: &Req| match req.bearer() {
+            Some("t1") => Resp::json(
+                401,
+                json!({"error": {"code": 401,
+                "message": "Request had invalid authentication credentials.",
+                "status": "UNAUTHENTICATED"}}),
+            ),
+            Some("t2") => two_page_book(req),
+            other => panic!("unexpected bearer {other:?}"),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let r = gc
+            .fetch_round(None, &no_progress())
+            .await
+            .expect("after refresh");
+        assert_eq!(r.changes.len(), 3);
+        assert_eq!(srv.token_calls.load(Ordering::SeqCst), 2);
+        let bearers: Vec<_> = srv
+            .api_requests()
+            .iter()
+            .map(|r| r.bearer().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(bearers, vec!["t1", "t2", "t2"]);
+        let token_reqs: Vec<Req> = srv
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == "/token")
+            .cloned()
+            .collect();
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&token_reqs[1].body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert!(form.contains(&("grant_type".into(), "refresh_token".into())));
+        assert!(form.contains(&("refresh_token".into(), "refresh-1".into())));
+    }
+
+    #[tokio::test]
+    async fn second_401_after_refresh_is_permanent() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                401,
+                json!({"error": {"code": 401, "status": "UNAUTHENTICATED"}}),
+            )
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
+        assert_eq!(srv.api_requests().len(), 2);
+        assert_eq!(srv.token_calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn revoked_grant_is_reauth_required() {
+        let srv = serve(true, two_page_book).await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::ReauthRequired(_)), "{err:?}");
+        assert!(srv.api_requests().is_empty());
+    }
+
+    fn with_photo(url: String) -> ProviderContact {
+        ProviderContact {
+            provider_id: "people/c1".into(),
+            etag: None,
+            scope: String::new(),
+            fields: Fields::default(),
+            photo_url: Some(url),
+        }
+    }
+
+    #[tokio::test]
+    async fn photo_is_fetched_and_missing_or_oversized_photos_are_none() {
+        let srv = serve(false, |req: &Req| match req.path.as_str() {
+            "/photo/small" => {
+                Resp::raw(200, b"\xff\xd8\xff\xe0JFIF").header("Content-Type", "image/jpeg")
+            }
+            "/photo/big" => Resp::raw(200, &vec![7u8; MAX_PHOTO_BYTES + 1]),
+            "/photo/flaky" if req.header("x-never").is_none() => Resp::raw(503, b""),
+            _ => Resp::raw(404, b"not found"),
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let got = gc
+            .fetch_photo(&with_photo(format!("{}/photo/small", srv.base)))
+            .await
+            .unwrap();
+        assert_eq!(got.as_deref(), Some(&b"\xff\xd8\xff\xe0JFIF"[..]));
+        assert_eq!(
+            gc.fetch_photo(&with_photo(format!("{}/photo/big", srv.base)))
+                .await,
+            Ok(None)
+        );
+        assert_eq!(
+            gc.fetch_photo(&with_photo(format!("{}/photo/gone", srv.base)))
+                .await,
+            Ok(None)
+        );
+        let err = gc
+            .fetch_photo(&with_photo(format!("{}/photo/flaky", srv.base)))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable());
+        let mut none = with_photo(String::new());
+        none.photo_url = None;
+        assert_eq!(gc.fetch_photo(&none).await, Ok(None));
+    }
+
+    // ---- two-way writes ----
+
+    fn full_fields() -> Fields {
+        Fields {
+            first_name: "Ada".into(),
+            last_name: "Lovelace".into(),
+            emails: vec!["ada@example.org".into(), "ada@work.example".into()],
+            phones: vec!["+44 20 7946 0018".into()],
+            address: Some(Address {
+                street: Some("12 St James's Sq".into()),
+                city: Some("London".into()),
+                region: None,
+                postal_code: Some("SW1Y 4JH".into()),
+                country: Some("United Kingdom".into()),
+            }),
+            organization: Some("Analytical Engines Ltd".into()),
+            job_title: Some("Programmer".into()),
+            birthday: NaiveDate::from_ymd_opt(1815, 12, 10),
+        }
+    }
+
+    fn body_json(r: &Req) -> serde_json::Value {
+        serde_json::from_slice(&r.body).expect("JSON request body")
+    }
+
+    #[test]
+    fn fields_to_person_round_trips_through_map_person() {
+        for starred in [false, true] {
+            let f = full_fields();
+            let v = fields_to_person(&f, starred);
+            let p: PersonJson = serde_json::from_value(
+                json!({"resourceName": "people/c1", "etag": "e"})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+                    .into_iter()
+                    .chain(v.as_object().unwrap().clone())
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            )
+            .unwrap();
+            assert_eq!(is_starred(&p), starred);
+            let group = if starred { Group::Starred } else { Group::All };
+            assert_eq!(upsert(map_person(&p, group)).fields, f);
+        }
+        let empty = fields_to_person(&Fields::default(), false);
+        assert_eq!(empty["addresses"], json!([]));
+        assert_eq!(empty["organizations"], json!([]));
+        assert_eq!(empty["birthdays"], json!([]));
+        assert_eq!(
+            empty["memberships"],
+            json!([{"contactGroupMembership": {"contactGroupResourceName": "contactGroups/myContacts"}}])
+        );
+    }
+
+    #[test]
+    fn update_mask_maps_crm_fields_to_person_fields() {
+        use crate::model::field;
+        assert_eq!(
+            update_mask(&[field::JOB_TITLE, field::NAME, field::COMPANY, field::PHOTO]),
+            "names,organizations"
+        );
+        assert_eq!(
+            update_mask(&[
+                field::BIRTHDAY,
+                field::ADDRESS,
+                field::PHONES,
+                field::EMAILS
+            ]),
+            "emailAddresses,phoneNumbers,addresses,birthdays"
+        );
+        assert_eq!(update_mask(&[field::PHOTO]), "");
+    }
+
+    #[tokio::test]
+    async fn batch_create_sends_at_most_200_per_call_and_answers_in_input_order() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let m2 = made.clone();
+        let srv = serve(false, move |req: &Req| {
+            assert_eq!(
+                (req.method.as_str(), req.path.as_str()),
+                ("POST", "/v1/people:batchCreateContacts")
+            );
+            let b = body_json(req);
+            assert_eq!(b["readMask"], "metadata");
+            let people: Vec<_> = b["contacts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let n = m2.fetch_add(1, Ordering::SeqCst);
+                    json!({"httpStatusCode": 200, "requestedResourceName": "",
+                           "person": {"resourceName": format!("people/n{n}"),
+                                      "etag": format!("%N{n}"),
+                                      "names": c["contactPerson"]["names"]}})
+                })
+                .collect();
+            Resp::json(200, json!({"createdPeople": people}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let items: Vec<(u64, Fields, bool)> = (0..450u64)
+            .map(|i| {
+                let mut f = full_fields();
+                f.first_name = format!("P{i}");
+                (1000 + i, f, i == 7)
+            })
+            .collect();
+        let out = gc.batch_create(&items).await;
+        assert_eq!(out.len(), 450);
+        for (i, c) in out.iter().enumerate() {
+            assert_eq!(c.crm_id, 1000 + i as u64);
+            assert_eq!(
+                c.result,
+                Ok((format!("people/n{i}"), Some(format!("%N{i}"))))
+            );
+        }
+        let reqs = srv.api_requests();
+        let sizes: Vec<usize> = reqs
+            .iter()
+            .map(|r| body_json(r)["contacts"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, vec![200, 200, 50]);
+        let first = body_json(&reqs[0]);
+        let starred = &first["contacts"][7]["contactPerson"]["memberships"];
+        assert_eq!(starred.as_array().unwrap().len(), 2);
+        assert_eq!(
+            starred[1]["contactGroupMembership"]["contactGroupResourceName"],
+            "contactGroups/starred"
+        );
+        assert_eq!(
+            first["contacts"][8]["contactPerson"]["memberships"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn batch_create_rejected_as_a_whole_is_retried_one_by_one() {
+        let srv = serve(false, |req: &Req| {
+            let b = body_json(req);
+            let contacts = b["contacts"].as_array().unwrap();
+            if contacts
+                .iter()
+                .any(|c| c["contactPerson"]["names"][0]["givenName"] == "Bad")
+            {
+                return Resp::json(
+                    400,
+                    json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                    "message": "Invalid contact"}}),
+                );
+            }
+            let people: Vec<_> = contacts
+                .iter()
+                .map(|c| {
+                    json!({"person": {"resourceName": format!("people/{}",
+                    c["contactPerson"]["names"][0]["givenName"].as_str().unwrap())}})
+                })
+                .collect();
+            Resp::json(200, json!({"createdPeople": people}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let mk = |id: u64, name: &str| {
+            let mut f = full_fields();
+            f.first_name = name.into();
+            (id, f, false)
+        };
+        let out = gc
+            .batch_create(&[mk(1, "Good"), mk(2, "Bad"), mk(3, "Fine")])
+            .await;
+        assert_eq!(out[0].result, Ok(("people/Good".into(), None)));
+        assert!(
+            matches!(&out[1].result, Err(ProviderError::Permanent(m)) if m.contains("INVALID_ARGUMENT"))
+        );
+        assert_eq!(out[2].result, Ok(("people/Fine".into(), None)));
+        assert_eq!(srv.api_requests().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn batch_create_is_not_resent_after_a_server_error_but_is_after_429() {
+        let srv = serve(false, |_: &Req| Resp::raw(500, b"internal")).await;
+        let gc = client_for(&srv, Group::All);
+        let out = gc.batch_create(&[(1, full_fields(), false)]).await;
+        assert!(matches!(out[0].result, Err(ProviderError::Transient(_))));
+        assert_eq!(
+            srv.api_requests().len(),
+            1,
+            "a create that may have landed is not resent"
+        );
+
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = serve(false, move |_: &Req| {
+            if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+                Resp::json(429, json!({})).header("Retry-After", "0")
+            } else {
+                Resp::json(
+                    200,
+                    json!({"createdPeople": [{"person": {"resourceName": "people/x"}}]}),
+                )
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let out = gc.batch_create(&[(1, full_fields(), false)]).await;
+        assert_eq!(out[0].result, Ok(("people/x".into(), None)));
+    }
+
+    #[tokio::test]
+    async fn batch_update_sends_etags_and_masks_and_reports_stale_etag_as_conflict() {
+        use crate::model::field;
+        let srv = serve(false, |req: &Req| {
+            assert_eq!(req.path, "/v1/people:batchUpdateContacts");
+            let b = body_json(req);
+            let contacts = b["contacts"].as_object().unwrap();
+            for (id, p) in contacts {
+                assert_eq!(p["resourceName"], json!(id));
+                assert_eq!(p["metadata"]["sources"][0]["etag"], p["etag"]);
+                assert_eq!(p["metadata"]["sources"][0]["type"], "CONTACT");
+                assert!(p.get("memberships").is_none());
+            }
+            if contacts.values().any(|p| p["etag"].as_str().unwrap().starts_with("stale")) {
+                return Resp::json(400, json!({"error": {"code": 400, "status": "FAILED_PRECONDITION",
+                    "message": "Request person.etag is different than the current person.etag. Clear local cache and get the latest person."}}));
+            }
+            let result: serde_json::Map<String, serde_json::Value> = contacts
+                .iter()
+                .map(|(id, p)| (id.clone(), json!({"httpStatusCode": 200, "requestedResourceName": id,
+                    "person": {"resourceName": id, "etag": format!("{}+", p["etag"].as_str().unwrap())}})))
+                .collect();
+            Resp::json(200, json!({"updateResult": result}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let items = vec![
+            (
+                "people/c1".to_string(),
+                "e1".to_string(),
+                full_fields(),
+                vec![field::NAME, field::JOB_TITLE],
+            ),
+            (
+                "people/c2".to_string(),
+                "stale2".to_string(),
+                full_fields(),
+                vec![field::COMPANY, field::NAME],
+            ),
+            (
+                "people/c3".to_string(),
+                "e3".to_string(),
+                full_fields(),
+                vec![field::PHOTO],
+            ),
+            (
+                "people/c4".to_string(),
+                "e4".to_string(),
+                full_fields(),
+                vec![field::EMAILS],
+            ),
+        ];
+        let out = gc.batch_update(&items).await;
+        let got: Vec<_> = out
+            .iter()
+            .map(|u| (u.provider_id.as_str(), u.outcome.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "people/c1",
+                    UpdateOutcome::Updated {
+                        etag: Some("e1+".into())
+                    }
+                ),
+                ("people/c2", UpdateOutcome::Conflict),
+                (
+                    "people/c3",
+                    UpdateOutcome::Updated {
+                        etag: Some("e3".into())
+                    }
+                ),
+                (
+                    "people/c4",
+                    UpdateOutcome::Updated {
+                        etag: Some("e4+".into())
+                    }
+                ),
+            ]
+        );
+        let reqs = srv.api_requests();
+        let masks: Vec<(String, usize)> = reqs
+            .iter()
+            .map(|r| {
+                let b = body_json(r);
+                (
+                    b["updateMask"].as_str().unwrap().to_string(),
+                    b["contacts"].as_object().unwrap().len(),
+                )
+            })
+            .collect();
+        // c1 and c2 share a mask; the batch fails on c2's etag and is retried one by one.
+        assert_eq!(
+            masks,
+            vec![
+                ("names,organizations".to_string(), 2),
+                ("names,organizations".to_string(), 1),
+                ("names,organizations".to_string(), 1),
+                ("emailAddresses".to_string(), 1),
+            ]
+        );
+        assert_eq!(body_json(&reqs[1])["readMask"], "metadata");
+    }
+
+    #[tokio::test]
+    async fn batch_update_per_item_status_maps_to_conflict_and_gone() {
+        use crate::model::field;
+        let srv = serve(false, |_: &Req| {
+            Resp::json(200, json!({"updateResult": {
+                "people/c1": {"status": {"code": 9, "message": "etag mismatch"}},
+                "people/c2": {"status": {"code": 5, "message": "not found"}},
+                "people/c3": {"status": {"code": 3, "message": "bad phone"}},
+                "people/c4": {"status": {"code": 0}, "person": {"resourceName": "people/c4", "etag": "n4"}}
+            }}))
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let items: Vec<_> = (1..=4)
+            .map(|i| {
+                (
+                    format!("people/c{i}"),
+                    format!("e{i}"),
+                    full_fields(),
+                    vec![field::PHONES],
+                )
+            })
+            .collect();
+        let out = gc.batch_update(&items).await;
+        assert_eq!(out[0].outcome, UpdateOutcome::Conflict);
+        assert_eq!(out[1].outcome, UpdateOutcome::Gone);
+        assert!(matches!(
+            out[2].outcome,
+            UpdateOutcome::Failed(ProviderError::Permanent(_))
+        ));
+        assert_eq!(
+            out[3].outcome,
+            UpdateOutcome::Updated {
+                etag: Some("n4".into())
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn batch_delete_sends_at_most_500_per_call_and_gone_counts_as_deleted() {
+        let srv = serve(false, |req: &Req| {
+            assert_eq!(req.path, "/v1/people:batchDeleteContacts");
+            let b = body_json(req);
+            let names = b["resourceNames"].as_array().unwrap();
+            if names.iter().any(|n| n == "people/missing") {
+                return Resp::json(
+                    404,
+                    json!({"error": {"code": 404, "status": "NOT_FOUND",
+                    "message": "Requested entity was not found."}}),
+                );
+            }
+            if names.iter().any(|n| n == "people/locked") {
+                return Resp::json(
+                    400,
+                    json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+                    "message": "Not a contact"}}),
+                );
+            }
+            // Google's Empty answer; an empty body is accepted too.
+            if names.len() == 1 {
+                Resp::raw(200, b"")
+            } else {
+                Resp::json(200, json!({}))
+            }
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let ids: Vec<String> = (0..1200).map(|i| format!("people/c{i}")).collect();
+        let out = gc.batch_delete(&ids).await;
+        assert_eq!(out.len(), 1200);
+        assert!(out.iter().all(|d| d.result.is_ok()));
+        let sizes: Vec<usize> = srv
+            .api_requests()
+            .iter()
+            .map(|r| body_json(r)["resourceNames"].as_array().unwrap().len())
+            .collect();
+        assert_eq!(sizes, vec![500, 500, 200]);
+
+        let out = gc
+            .batch_delete(&[
+                "people/a".into(),
+                "people/missing".into(),
+                "people/locked".into(),
+            ])
+            .await;
+        assert_eq!(out[0].result, Ok(()));
+        assert_eq!(out[1].result, Ok(()));
+        assert!(matches!(out[2].result, Err(ProviderError::Permanent(_))));
+    }
+
+    #[tokio::test]
+    async fn repeated_page_token_stops_instead_of_looping() {
+        let srv = serve(false, |_: &Req| {
+            Resp::json(
+                200,
+                json!({"connections": [contact(1, false)], "nextPageToken": "same"}),
+            )
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+        assert_eq!(srv.api_requests().len(), 2);
+    }
+}
