@@ -53,7 +53,7 @@ pub enum Command {
         limit: usize,
     },
     /// Serve the simulated Google and Microsoft providers alone (tests, benchmarks).
-    Sim(SimCliArgs),
+    Sim(crate::sim::SimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -88,13 +88,4 @@ pub struct ConnectArgs {
     /// How long to wait for the browser to come back.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
-}
-
-#[derive(Debug, Args)]
-pub struct SimCliArgs {
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Contacts per simulated user.
-    #[arg(long, default_value_t = 200)]
-    pub contacts: usize,
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::app::{EXIT_CONFIG, EXIT_UNAVAILABLE};
-use crate::cli::{ConnectArgs, DemoArgs, SimCliArgs};
+use crate::cli::{ConnectArgs, DemoArgs};
 use crate::config::{self, Config};
 use crate::logging::Logging;
 use crate::store::{Batch, Db, Op};
@@ -300,7 +300,13 @@ pub fn demo(_args: DemoArgs, _logging: &Logging) -> i32 {
     2
 }
 
-pub fn sim(_args: SimCliArgs) -> i32 {
-    eprintln!("`sim` is not available in this build yet.");
-    2
+pub fn sim(args: crate::sim::SimArgs) -> i32 {
+    let system = actix::System::new();
+    match system.block_on(crate::sim::run_cli(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Simulator failed: {e:#}");
+            1
+        }
+    }
 }
