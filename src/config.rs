@@ -373,7 +373,9 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// The key written on the line of `offset`, for parse errors whose message lacks it.
 fn key_at(text: &str, offset: Option<usize>) -> Option<String> {
     let offset = offset?;
-    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
     let line = text[start..].lines().next()?;
     let (key, _) = line.split_once('=')?;
     let key = key.trim();
@@ -418,7 +420,10 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             ),
         ));
     }
-    if d.default_region.parse::<phonenumber::country::Id>().is_err() {
+    if d.default_region
+        .parse::<phonenumber::country::Id>()
+        .is_err()
+    {
         return Err((
             "daemon.default_region".into(),
             format!(
@@ -428,16 +433,10 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
         ));
     }
     if d.poll_interval < Duration::from_secs(1) {
-        return Err((
-            "daemon.poll_interval".into(),
-            "must be at least 1s".into(),
-        ));
+        return Err(("daemon.poll_interval".into(), "must be at least 1s".into()));
     }
     if d.contact_limit == 0 {
-        return Err((
-            "daemon.contact_limit".into(),
-            "must be at least 1".into(),
-        ));
+        return Err(("daemon.contact_limit".into(), "must be at least 1".into()));
     }
     if !(0.0..=1.0).contains(&d.deletion_guard_share) {
         return Err((
@@ -531,10 +530,7 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
 fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
     match url::Url::parse(value) {
         Ok(u) if u.scheme() == "https" || u.scheme() == "http" => Ok(()),
-        _ => Err((
-            key.to_string(),
-            format!("{value:?} is not an http(s) URL"),
-        )),
+        _ => Err((key.to_string(), format!("{value:?} is not an http(s) URL"))),
     }
 }
 
@@ -566,7 +562,10 @@ impl ConfigDiff {
 /// then rejected whole and the running configuration stays in force.
 pub fn diff(old: &Config, new: &Config) -> Result<ConfigDiff, ConfigError> {
     let fixed: [(&str, bool); 3] = [
-        ("daemon.data_dir", old.daemon.data_dir != new.daemon.data_dir),
+        (
+            "daemon.data_dir",
+            old.daemon.data_dir != new.daemon.data_dir,
+        ),
         ("daemon.listen", old.daemon.listen != new.daemon.listen),
         (
             "daemon.api_token_file",

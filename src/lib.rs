@@ -10,6 +10,6 @@
 pub mod config;
 pub mod model;
 pub mod normalize;
-pub mod store;
 pub mod providers;
 pub mod secrets;
+pub mod store;

@@ -152,7 +152,10 @@ mod tests {
         let sealed = s.seal(&SecretString::from("1//refresh-secret".to_string()));
         assert!(!String::from_utf8_lossy(&sealed).contains("refresh-secret"));
         let again = Sealer::load(&path, false).unwrap();
-        assert_eq!(again.open(&sealed).unwrap().expose_secret(), "1//refresh-secret");
+        assert_eq!(
+            again.open(&sealed).unwrap().expose_secret(),
+            "1//refresh-secret"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

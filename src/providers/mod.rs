@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod oauth;
+pub mod outlook;
 
 use std::time::Duration;
 

@@ -46,7 +46,11 @@ fn store_conformance(kv: Arc<dyn Store>) {
         Err(StoreError::Aborted("test".into()))
     });
     assert!(failed.is_err());
-    assert_eq!(kv.get(Tree::Meta, b"c").unwrap(), None, "aborted write leaked");
+    assert_eq!(
+        kv.get(Tree::Meta, b"c").unwrap(),
+        None,
+        "aborted write leaked"
+    );
     // Trees are separate key spaces.
     assert_eq!(kv.get(Tree::Contacts, b"b").unwrap(), None);
     let a = kv.next_id().unwrap();
@@ -122,7 +126,8 @@ fn store_conformance(kv: Arc<dyn Store>) {
         vec![10, 11]
     );
     assert_eq!(
-        db.candidates(IndexKind::NameOrg, &name, "acme corp").unwrap(),
+        db.candidates(IndexKind::NameOrg, &name, "acme corp")
+            .unwrap(),
         vec![10]
     );
     assert_eq!(db.link("g", "people/c1").unwrap().unwrap().contact_id, 10);

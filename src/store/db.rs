@@ -376,7 +376,10 @@ impl Db {
     }
 
     pub fn link_count(&self, account: &str) -> Result<usize, StoreError> {
-        Ok(self.kv.scan_prefix(Tree::Links, &account_prefix(account))?.len())
+        Ok(self
+            .kv
+            .scan_prefix(Tree::Links, &account_prefix(account))?
+            .len())
     }
 
     pub fn base(&self, account: &str, provider_id: &str) -> Result<Option<Fields>, StoreError> {
@@ -569,7 +572,9 @@ impl Db {
             Op::PutStatus { account, status } => {
                 tx.insert(Tree::Accounts, account.as_bytes(), enc(status))?
             }
-            Op::PutOutbox { id, entry } => tx.insert(Tree::Outbox, &id.to_be_bytes(), enc(entry))?,
+            Op::PutOutbox { id, entry } => {
+                tx.insert(Tree::Outbox, &id.to_be_bytes(), enc(entry))?
+            }
             Op::DeleteOutbox(id) => tx.remove(Tree::Outbox, &id.to_be_bytes())?,
             Op::PutPhoto { contact, jpeg } => {
                 tx.insert(Tree::Photos, &contact.to_be_bytes(), jpeg.clone())?

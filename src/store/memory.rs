@@ -105,7 +105,10 @@ impl Store for MemoryStore {
                 writes: Mutex::new(HashMap::new()),
             };
             f(&staged)?;
-            staged.writes.into_inner().unwrap_or_else(|p| p.into_inner())
+            staged
+                .writes
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
         };
         for ((tree, key), value) in writes {
             let t = g.entry(tree).or_default();

@@ -76,10 +76,7 @@ impl TxView for SledTx<'_> {
             .map_err(tx_err)
     }
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
-        self.0[tree.index()]
-            .remove(key)
-            .map(|_| ())
-            .map_err(tx_err)
+        self.0[tree.index()].remove(key).map(|_| ()).map_err(tx_err)
     }
 }
 
@@ -128,9 +125,7 @@ impl Store for SledStore {
             CONFLICT.with(|c| c.set(false));
             match f(&SledTx(view)) {
                 Ok(()) => Ok(()),
-                Err(_) if CONFLICT.with(|c| c.get()) => {
-                    Err(ConflictableTransactionError::Conflict)
-                }
+                Err(_) if CONFLICT.with(|c| c.get()) => Err(ConflictableTransactionError::Conflict),
                 Err(e) => Err(abort(e)),
             }
         });
