@@ -7,9 +7,11 @@
 //! - [`store`]: the `Store` seam (sled and in-memory engines) and the typed [`store::Db`].
 //! - [`normalize`]: the keys matching compares on.
 
+pub mod audit;
 pub mod config;
 pub mod model;
 pub mod normalize;
 pub mod providers;
 pub mod secrets;
 pub mod store;
+pub mod sync;

@@ -127,6 +127,7 @@ pub struct ProviderContact {
 }
 
 /// One change in a provider page.
+#[allow(clippy::large_enum_variant)] // Upserts are the common case; boxing them buys nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     /// Created or changed in the provider.
@@ -152,10 +153,9 @@ pub struct LinkRecord {
     pub contact_id: ContactId,
     /// The provider's etag when we last saw or wrote the contact.
     pub etag: Option<String>,
-    /// Scope (Graph folder) the contact was last listed in; empty for Google.
+    /// Scope (Graph folder) the contact was last listed in; empty for Google. A full
+    /// listing of a scope finds deletions among the links of that scope.
     pub scope: String,
-    /// Which full listing last saw this contact (for deletions found by a resync).
-    pub generation: u64,
 }
 
 /// Skip reasons of SPEC §3.

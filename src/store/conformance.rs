@@ -87,7 +87,6 @@ fn store_conformance(kv: Arc<dyn Store>) {
             contact_id: 10,
             etag: Some("e1".into()),
             scope: String::new(),
-            generation: 1,
         },
     });
     batch.push(Op::SetCursor {

@@ -67,7 +67,7 @@ fn account_prefix(account: &str) -> Vec<u8> {
 }
 
 /// The kinds of matching index (SPEC §4's three rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IndexKind {
     NameEmail,
     NamePhone,

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use super::{Store, StoreError, Tree, TxFn, TxView};
 
 type Trees = HashMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>;
+/// Staged writes of a transaction: `None` removes.
+type Writes = HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -29,7 +31,7 @@ impl MemoryStore {
 
 struct Staged<'a> {
     base: &'a Trees,
-    writes: Mutex<HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>>,
+    writes: Mutex<Writes>,
 }
 
 impl TxView for Staged<'_> {
@@ -57,11 +59,7 @@ impl Store for MemoryStore {
         Ok(self.lock().get(&tree).and_then(|t| t.get(key)).cloned())
     }
 
-    fn scan_prefix(
-        &self,
-        tree: Tree,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<super::Entries, StoreError> {
         let g = self.lock();
         let Some(t) = g.get(&tree) else {
             return Ok(vec![]);
@@ -77,7 +75,7 @@ impl Store for MemoryStore {
         tree: Tree,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<super::Entries, StoreError> {
         use std::ops::Bound;
         let g = self.lock();
         let Some(t) = g.get(&tree) else {

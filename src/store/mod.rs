@@ -89,6 +89,9 @@ pub enum StoreError {
     Aborted(String),
 }
 
+/// Key-value pairs, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The view a transaction closure gets. Reads see the transaction's own writes.
 pub trait TxView {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -104,15 +107,14 @@ pub type TxFn<'a> = &'a dyn Fn(&dyn TxView) -> Result<(), StoreError>;
 pub trait Store: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, tree: Tree, prefix: &[u8])
-        -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Entries, StoreError>;
     /// Up to `limit` entries with key strictly greater than `after` (or from the start).
     fn range_after(
         &self,
         tree: Tree,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Entries, StoreError>;
     fn len(&self, tree: Tree) -> Result<usize, StoreError>;
     /// Runs `f` atomically: all its writes land, or none.
     fn transaction(&self, f: TxFn<'_>) -> Result<(), StoreError>;

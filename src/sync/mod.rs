@@ -1,0 +1,684 @@
+//! The sync core: a pure planner that turns a provider page into a [`Plan`] — the CRM
+//! writes, links, base snapshots, metrics and audit events it causes — without doing any
+//! I/O but reads through [`Db`]. The writer actor executes plans; `preview` prints them.
+//!
+//! Key concepts:
+//! - **Eligibility** ([`eligibility`]): which provider contacts sync at all.
+//! - **Matching**: link first (account + provider id), then name + email, name + phone,
+//!   name + organisation, through the store's indexes; the oldest candidate wins.
+//! - **Merging** ([`merge`]): field by field against the link's base snapshot.
+//! - **Overlay**: writes planned earlier in the same page are visible to later changes, so
+//!   two provider contacts of one page never create two CRM contacts for one person.
+
+pub mod eligibility;
+pub mod merge;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::audit::{self, AuditEvent};
+use crate::config::{Direction, ProviderKind};
+use crate::model::{
+    field, Change, Company, CompanyId, Contact, ContactId, DayMetrics, Fields, LinkRecord, LinkRef,
+    ProviderContact, SkipReason,
+};
+use crate::normalize;
+use crate::store::{Batch, Db, IndexKind, Op, StoreError};
+
+/// What the planner decided for one provider change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A new CRM contact from a provider contact.
+    Create {
+        provider_id: String,
+        crm_id: ContactId,
+    },
+    /// An existing CRM contact matched and linked; `changed` lists fields the merge added.
+    Link {
+        provider_id: String,
+        crm_id: ContactId,
+        changed: Vec<&'static str>,
+        others: Vec<ContactId>,
+    },
+    /// A linked CRM contact updated from provider changes.
+    Update {
+        provider_id: String,
+        crm_id: ContactId,
+        changed: Vec<&'static str>,
+    },
+    /// Nothing to write to the CRM (replay, echo, or an irrelevant change).
+    Unchanged {
+        provider_id: String,
+        crm_id: ContactId,
+    },
+    Delete {
+        provider_id: String,
+        crm_id: ContactId,
+    },
+    /// The link is dropped; the CRM contact stays.
+    Unlink {
+        provider_id: String,
+        crm_id: ContactId,
+    },
+    Skip {
+        provider_id: String,
+        reason: SkipReason,
+    },
+    /// A deletion or departure of a contact we never linked, or a change to a contact the
+    /// CRM deleted that does not bring it back.
+    Ignore { provider_id: String },
+    /// Two-way: CRM fields changed since the base, to send to the provider.
+    Push {
+        provider_id: String,
+        crm_id: ContactId,
+        fields: Vec<&'static str>,
+    },
+}
+
+/// The outcome of planning one page.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub batch: Batch,
+    pub metrics: DayMetrics,
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Plan {
+    pub fn count(&self, f: impl Fn(&Action) -> bool) -> usize {
+        self.actions.iter().filter(|a| f(a)).count()
+    }
+}
+
+/// The account a page belongs to, and how to plan it.
+#[derive(Debug, Clone)]
+pub struct PlanContext {
+    pub account: String,
+    pub provider: ProviderKind,
+    pub direction: Direction,
+    pub audit_values: bool,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Overlay {
+    contacts: HashMap<ContactId, Option<Contact>>,
+    links: HashMap<String, Option<LinkRecord>>,
+    bases: HashMap<String, Option<Fields>>,
+    companies: HashMap<String, CompanyId>,
+    company_names: HashMap<CompanyId, String>,
+    index: HashMap<(IndexKind, String, String), Vec<ContactId>>,
+}
+
+/// Plans pages against the CRM.
+pub struct Planner<'a> {
+    db: &'a Db,
+    ctx: PlanContext,
+    overlay: Overlay,
+    plan: Plan,
+}
+
+type Keys = Vec<(IndexKind, String, String)>;
+
+impl<'a> Planner<'a> {
+    pub fn new(db: &'a Db, ctx: PlanContext) -> Self {
+        Planner {
+            db,
+            ctx,
+            overlay: Overlay::default(),
+            plan: Plan::default(),
+        }
+    }
+
+    /// Plans one change; may be called for many changes before [`Planner::finish`].
+    pub fn add(&mut self, change: &Change, photo: Option<&Vec<u8>>) -> Result<(), StoreError> {
+        match change {
+            Change::Upsert(pc) => self.upsert(pc, photo),
+            Change::Deleted { provider_id } => self.deleted(provider_id, false),
+            Change::Left { provider_id } => self.deleted(provider_id, true),
+        }
+    }
+
+    pub fn finish(self) -> Plan {
+        self.plan
+    }
+
+    // ---- reads through the overlay ----
+
+    fn contact(&self, id: ContactId) -> Result<Option<Contact>, StoreError> {
+        match self.overlay.contacts.get(&id) {
+            Some(c) => Ok(c.clone()),
+            None => self.db.contact(id),
+        }
+    }
+
+    fn link(&self, pid: &str) -> Result<Option<LinkRecord>, StoreError> {
+        match self.overlay.links.get(pid) {
+            Some(l) => Ok(l.clone()),
+            None => self.db.link(&self.ctx.account, pid),
+        }
+    }
+
+    fn base(&self, pid: &str) -> Result<Option<Fields>, StoreError> {
+        match self.overlay.bases.get(pid) {
+            Some(b) => Ok(b.clone()),
+            None => self.db.base(&self.ctx.account, pid),
+        }
+    }
+
+    fn company_name(&self, id: CompanyId) -> Result<Option<String>, StoreError> {
+        if let Some(n) = self.overlay.company_names.get(&id) {
+            return Ok(Some(n.clone()));
+        }
+        Ok(self.db.company(id)?.map(|c| c.name))
+    }
+
+    /// The CRM contact's synced fields, with its company by name.
+    pub fn fields_of(&self, c: &Contact) -> Result<Fields, StoreError> {
+        Ok(Fields {
+            first_name: c.first_name.clone(),
+            last_name: c.last_name.clone(),
+            emails: c.emails.clone(),
+            phones: c.phones.clone(),
+            address: c.address.clone(),
+            organization: match c.company_id {
+                Some(id) => self.company_name(id)?,
+                None => None,
+            },
+            job_title: c.job_title.clone(),
+            birthday: c.birthday,
+        })
+    }
+
+    fn keys_of(&self, f: &Fields) -> Keys {
+        let name = normalize::name_key(&f.first_name, &f.last_name);
+        let mut keys = vec![];
+        for e in &f.emails {
+            keys.push((IndexKind::NameEmail, name.clone(), normalize::email_key(e)));
+        }
+        for p in &f.phones {
+            if let Some(k) = normalize::phone_key(p, self.db.region()) {
+                keys.push((IndexKind::NamePhone, name.clone(), k));
+            }
+        }
+        if let Some(o) = &f.organization {
+            keys.push((IndexKind::NameOrg, name.clone(), normalize::text_key(o)));
+        }
+        keys
+    }
+
+    /// Candidates for one key: from the store (verified against the overlay) and the overlay.
+    fn candidates(&self, key: &(IndexKind, String, String)) -> Result<Vec<Contact>, StoreError> {
+        let mut ids = self.db.candidates(key.0, &key.1, &key.2)?;
+        if let Some(more) = self.overlay.index.get(key) {
+            ids.extend(more);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut out = vec![];
+        for id in ids {
+            let Some(c) = self.contact(id)? else { continue };
+            if self.overlay.contacts.contains_key(&id) {
+                // Changed in this plan: make sure it still has the key.
+                let f = self.fields_of(&c)?;
+                if !self.keys_of(&f).contains(key) {
+                    continue;
+                }
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// SPEC §4 matching, rule by rule; the oldest candidate wins.
+    fn find_match(&self, f: &Fields) -> Result<Option<(Contact, Vec<ContactId>)>, StoreError> {
+        let keys = self.keys_of(f);
+        for kind in [
+            IndexKind::NameEmail,
+            IndexKind::NamePhone,
+            IndexKind::NameOrg,
+        ] {
+            let mut found: Vec<Contact> = vec![];
+            for key in keys.iter().filter(|k| k.0 == kind) {
+                for c in self.candidates(key)? {
+                    if !found.iter().any(|x| x.id == c.id) {
+                        found.push(c);
+                    }
+                }
+            }
+            if !found.is_empty() {
+                found.sort_by_key(|c| (c.created_at, c.id));
+                let winner = found.remove(0);
+                let others = found.iter().map(|c| c.id).collect();
+                return Ok(Some((winner, others)));
+            }
+        }
+        Ok(None)
+    }
+
+    // ---- writes into the overlay and the batch ----
+
+    fn company_for(&mut self, name: &Option<String>) -> Result<Option<CompanyId>, StoreError> {
+        let Some(name) = name else { return Ok(None) };
+        let key = normalize::text_key(name);
+        if let Some(id) = self.overlay.companies.get(&key) {
+            return Ok(Some(*id));
+        }
+        if let Some(id) = self.db.company_by_name(name)? {
+            return Ok(Some(id));
+        }
+        let id = self.db.next_id()?;
+        self.overlay.companies.insert(key, id);
+        self.overlay.company_names.insert(id, name.clone());
+        self.plan.batch.push(Op::PutCompany(Company {
+            id,
+            name: name.clone(),
+            created_at: self.ctx.now,
+        }));
+        Ok(Some(id))
+    }
+
+    fn put_contact(&mut self, c: Contact, f: &Fields) {
+        for key in self.keys_of(f) {
+            self.overlay.index.entry(key).or_default().push(c.id);
+        }
+        self.overlay.contacts.insert(c.id, Some(c.clone()));
+        self.plan.batch.push(Op::PutContact(c));
+    }
+
+    fn put_link(&mut self, pid: &str, link: LinkRecord, base: Fields) {
+        self.overlay
+            .links
+            .insert(pid.to_string(), Some(link.clone()));
+        self.overlay
+            .bases
+            .insert(pid.to_string(), Some(base.clone()));
+        let account = self.ctx.account.clone();
+        self.plan.batch.push(Op::PutLink {
+            account: account.clone(),
+            provider_id: pid.to_string(),
+            link,
+        });
+        self.plan.batch.push(Op::PutBase {
+            account,
+            provider_id: pid.to_string(),
+            base,
+        });
+    }
+
+    fn drop_link(&mut self, pid: &str) {
+        self.overlay.links.insert(pid.to_string(), None);
+        self.overlay.bases.insert(pid.to_string(), None);
+        let account = self.ctx.account.clone();
+        self.plan.batch.push(Op::DeleteLink {
+            account: account.clone(),
+            provider_id: pid.to_string(),
+        });
+        self.plan.batch.push(Op::DeleteBase {
+            account,
+            provider_id: pid.to_string(),
+        });
+    }
+
+    fn event(&self, action: audit::Action) -> AuditEvent {
+        AuditEvent::new(&self.ctx.account, self.ctx.provider.as_str(), action)
+    }
+
+    fn values(&self, f: &Fields) -> Option<serde_json::Value> {
+        self.ctx
+            .audit_values
+            .then(|| serde_json::to_value(f).unwrap_or_default())
+    }
+
+    fn this_link(&self, pid: &str) -> LinkRef {
+        LinkRef {
+            account: self.ctx.account.clone(),
+            provider_id: pid.to_string(),
+        }
+    }
+
+    fn upsert(&mut self, pc: &ProviderContact, photo: Option<&Vec<u8>>) -> Result<(), StoreError> {
+        let pid = pc.provider_id.as_str();
+        if let Err(reason) = eligibility::check(&pc.fields) {
+            *self.plan.metrics.skipped.entry(reason).or_default() += 1;
+            self.plan.audit.push(
+                self.event(audit::Action::Skipped)
+                    .provider_id(pid)
+                    .reason(reason.as_str()),
+            );
+            self.plan.actions.push(Action::Skip {
+                provider_id: pid.to_string(),
+                reason,
+            });
+            return Ok(());
+        }
+        let provider = merge::clean(&pc.fields, self.db.region());
+        let link = self.link(pid)?;
+        let new_link = |contact_id| LinkRecord {
+            contact_id,
+            etag: pc.etag.clone(),
+            scope: pc.scope.clone(),
+        };
+        match link {
+            Some(link) => {
+                let Some(contact) = self.contact(link.contact_id)? else {
+                    // The CRM deleted the contact. It comes back only when the provider
+                    // contact changes again (SPEC §2).
+                    if self.base(pid)?.as_ref() == Some(&provider) {
+                        self.plan.actions.push(Action::Ignore {
+                            provider_id: pid.to_string(),
+                        });
+                        return Ok(());
+                    }
+                    return self.create(pid, &provider, new_link, photo);
+                };
+                let base = self.base(pid)?;
+                self.merge_into(
+                    pid,
+                    contact,
+                    &provider,
+                    base,
+                    new_link(link.contact_id),
+                    &link,
+                    None,
+                )
+            }
+            None => match self.find_match(&provider)? {
+                Some((contact, others)) => {
+                    let id = contact.id;
+                    if !others.is_empty() {
+                        let mut e = self
+                            .event(audit::Action::AmbiguousMatch)
+                            .crm_id(id)
+                            .provider_id(pid)
+                            .reason("several CRM contacts match; the oldest was linked");
+                        e.others = others.clone();
+                        self.plan.audit.push(e);
+                    }
+                    let placeholder = LinkRecord {
+                        contact_id: id,
+                        etag: None,
+                        scope: String::new(),
+                    };
+                    self.merge_into(
+                        pid,
+                        contact,
+                        &provider,
+                        None,
+                        new_link(id),
+                        &placeholder,
+                        Some(others),
+                    )
+                }
+                None => self.create(pid, &provider, new_link, photo),
+            },
+        }
+    }
+
+    fn create(
+        &mut self,
+        pid: &str,
+        provider: &Fields,
+        new_link: impl Fn(ContactId) -> LinkRecord,
+        photo: Option<&Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let id = self.db.next_id()?;
+        let company_id = self.company_for(&provider.organization)?;
+        let contact = Contact {
+            id,
+            first_name: provider.first_name.clone(),
+            last_name: provider.last_name.clone(),
+            emails: provider.emails.clone(),
+            phones: provider.phones.clone(),
+            address: provider.address.clone(),
+            company_id,
+            job_title: provider.job_title.clone(),
+            birthday: provider.birthday,
+            has_photo: photo.is_some(),
+            links: vec![self.this_link(pid)],
+            created_at: self.ctx.now,
+            updated_at: self.ctx.now,
+        };
+        self.put_contact(contact, provider);
+        if let Some(jpeg) = photo {
+            self.plan.batch.push(Op::PutPhoto {
+                contact: id,
+                jpeg: jpeg.clone(),
+            });
+        }
+        self.put_link(pid, new_link(id), provider.clone());
+        self.plan.metrics.added_to_crm += 1;
+        let mut fields = vec![field::NAME];
+        for (present, name) in [
+            (!provider.emails.is_empty(), field::EMAILS),
+            (!provider.phones.is_empty(), field::PHONES),
+            (provider.address.is_some(), field::ADDRESS),
+            (provider.organization.is_some(), field::COMPANY),
+            (provider.job_title.is_some(), field::JOB_TITLE),
+            (provider.birthday.is_some(), field::BIRTHDAY),
+            (photo.is_some(), field::PHOTO),
+        ] {
+            if present {
+                fields.push(name);
+            }
+        }
+        let mut e = self
+            .event(audit::Action::Added)
+            .direction(audit::Direction::ToCrm)
+            .crm_id(id)
+            .provider_id(pid)
+            .fields(fields);
+        e.values = self.values(provider);
+        self.plan.audit.push(e);
+        self.plan.actions.push(Action::Create {
+            provider_id: pid.to_string(),
+            crm_id: id,
+        });
+        Ok(())
+    }
+
+    /// Merges provider fields into a linked (or just matched) contact.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_into(
+        &mut self,
+        pid: &str,
+        mut contact: Contact,
+        provider: &Fields,
+        base: Option<Fields>,
+        link: LinkRecord,
+        old_link: &LinkRecord,
+        matched: Option<Vec<ContactId>>,
+    ) -> Result<(), StoreError> {
+        let id = contact.id;
+        let crm = self.fields_of(&contact)?;
+        let two_way = self.ctx.direction == Direction::TwoWay;
+        let m = merge::merge(&crm, provider, base.as_ref(), two_way, self.db.region());
+        let newly_linked = matched.is_some();
+        let this = self.this_link(pid);
+        let mut contact_changed = !m.changed.is_empty();
+        if !contact.links.contains(&this) {
+            contact.links.push(this);
+            contact.links.sort();
+            contact_changed = true;
+        }
+        if contact_changed {
+            let f = &m.fields;
+            contact.first_name = f.first_name.clone();
+            contact.last_name = f.last_name.clone();
+            contact.emails = f.emails.clone();
+            contact.phones = f.phones.clone();
+            contact.address = f.address.clone();
+            if m.changed.contains(&field::COMPANY) {
+                contact.company_id = self.company_for(&f.organization)?;
+            }
+            contact.job_title = f.job_title.clone();
+            contact.birthday = f.birthday;
+            contact.updated_at = self.ctx.now;
+            let fields = m.fields.clone();
+            self.put_contact(contact, &fields);
+        }
+        let base_changed = base.as_ref() != Some(provider);
+        if newly_linked || base_changed || old_link != &link {
+            self.put_link(pid, link, provider.clone());
+        }
+        for name in &m.conflicts {
+            self.plan.metrics.conflicts += 1;
+            self.plan.audit.push(
+                self.event(audit::Action::Conflict)
+                    .crm_id(id)
+                    .provider_id(pid)
+                    .fields(vec![name])
+                    .reason(
+                        "changed in the CRM and in the provider; the provider's value was kept",
+                    ),
+            );
+        }
+        if !m.refused.is_empty() {
+            tracing::debug!(account = %self.ctx.account, crm_id = id, fields = ?m.refused, "Provider change would empty a mandatory field; not applied.");
+        }
+        if contact_changed {
+            self.plan.metrics.updated_in_crm += 1;
+            let mut e = self
+                .event(audit::Action::Updated)
+                .direction(audit::Direction::ToCrm)
+                .crm_id(id)
+                .provider_id(pid)
+                .fields(m.changed.clone());
+            if newly_linked {
+                e = e.reason("matched");
+            }
+            e.values = self.values(&m.fields);
+            self.plan.audit.push(e);
+        }
+        if !m.to_provider.is_empty() {
+            self.plan.actions.push(Action::Push {
+                provider_id: pid.to_string(),
+                crm_id: id,
+                fields: m.to_provider.clone(),
+            });
+        }
+        self.plan.actions.push(match matched {
+            Some(others) => Action::Link {
+                provider_id: pid.to_string(),
+                crm_id: id,
+                changed: m.changed,
+                others,
+            },
+            None if contact_changed => Action::Update {
+                provider_id: pid.to_string(),
+                crm_id: id,
+                changed: m.changed,
+            },
+            None => Action::Unchanged {
+                provider_id: pid.to_string(),
+                crm_id: id,
+            },
+        });
+        Ok(())
+    }
+
+    /// A provider deletion (`left == false`) or a departure from the synced set.
+    fn deleted(&mut self, pid: &str, left: bool) -> Result<(), StoreError> {
+        let Some(link) = self.link(pid)? else {
+            self.plan.actions.push(Action::Ignore {
+                provider_id: pid.to_string(),
+            });
+            return Ok(());
+        };
+        self.drop_link(pid);
+        let Some(mut contact) = self.contact(link.contact_id)? else {
+            // Already deleted in the CRM: forget the link quietly.
+            self.plan.actions.push(Action::Ignore {
+                provider_id: pid.to_string(),
+            });
+            return Ok(());
+        };
+        let id = contact.id;
+        let this = self.this_link(pid);
+        contact.links.retain(|l| l != &this);
+        if left || !contact.links.is_empty() {
+            let f = self.fields_of(&contact)?;
+            contact.updated_at = self.ctx.now;
+            self.put_contact(contact, &f);
+            self.plan.metrics.unlinked += 1;
+            let reason = if left {
+                "left the synced group"
+            } else {
+                "deleted in the provider; still linked to another account"
+            };
+            self.plan.audit.push(
+                self.event(audit::Action::Unlinked)
+                    .crm_id(id)
+                    .provider_id(pid)
+                    .reason(reason),
+            );
+            self.plan.actions.push(Action::Unlink {
+                provider_id: pid.to_string(),
+                crm_id: id,
+            });
+        } else {
+            self.overlay.contacts.insert(id, None);
+            self.plan.batch.push(Op::DeleteContact(id));
+            self.plan.metrics.deleted_from_provider += 1;
+            self.plan.audit.push(
+                self.event(audit::Action::Deleted)
+                    .direction(audit::Direction::ToCrm)
+                    .crm_id(id)
+                    .provider_id(pid),
+            );
+            self.plan.actions.push(Action::Delete {
+                provider_id: pid.to_string(),
+                crm_id: id,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Keeps only the last change of each provider contact (a provider may list a contact
+/// twice in one round; its latest state is what counts), in order of last appearance.
+pub fn collapse(changes: &[Change]) -> Vec<&Change> {
+    let mut last: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
+    for (i, c) in changes.iter().enumerate() {
+        last.insert(c.provider_id(), i);
+    }
+    changes
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| last.get(c.provider_id()) == Some(i))
+        .map(|(_, c)| c)
+        .collect()
+}
+
+/// Plans a whole list of changes.
+pub fn plan(
+    db: &Db,
+    ctx: PlanContext,
+    changes: &[Change],
+    photos: &HashMap<String, Vec<u8>>,
+) -> Result<Plan, StoreError> {
+    let mut p = Planner::new(db, ctx);
+    for c in collapse(changes) {
+        p.add(c, photos.get(c.provider_id()))?;
+    }
+    Ok(p.finish())
+}
+
+/// How many links the account would have after applying `changes` (SPEC §5 limit).
+pub fn projected_links(db: &Db, account: &str, changes: &[Change]) -> Result<usize, StoreError> {
+    let mut count = db.link_count(account)? as i64;
+    for c in collapse(changes) {
+        let pid = c.provider_id();
+        let linked = db.link(account, pid)?.is_some();
+        match c {
+            Change::Upsert(pc) if !linked && eligibility::check(&pc.fields).is_ok() => count += 1,
+            Change::Deleted { .. } | Change::Left { .. } if linked => count -= 1,
+            _ => {}
+        }
+    }
+    Ok(count.max(0) as usize)
+}
+
+#[cfg(test)]
+mod tests;
