@@ -777,7 +777,7 @@ impl GraphClient {
         rows: Vec<Value>,
     ) -> Result<Vec<Change>, ProviderError> {
         enum Row {
-            Ready(Change),
+            Ready(Box<Change>),
             Fetch(String),
         }
         let mut parsed = Vec::with_capacity(rows.len());
@@ -792,7 +792,7 @@ impl GraphClient {
                 continue;
             };
             if map.contains_key("@removed") {
-                parsed.push(Row::Ready(Change::Deleted { provider_id: id }));
+                parsed.push(Row::Ready(Box::new(Change::Deleted { provider_id: id })));
                 continue;
             }
             if is_partial(&map) {
@@ -800,10 +800,8 @@ impl GraphClient {
                 continue;
             }
             match serde_json::from_value::<GraphContact>(Value::Object(map)) {
-                Ok(c) => parsed.push(Row::Ready(Change::Upsert(map_contact_with_base(
-                    &c,
-                    folder,
-                    &self.api_base,
+                Ok(c) => parsed.push(Row::Ready(Box::new(Change::Upsert(
+                    map_contact_with_base(&c, folder, &self.api_base),
                 )))),
                 // An odd row: fetch it whole rather than guess.
                 Err(_) => parsed.push(Row::Fetch(id)),
@@ -816,7 +814,7 @@ impl GraphClient {
         let results: Vec<Result<Change, ProviderError>> = stream::iter(parsed)
             .map(|row| async move {
                 match row {
-                    Row::Ready(c) => Ok(c),
+                    Row::Ready(c) => Ok(*c),
                     Row::Fetch(id) => Ok(match self.get_contact(&id).await? {
                         Some(c) => {
                             let mut pc = map_contact_with_base(&c, folder, &self.api_base);
