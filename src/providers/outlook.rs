@@ -698,18 +698,61 @@ impl GraphClient {
     }
 
     /// The default Contacts folder and all folders below it, parents before children.
-    async fn discover_folders(&self) -> Result<Vec<String>, ProviderError> {
-        let root_url = format!(
+    /// The default Contacts folder's id: the well-known name `contacts`; when the mailbox
+    /// does not resolve it, the parent of a top-level folder, else the folder of a contact.
+    async fn default_folder(&self) -> Result<String, ProviderError> {
+        let url = format!(
             "{}/me/contactFolders/contacts?$select={FOLDER_SELECT}",
             self.api_base
         );
-        let root: Folder = self
-            .get_json(&root_url)
-            .await?
-            .map_err(|e| e.into_provider_error("the default contact folder lookup"))?;
-        let mut seen = HashSet::from([root.id.clone()]);
-        let mut out = vec![root.id.clone()];
-        let mut queue = VecDeque::from([root.id]);
+        match self.get_json::<Folder>(&url).await? {
+            Ok(f) => return Ok(f.id),
+            Err(e) if matches!(e.status.as_u16(), 400 | 404) => {
+                tracing::info!(
+                    status = e.status.as_u16(),
+                    "well-known folder name `contacts` not resolved; using a fallback"
+                );
+            }
+            Err(e) => return Err(e.into_provider_error("the default contact folder lookup")),
+        }
+        #[derive(Deserialize)]
+        struct Parent {
+            #[serde(rename = "parentFolderId")]
+            parent_folder_id: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Parents {
+            #[serde(default)]
+            value: Vec<Parent>,
+        }
+        for url in [
+            format!(
+                "{}/me/contactFolders?$select=id,parentFolderId",
+                self.api_base
+            ),
+            format!(
+                "{}/me/contacts?$top=1&$select=parentFolderId",
+                self.api_base
+            ),
+        ] {
+            let list = self
+                .get_json::<Parents>(&url)
+                .await?
+                .map_err(|e| e.into_provider_error("the default contact folder lookup"))?;
+            if let Some(id) = list.value.into_iter().find_map(|p| p.parent_folder_id) {
+                return Ok(id);
+            }
+        }
+        Err(ProviderError::Permanent(
+            "Cannot find the mailbox's default Contacts folder.".into(),
+        ))
+    }
+
+    async fn discover_folders(&self) -> Result<Vec<String>, ProviderError> {
+        let root = self.default_folder().await?;
+        let mut seen = HashSet::from([root.clone()]);
+        let mut out = vec![root.clone()];
+        let mut queue = VecDeque::from([root]);
         while let Some(parent) = queue.pop_front() {
             let mut url = format!(
                 "{}/me/contactFolders/{}/childFolders?$select={FOLDER_SELECT}",
@@ -800,9 +843,11 @@ impl GraphClient {
                 continue;
             }
             match serde_json::from_value::<GraphContact>(Value::Object(map)) {
-                Ok(c) => parsed.push(Row::Ready(Box::new(Change::Upsert(
-                    map_contact_with_base(&c, folder, &self.api_base),
-                )))),
+                Ok(c) => parsed.push(Row::Ready(Box::new(Change::Upsert(map_contact_with_base(
+                    &c,
+                    folder,
+                    &self.api_base,
+                ))))),
                 // An odd row: fetch it whole rather than guess.
                 Err(_) => parsed.push(Row::Fetch(id)),
             }

@@ -1111,3 +1111,64 @@ async fn at_most_four_requests_are_in_flight_per_mailbox() {
     assert!(max <= MAX_IN_FLIGHT, "{max} requests in flight");
     assert!(max >= 2, "requests did run concurrently ({max})");
 }
+
+#[tokio::test]
+async fn default_folder_falls_back_to_the_parent_of_a_top_level_folder() {
+    let (client, _, srv) = lazy_server(|base| {
+        let inner = two_folder_mailbox(base);
+        Arc::new(move |r: &Req| match r.path() {
+            "/v1.0/me/contactFolders/contacts" => Resp::json(
+                400,
+                json!({"error": {"code": "ErrorInvalidIdMalformed", "message": "Id is malformed."}}),
+            ),
+            "/v1.0/me/contactFolders" => Resp::json(
+                200,
+                json!({"value": [{"id": "KIDS", "displayName": "Kids", "parentFolderId": "ROOT"}]}),
+            ),
+            _ => inner(r),
+        })
+    })
+    .await;
+    let round = client.fetch_round(None, &no_progress()).await.unwrap();
+    assert_eq!(round.complete_scopes, vec!["ROOT", "KIDS"]);
+    assert_prefer_on_every_request(&srv);
+}
+
+#[tokio::test]
+async fn skiptoken_expiring_mid_listing_restarts_that_folder_and_keeps_no_half_round() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h2 = hits.clone();
+    let (client, _, srv) = lazy_server(move |base| {
+        let inner = two_folder_mailbox(base);
+        Arc::new(move |r: &Req| {
+            if r.target.contains("skiptoken=k2") && h2.fetch_add(1, Ordering::SeqCst) == 0 {
+                Resp::json(410, json!({"error": {"code": "syncStateNotFound"}}))
+            } else {
+                inner(r)
+            }
+        })
+    })
+    .await;
+    let round = client.fetch_round(None, &no_progress()).await.unwrap();
+    assert_eq!(round.complete_scopes, vec!["ROOT", "KIDS"]);
+    // carol was on the page before the failure and again after the restart: one change.
+    assert_eq!(
+        round
+            .changes
+            .iter()
+            .filter(|c| c.provider_id() == "carol")
+            .count(),
+        1
+    );
+    assert_eq!(upserts(&round).len(), 4);
+    let kids_starts = srv
+        .graph_requests()
+        .iter()
+        .filter(|r| {
+            r.path() == "/v1.0/me/contactFolders/KIDS/contacts/delta" && !r.target.contains("token")
+        })
+        .count();
+    assert_eq!(kids_starts, 2);
+    let cursor = GraphCursor::decode(&round.cursor).unwrap();
+    assert!(cursor.folders["KIDS"].ends_with("deltatoken=kD1"));
+}
