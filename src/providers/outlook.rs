@@ -305,7 +305,10 @@ pub fn fields_to_contact(f: &Fields) -> (Value, Dropped) {
             "postalCode": a.postal_code.clone().unwrap_or_default(),
             "countryOrRegion": a.country.clone().unwrap_or_default(),
         }),
-        None => json!({}),
+        // Every part empty: a PATCH replaces the whole structured property.
+        None => {
+            json!({"street": "", "city": "", "state": "", "postalCode": "", "countryOrRegion": ""})
+        }
     };
     let body = json!({
         "givenName": f.first_name,
@@ -433,6 +436,10 @@ struct Call<'a> {
     body: Option<&'a Value>,
     if_match: Option<&'a str>,
     cap: usize,
+    /// Whether the request may be sent again after a failure that may have reached the
+    /// service (a timeout, a 5xx). A `$batch` with creates may not: only 429 and failures to
+    /// connect are retried for it.
+    idempotent: bool,
 }
 
 impl<'a> Call<'a> {
@@ -443,6 +450,7 @@ impl<'a> Call<'a> {
             body: None,
             if_match: None,
             cap: MAX_JSON_BYTES,
+            idempotent: true,
         }
     }
 }
@@ -573,8 +581,13 @@ impl GraphClient {
             }
             let failure: ProviderError;
             let mut wait = None;
+            let mut safe_to_retry = call.idempotent;
             match req.send().await {
-                Err(e) => failure = transport_error(&e),
+                Err(e) => {
+                    // Nothing reached the service when the connection could not be made.
+                    safe_to_retry |= e.is_connect();
+                    failure = transport_error(&e)
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED && !refreshed {
@@ -601,6 +614,8 @@ impl GraphClient {
                             Err(e) => failure = e,
                         }
                     } else if retryable_status(status) {
+                        // A throttled request was not carried out.
+                        safe_to_retry |= status == StatusCode::TOO_MANY_REQUESTS;
                         let ra = retry_after(resp.headers());
                         if let Some(ra) = ra {
                             if ra > self.retry.max_retry_after {
@@ -641,7 +656,7 @@ impl GraphClient {
             }
             drop(permit);
             attempt += 1;
-            if attempt >= self.retry.max_attempts {
+            if attempt >= self.retry.max_attempts || !safe_to_retry {
                 return Err(failure);
             }
             let wait = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
@@ -1076,6 +1091,352 @@ fn dedupe(changes: Vec<Change>) -> Vec<Change> {
         }
     }
     out.into_iter().flatten().collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Two-way writes, through `$batch`
+// ---------------------------------------------------------------------------------------
+
+/// One write to the mailbox.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    /// Creates a contact in the default Contacts folder.
+    Create {
+        fields: Fields,
+    },
+    /// Writes the Graph properties of the `changed` CRM fields (names of
+    /// [`crate::model::field`]), with `If-Match: etag` when an etag is known.
+    Update {
+        id: String,
+        etag: Option<String>,
+        fields: Fields,
+        changed: Vec<String>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+/// What became of one [`WriteOp`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResult {
+    Created {
+        id: String,
+        etag: Option<String>,
+        /// Values beyond Graph's multi-value limits, not written (for the audit).
+        dropped: Dropped,
+    },
+    Updated {
+        etag: Option<String>,
+        dropped: Dropped,
+    },
+    Deleted,
+    /// The contact changed since the etag we sent (412, or 409 `ErrorIrresolvableConflict`):
+    /// re-read it and merge again.
+    Conflict,
+    /// The contact no longer exists.
+    NotFound,
+    Failed(ProviderError),
+}
+
+/// The PATCH body for an update of the `changed` CRM fields.
+pub fn update_body(fields: &Fields, changed: &[&str]) -> (Value, Dropped) {
+    use crate::model::field;
+    let (full, all_dropped) = fields_to_contact(fields);
+    let mut body = serde_json::Map::new();
+    let mut dropped = Dropped::default();
+    for f in changed {
+        for prop in graph_properties(f) {
+            body.insert((*prop).to_string(), full[*prop].clone());
+        }
+        if *f == field::EMAILS {
+            dropped.emails = all_dropped.emails.clone();
+        }
+        if *f == field::PHONES {
+            dropped.phones = all_dropped.phones.clone();
+        }
+    }
+    (Value::Object(body), dropped)
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchResponses {
+    responses: Vec<BatchItem>,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchItem {
+    id: String,
+    status: u16,
+    #[serde(default)]
+    headers: serde_json::Map<String, Value>,
+    #[serde(default)]
+    body: Value,
+}
+
+impl BatchItem {
+    fn retry_after(&self) -> Option<Duration> {
+        let v = self
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+            .map(|(_, v)| v)?;
+        let mut h = reqwest::header::HeaderMap::new();
+        let text = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        h.insert(reqwest::header::RETRY_AFTER, text.parse().ok()?);
+        retry_after(&h)
+    }
+    fn etag(&self) -> Option<String> {
+        self.body
+            .get("@odata.etag")
+            .or_else(|| self.body.get("changeKey"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+}
+
+impl GraphClient {
+    /// Carries out writes through `POST {api_base}/$batch`, at most [`MAX_BATCH`] per
+    /// request; one result per op, in order. Throttled items are sent again after their
+    /// `Retry-After`; a create is never sent twice unless the service said it was not
+    /// carried out (429).
+    pub async fn write(&self, ops: &[WriteOp]) -> Vec<WriteResult> {
+        let mut results: Vec<Option<WriteResult>> = vec![None; ops.len()];
+        let mut dropped: Vec<Dropped> = vec![Dropped::default(); ops.len()];
+        let mut bodies: Vec<Option<Value>> = vec![None; ops.len()];
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                WriteOp::Create { fields } => {
+                    let (b, d) = fields_to_contact(fields);
+                    bodies[i] = Some(b);
+                    dropped[i] = d;
+                }
+                WriteOp::Update {
+                    fields, changed, ..
+                } => {
+                    let names: Vec<&str> = changed.iter().map(String::as_str).collect();
+                    let (b, d) = update_body(fields, &names);
+                    bodies[i] = Some(b);
+                    dropped[i] = d;
+                }
+                WriteOp::Delete { .. } => {}
+            }
+        }
+        let all: Vec<usize> = (0..ops.len()).collect();
+        for chunk in all.chunks(MAX_BATCH) {
+            let mut pending: Vec<usize> = chunk.to_vec();
+            let mut attempt = 0u32;
+            while !pending.is_empty() {
+                let requests: Vec<Value> = pending
+                    .iter()
+                    .map(|&i| batch_request(i, &ops[i], bodies[i].as_ref()))
+                    .collect();
+                let url = format!("{}/$batch", self.api_base);
+                let body = json!({ "requests": requests });
+                // Sending a create twice would create two contacts.
+                let idempotent = pending
+                    .iter()
+                    .all(|&i| !matches!(ops[i], WriteOp::Create { .. }));
+                let call = Call {
+                    method: Method::POST,
+                    body: Some(&body),
+                    idempotent,
+                    ..Call::get(&url)
+                };
+                let reply = self
+                    .exec(call, |b| {
+                        serde_json::from_slice::<BatchResponses>(b).map_err(|e| e.to_string())
+                    })
+                    .await;
+                let batch = match reply {
+                    Ok(Reply::Ok(b)) => b,
+                    Ok(Reply::Api(e)) => {
+                        let err = e.into_provider_error("a $batch request");
+                        for &i in &pending {
+                            results[i] = Some(WriteResult::Failed(err.clone()));
+                        }
+                        break;
+                    }
+                    Ok(Reply::TooBig) => {
+                        let err =
+                            ProviderError::Transient("Oversized $batch response.".to_string());
+                        for &i in &pending {
+                            results[i] = Some(WriteResult::Failed(err.clone()));
+                        }
+                        break;
+                    }
+                    Err(err) => {
+                        for &i in &pending {
+                            results[i] = Some(WriteResult::Failed(err.clone()));
+                        }
+                        break;
+                    }
+                };
+                let mut again = Vec::new();
+                let mut wait: Option<Duration> = None;
+                let by_id: HashMap<&str, &BatchItem> =
+                    batch.responses.iter().map(|r| (r.id.as_str(), r)).collect();
+                for &i in &pending {
+                    let key = i.to_string();
+                    let Some(item) = by_id.get(key.as_str()) else {
+                        results[i] = Some(WriteResult::Failed(ProviderError::Transient(
+                            "The $batch response left out a request.".into(),
+                        )));
+                        continue;
+                    };
+                    let is_create = matches!(ops[i], WriteOp::Create { .. });
+                    let retry = item.status == 429
+                        || (!is_create && matches!(item.status, 503 | 504 | 424));
+                    if retry {
+                        if let Some(ra) = item.retry_after() {
+                            wait = Some(wait.map_or(ra, |w| w.max(ra)));
+                        }
+                        again.push(i);
+                        continue;
+                    }
+                    results[i] = Some(item_result(&ops[i], item, &dropped[i]));
+                }
+                if again.is_empty() {
+                    break;
+                }
+                attempt += 1;
+                if attempt >= self.retry.max_attempts
+                    || wait.is_some_and(|w| w > self.retry.max_retry_after)
+                {
+                    for &i in &again {
+                        results[i] = Some(WriteResult::Failed(ProviderError::Throttled {
+                            retry_after: wait,
+                        }));
+                    }
+                    break;
+                }
+                let wait = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
+                self.pause_for(wait);
+                tracing::debug!(
+                    items = again.len(),
+                    ?wait,
+                    "retrying throttled $batch items"
+                );
+                tokio::time::sleep(wait).await;
+                pending = again;
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    WriteResult::Failed(ProviderError::Transient("Not sent.".into()))
+                })
+            })
+            .collect()
+    }
+
+    /// Creates a contact in the default folder: its id, etag and the values Graph's limits
+    /// left out.
+    pub async fn create(
+        &self,
+        fields: &Fields,
+    ) -> Result<(String, Option<String>, Dropped), ProviderError> {
+        let op = WriteOp::Create {
+            fields: fields.clone(),
+        };
+        match self.write(std::slice::from_ref(&op)).await.pop() {
+            Some(WriteResult::Created { id, etag, dropped }) => Ok((id, etag, dropped)),
+            Some(WriteResult::Failed(e)) => Err(e),
+            other => Err(ProviderError::Transient(format!(
+                "Unexpected answer to a create: {other:?}."
+            ))),
+        }
+    }
+
+    /// Updates the properties of the `changed` CRM fields if the contact still has `etag`:
+    /// [`WriteResult::Updated`], [`WriteResult::Conflict`] or [`WriteResult::NotFound`].
+    pub async fn update(
+        &self,
+        id: &str,
+        etag: Option<&str>,
+        fields: &Fields,
+        changed: &[&str],
+    ) -> Result<WriteResult, ProviderError> {
+        let op = WriteOp::Update {
+            id: id.to_string(),
+            etag: etag.map(str::to_string),
+            fields: fields.clone(),
+            changed: changed.iter().map(|s| s.to_string()).collect(),
+        };
+        match self.write(std::slice::from_ref(&op)).await.pop() {
+            Some(WriteResult::Failed(e)) => Err(e),
+            Some(r) => Ok(r),
+            None => Err(ProviderError::Transient("Not sent.".into())),
+        }
+    }
+
+    /// Deletes a contact; one that is already gone counts as deleted.
+    pub async fn delete(&self, id: &str) -> Result<(), ProviderError> {
+        let op = WriteOp::Delete { id: id.to_string() };
+        match self.write(std::slice::from_ref(&op)).await.pop() {
+            Some(WriteResult::Deleted | WriteResult::NotFound) => Ok(()),
+            Some(WriteResult::Failed(e)) => Err(e),
+            other => Err(ProviderError::Transient(format!(
+                "Unexpected answer to a delete: {other:?}."
+            ))),
+        }
+    }
+}
+
+fn batch_request(i: usize, op: &WriteOp, body: Option<&Value>) -> Value {
+    let mut headers = json!({ "Prefer": PREFER });
+    let (method, url) = match op {
+        WriteOp::Create { .. } => ("POST", "/me/contacts".to_string()),
+        WriteOp::Update { id, etag, .. } => {
+            if let Some(e) = etag {
+                headers["If-Match"] = json!(e);
+            }
+            ("PATCH", format!("/me/contacts/{}", seg(id)))
+        }
+        WriteOp::Delete { id } => ("DELETE", format!("/me/contacts/{}", seg(id))),
+    };
+    let mut req = json!({ "id": i.to_string(), "method": method, "url": url });
+    if let Some(b) = body {
+        headers["Content-Type"] = json!("application/json");
+        req["body"] = b.clone();
+    }
+    req["headers"] = headers;
+    req
+}
+
+fn item_result(op: &WriteOp, item: &BatchItem, dropped: &Dropped) -> WriteResult {
+    let codes = error_codes(&serde_json::to_vec(&item.body).unwrap_or_default());
+    let api = ApiError {
+        status: StatusCode::from_u16(item.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        codes,
+    };
+    match item.status {
+        200..=299 => match op {
+            WriteOp::Create { .. } => match item.body.get("id").and_then(Value::as_str) {
+                Some(id) => WriteResult::Created {
+                    id: id.to_string(),
+                    etag: item.etag(),
+                    dropped: dropped.clone(),
+                },
+                None => WriteResult::Failed(ProviderError::Transient(
+                    "Graph created a contact but did not say its id.".into(),
+                )),
+            },
+            WriteOp::Update { .. } => WriteResult::Updated {
+                etag: item.etag(),
+                dropped: dropped.clone(),
+            },
+            WriteOp::Delete { .. } => WriteResult::Deleted,
+        },
+        412 => WriteResult::Conflict,
+        409 if api.has_code("ErrorIrresolvableConflict") => WriteResult::Conflict,
+        404 if !matches!(op, WriteOp::Create { .. }) => WriteResult::NotFound,
+        _ => WriteResult::Failed(api.into_provider_error("a contact write")),
+    }
 }
 
 impl Provider for GraphClient {

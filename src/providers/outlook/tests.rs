@@ -1,5 +1,6 @@
 use super::*;
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -1171,4 +1172,203 @@ async fn skiptoken_expiring_mid_listing_restarts_that_folder_and_keeps_no_half_r
     assert_eq!(kids_starts, 2);
     let cursor = GraphCursor::decode(&round.cursor).unwrap();
     assert!(cursor.folders["KIDS"].ends_with("deltatoken=kD1"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Two-way writes
+// ---------------------------------------------------------------------------------------
+
+fn sample_fields(emails: usize, phones: usize) -> Fields {
+    Fields {
+        first_name: "Garth".into(),
+        last_name: "Fort".into(),
+        emails: (0..emails).map(|i| format!("g{i}@contoso.com")).collect(),
+        phones: (0..phones).map(|i| format!("+1 918 555 010{i}")).collect(),
+        address: Some(Address {
+            street: Some("123 Some street".into()),
+            city: Some("Seattle".into()),
+            region: Some("WA".into()),
+            postal_code: Some("98121".into()),
+            country: None,
+        }),
+        organization: Some("Contoso, Inc.".into()),
+        job_title: Some("Web Marketing Manager".into()),
+        birthday: NaiveDate::from_ymd_opt(1974, 7, 22),
+    }
+}
+
+#[test]
+fn fields_to_contact_keeps_graph_multi_value_limits_and_reports_dropped_values() {
+    let (body, dropped) = fields_to_contact(&sample_fields(5, 7));
+    assert_eq!(body["emailAddresses"].as_array().unwrap().len(), 3);
+    assert_eq!(body["businessPhones"].as_array().unwrap().len(), 2);
+    assert_eq!(body["homePhones"].as_array().unwrap().len(), 2);
+    assert_eq!(body["mobilePhone"], json!("+1 918 555 0104"));
+    assert_eq!(dropped.emails, vec!["g3@contoso.com", "g4@contoso.com"]);
+    assert_eq!(dropped.phones, vec!["+1 918 555 0105", "+1 918 555 0106"]);
+    assert_eq!(body["displayName"], json!("Garth Fort"));
+    assert_eq!(body["birthday"], json!("1974-07-22T12:00:00Z"));
+
+    let (_, dropped) = fields_to_contact(&sample_fields(3, 5));
+    assert!(dropped.is_empty());
+}
+
+#[test]
+fn fields_within_limits_survive_a_round_trip_through_the_graph_shape() {
+    let f = sample_fields(3, 5);
+    let (mut body, _) = fields_to_contact(&f);
+    body["id"] = json!("AAMkNEW");
+    let back = map_contact(&contact(body), "F");
+    assert_eq!(back.fields, f);
+}
+
+#[test]
+fn update_body_holds_only_the_changed_fields() {
+    use crate::model::field;
+    let (body, dropped) = update_body(&sample_fields(4, 1), &[field::JOB_TITLE, field::PHONES]);
+    let keys: BTreeSet<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["jobTitle", "businessPhones", "homePhones", "mobilePhone"])
+    );
+    assert!(
+        dropped.emails.is_empty(),
+        "emails were not written, so none were dropped"
+    );
+    let (body, dropped) = update_body(&sample_fields(4, 1), &[field::EMAILS, field::ADDRESS]);
+    assert_eq!(dropped.emails, vec!["g3@contoso.com"]);
+    assert_eq!(body["homeAddress"]["postalCode"], json!("98121"));
+}
+
+/// A `$batch` endpoint: creates get ids, `stale` conflicts, `throttled` is throttled once,
+/// `missing` is gone.
+fn batch_mailbox(throttled_once: Arc<AtomicUsize>) -> Handler {
+    Arc::new(move |r: &Req| {
+        if r.path() != "/v1.0/$batch" || r.method != "POST" {
+            return Resp::json(404, json!({"error": {"code": "UnknownPath"}}));
+        }
+        let body: Value = serde_json::from_slice(&r.body).expect("batch body is JSON");
+        let mut responses = Vec::new();
+        for q in body["requests"].as_array().unwrap() {
+            let id = q["id"].clone();
+            let url = q["url"].as_str().unwrap();
+            let resp = match (q["method"].as_str().unwrap(), url) {
+                ("POST", "/me/contacts") => json!({"id": id, "status": 201,
+                    "body": {"id": format!("new-{}", id.as_str().unwrap()), "@odata.etag": "W/\"c1\""}}),
+                ("PATCH", "/me/contacts/stale") => json!({"id": id, "status": 412,
+                    "body": {"error": {"code": "ErrorIrresolvableConflict"}}}),
+                ("PATCH", "/me/contacts/throttled")
+                    if throttled_once.fetch_add(1, Ordering::SeqCst) == 0 =>
+                {
+                    json!({"id": id, "status": 429, "headers": {"Retry-After": "0.01"},
+                        "body": {"error": {"code": "ApplicationThrottled"}}})
+                }
+                ("PATCH", _) => json!({"id": id, "status": 200,
+                    "body": {"id": url, "@odata.etag": "W/\"c2\""}}),
+                ("DELETE", "/me/contacts/missing") => json!({"id": id, "status": 404,
+                    "body": {"error": {"code": "ErrorItemNotFound"}}}),
+                ("DELETE", _) => json!({"id": id, "status": 204}),
+                _ => json!({"id": id, "status": 400}),
+            };
+            responses.push(resp);
+        }
+        responses.reverse(); // Graph may answer in any order.
+        Resp::json(200, json!({"responses": responses}))
+    })
+}
+
+#[tokio::test]
+async fn writes_go_through_batch_in_chunks_of_twenty_with_if_match_and_conflicts() {
+    let throttled = Arc::new(AtomicUsize::new(0));
+    let (client, _, srv) = setup(batch_mailbox(throttled.clone())).await;
+    let mut ops: Vec<WriteOp> = (0..21)
+        .map(|i| WriteOp::Create {
+            fields: sample_fields(if i == 0 { 4 } else { 1 }, 1),
+        })
+        .collect();
+    let upd = |id: &str| WriteOp::Update {
+        id: id.into(),
+        etag: Some(format!("W/\"{id}\"")),
+        fields: sample_fields(1, 1),
+        changed: vec!["job_title".into()],
+    };
+    ops.extend([upd("ok"), upd("stale"), upd("throttled")]);
+    ops.push(WriteOp::Delete {
+        id: "missing".into(),
+    });
+    ops.push(WriteOp::Delete { id: "gone".into() });
+
+    let results = client.write(&ops).await;
+
+    assert_eq!(results.len(), ops.len());
+    match &results[0] {
+        WriteResult::Created { id, etag, dropped } => {
+            assert_eq!(id, "new-0");
+            assert_eq!(etag.as_deref(), Some("W/\"c1\""));
+            assert_eq!(dropped.emails, vec!["g3@contoso.com"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&results[20], WriteResult::Created { id, .. } if id == "new-20"));
+    assert!(matches!(&results[21], WriteResult::Updated { etag: Some(e), .. } if e == "W/\"c2\""));
+    assert_eq!(results[22], WriteResult::Conflict);
+    assert!(matches!(&results[23], WriteResult::Updated { .. }));
+    assert_eq!(results[24], WriteResult::NotFound);
+    assert_eq!(results[25], WriteResult::Deleted);
+
+    let batches: Vec<Value> = srv
+        .graph_requests()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let sizes: Vec<usize> = batches
+        .iter()
+        .map(|b| b["requests"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![20, 6, 1],
+        "20, then the rest, then the throttled item again"
+    );
+    for b in &batches {
+        for q in b["requests"].as_array().unwrap() {
+            assert!(q["headers"]["Prefer"]
+                .as_str()
+                .unwrap()
+                .contains("IdType=\"ImmutableId\""));
+            if q["method"] == "PATCH" {
+                assert!(q["headers"]["If-Match"].is_string());
+                assert_eq!(q["headers"]["Content-Type"], "application/json");
+                assert_eq!(
+                    q["body"].as_object().unwrap().keys().collect::<Vec<_>>(),
+                    vec!["jobTitle"]
+                );
+            }
+        }
+    }
+    assert_eq!(throttled.load(Ordering::SeqCst), 2);
+    assert_prefer_on_every_request(&srv);
+}
+
+#[tokio::test]
+async fn a_batch_with_creates_is_not_sent_twice_after_a_server_error() {
+    let (client, _, srv) = setup(Arc::new(|_: &Req| {
+        Resp::json(502, json!({"error": {"code": "BadGateway"}}))
+    }))
+    .await;
+    let err = client.create(&sample_fields(1, 1)).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+    assert_eq!(srv.graph_requests().len(), 1);
+    // Deletes are safe to repeat.
+    let err = client.delete("x").await.unwrap_err();
+    assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
+    assert_eq!(
+        srv.graph_requests().len() as u32,
+        1 + RetryPolicy::fast().max_attempts
+    );
 }
