@@ -973,10 +973,13 @@ impl GraphClient {
             let (folder_changes, delta_link) = loop {
                 let full = link.is_none();
                 let start = match link.take() {
-                    Some(l) => {
-                        self.check_link(&l)?;
-                        l
+                    // A link to another host (the API base was changed in the config):
+                    // list the folder afresh rather than send the token elsewhere.
+                    Some(l) if self.check_link(&l).is_err() => {
+                        tracing::warn!(folder = %folder, "stored delta link points at another host; listing the folder in full");
+                        continue;
                     }
+                    Some(l) => l,
                     None => self.delta_start(folder),
                 };
                 match self
@@ -1003,7 +1006,7 @@ impl GraphClient {
                 }
             };
             tracing::debug!(folder = %folder, changes = folder_changes.len(), "folder listed");
-            changes.extend(folder_changes);
+            changes.extend(folder_changes.into_iter().map(|c| (folder.clone(), c)));
             next.folders.insert(folder.clone(), delta_link);
         }
         let changes = dedupe(changes);
@@ -1066,31 +1069,30 @@ async fn read_capped(
     Ok(Some(buf))
 }
 
-/// One change per contact id: the last one wins, except that a deletion never beats an
-/// upsert (a contact moved between folders shows up as removed from one and added to the
-/// other, in whichever order the folders were listed).
-fn dedupe(changes: Vec<Change>) -> Vec<Change> {
+/// One change per contact id, given `(folder, change)` in listing order. Within a folder
+/// the last change wins (replays, or a contact listed and then removed while paging). A
+/// removal from one folder never beats an upsert from another: a contact moved between
+/// folders shows up as removed from one and added to the other, in whichever order the
+/// folders were listed.
+fn dedupe(changes: Vec<(String, Change)>) -> Vec<Change> {
     let mut index: HashMap<String, usize> = HashMap::new();
-    let mut out: Vec<Option<Change>> = Vec::with_capacity(changes.len());
-    for c in changes {
+    let mut out: Vec<Option<(String, Change)>> = Vec::with_capacity(changes.len());
+    for (folder, c) in changes {
         let id = c.provider_id().to_string();
-        match index.get(&id) {
-            Some(&i) => {
-                let keep_old = matches!(out[i], Some(Change::Upsert(_)))
-                    && matches!(c, Change::Deleted { .. });
-                if !keep_old {
-                    out[i] = None;
-                    index.insert(id, out.len());
-                    out.push(Some(c));
-                }
+        if let Some(&i) = index.get(&id) {
+            let (old_folder, old) = out[i].as_ref().expect("indexed entries are kept");
+            let moved_away = matches!(old, Change::Upsert(_))
+                && matches!(c, Change::Deleted { .. })
+                && *old_folder != folder;
+            if moved_away {
+                continue;
             }
-            None => {
-                index.insert(id, out.len());
-                out.push(Some(c));
-            }
+            out[i] = None;
         }
+        index.insert(id, out.len());
+        out.push(Some((folder, c)));
     }
-    out.into_iter().flatten().collect()
+    out.into_iter().flatten().map(|(_, c)| c).collect()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -224,26 +224,40 @@ async fn removed_row_in_a_page_becomes_a_deletion() {
 }
 
 #[test]
-fn a_move_between_folders_is_not_a_deletion() {
+fn a_move_between_folders_is_not_a_deletion_but_a_removal_in_the_same_folder_is() {
     let up = |id: &str, scope: &str| {
-        let mut p = map_contact(&contact(full_row(id, "A", "B")), scope);
-        p.scope = scope.into();
-        Change::Upsert(p)
+        (
+            scope.to_string(),
+            Change::Upsert(map_contact(&contact(full_row(id, "A", "B")), scope)),
+        )
     };
-    let del = |id: &str| Change::Deleted {
-        provider_id: id.into(),
+    let del = |id: &str, scope: &str| {
+        (
+            scope.to_string(),
+            Change::Deleted {
+                provider_id: id.into(),
+            },
+        )
     };
     let out = dedupe(vec![
         up("m", "B"),
-        del("x"),
-        del("m"),
-        up("x", "A"),
+        del("x", "B"),
+        del("m", "A"), // m moved from A to B, B listed first
+        up("x", "A"),  // x moved from B to A, B listed first
         up("y", "A"),
-        up("y", "B"),
+        up("y", "B"), // replay: the last wins
+        up("z", "A"),
+        del("z", "A"), // listed, then deleted while paging
     ]);
-    assert_eq!(out.len(), 3);
-    assert!(out.iter().all(|c| matches!(c, Change::Upsert(_))));
-    assert!(matches!(&out[2], Change::Upsert(p) if p.provider_id == "y" && p.scope == "B"));
+    let ids: Vec<(&str, bool)> = out
+        .iter()
+        .map(|c| (c.provider_id(), matches!(c, Change::Upsert(_))))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("m", true), ("x", true), ("y", true), ("z", false)]
+    );
+    assert!(matches!(&out[2], Change::Upsert(p) if p.scope == "B"));
 }
 
 #[test]
@@ -1371,4 +1385,28 @@ async fn a_batch_with_creates_is_not_sent_twice_after_a_server_error() {
         srv.graph_requests().len() as u32,
         1 + RetryPolicy::fast().max_attempts
     );
+}
+
+#[tokio::test]
+async fn stored_link_to_another_host_is_not_followed_and_the_folder_is_relisted() {
+    let (client, _, srv) = lazy_server(two_folder_mailbox).await;
+    let mut c = GraphCursor::default();
+    c.folders.insert(
+        "ROOT".into(),
+        "http://old-proxy.invalid/v1.0/me/contactFolders/ROOT/contacts/delta?$deltatoken=x".into(),
+    );
+    c.folders.insert(
+        "KIDS".into(),
+        format!(
+            "{}/v1.0/me/contactFolders/KIDS/contacts/delta?$deltatoken=kD1",
+            srv.base
+        ),
+    );
+    let round = client
+        .fetch_round(Some(&c.encode()), &no_progress())
+        .await
+        .unwrap();
+    assert_eq!(round.complete_scopes, vec!["ROOT"]);
+    let cursor = GraphCursor::decode(&round.cursor).unwrap();
+    assert!(cursor.folders["ROOT"].starts_with(&srv.base));
 }
