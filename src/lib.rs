@@ -13,5 +13,6 @@ pub mod model;
 pub mod normalize;
 pub mod providers;
 pub mod secrets;
+pub mod sim;
 pub mod store;
 pub mod sync;

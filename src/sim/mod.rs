@@ -1,0 +1,233 @@
+//! Simulated providers: a Google People API server and a Microsoft Graph contacts server.
+//!
+//! # Key concepts
+//!
+//! - Each provider runs its own actix-web server on loopback. Both serve the provider's wire
+//!   format (paths, parameters, JSON field names, error shapes) so that a client that works
+//!   against the simulator should work against the real service.
+//! - State lives in memory, per provider, behind one mutex ([`ProvState`]). Every handler is
+//!   synchronous over that state; only fault injection (latency, hangs) awaits.
+//! - Change tracking uses a per-user, monotonically increasing change sequence. Every
+//!   contact carries the sequence number of its last change and every deletion leaves a
+//!   tombstone with its sequence number. Cursors (Google sync tokens, Graph delta tokens)
+//!   encode a sequence number, and a round of paging lists the changes in
+//!   `(cursor_seq, snapshot_seq]`, where the snapshot is taken on the first page. A change
+//!   made while a client pages therefore lands in the next round: nothing is lost.
+//! - A control API under `/_sim/` on each server seeds users, edits contacts as if a person
+//!   used the provider's own UI, expires cursors, revokes grants, injects faults and exposes
+//!   a log of the requests served. It is never subject to faults and never logged.
+//!
+//! See `docs/simulator.md` for what is faithful and what is knowingly simplified.
+
+pub mod cli;
+pub(crate) mod common;
+pub(crate) mod google;
+pub(crate) mod graph;
+pub mod jpeg;
+pub mod seed;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpServer};
+
+pub use cli::{run_cli, SimArgs};
+pub use common::{FaultConfig, FaultKind, LogEntry};
+pub use seed::{people, user_salt, SeedAddress, SeedPerson, SeedPhone};
+
+use common::{Shared, SharedRef};
+
+/// The two simulated providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// Google People API.
+    Google,
+    /// Microsoft Graph (Outlook personal contacts).
+    Outlook,
+}
+
+/// A user to seed at start-up.
+#[derive(Debug, Clone)]
+pub struct SeedUser {
+    /// Login of the user, e.g. `alice@example.com`.
+    pub user: String,
+    /// Number of contacts to generate.
+    pub contacts: usize,
+    /// Seed of the generator. Users of both providers seeded with the same seed share
+    /// about a fifth of their people (see [`seed`]).
+    pub seed: u64,
+    /// Google only: fraction of contacts that are starred.
+    pub starred_share: f64,
+    /// Outlook only: contacts are spread over the default folder and this many child folders.
+    pub child_folders: usize,
+}
+
+impl SeedUser {
+    /// A user with `contacts` contacts, no starred share and no child folders.
+    pub fn new(user: &str, contacts: usize, seed: u64) -> SeedUser {
+        SeedUser {
+            user: user.to_string(),
+            contacts,
+            seed,
+            starred_share: 0.0,
+            child_folders: 0,
+        }
+    }
+}
+
+/// Options for [`Sim::start`].
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Seed for ids and fault injection.
+    pub seed: u64,
+    /// Users of the Google simulator.
+    pub google_users: Vec<SeedUser>,
+    /// Users of the Graph simulator.
+    pub outlook_users: Vec<SeedUser>,
+    /// Lifetime of issued access tokens.
+    pub access_token_ttl: Duration,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            seed: 1,
+            google_users: Vec::new(),
+            outlook_users: Vec::new(),
+            access_token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// A running pair of simulated providers.
+pub struct Sim {
+    /// Base URL of the Google simulator, `http://127.0.0.1:PORT`.
+    pub google_base: String,
+    /// Base URL of the Graph simulator, `http://127.0.0.1:PORT2`. The Graph API base is
+    /// `{graph_base}/v1.0`.
+    pub graph_base: String,
+    shared: SharedRef,
+    handles: Vec<ServerHandle>,
+}
+
+impl Sim {
+    /// Starts both servers on `127.0.0.1:0` (free ports).
+    pub async fn start(opts: SimOptions) -> anyhow::Result<Sim> {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Sim::start_on(any, any, opts).await
+    }
+
+    /// Starts both servers on the given addresses.
+    pub async fn start_on(
+        google_addr: SocketAddr,
+        graph_addr: SocketAddr,
+        opts: SimOptions,
+    ) -> anyhow::Result<Sim> {
+        let shared = Arc::new(Shared::new(opts.seed, opts.access_token_ttl));
+        let (google_server, google_bound) = bind(google_addr, shared.clone(), Provider::Google)?;
+        let (graph_server, graph_bound) = bind(graph_addr, shared.clone(), Provider::Outlook)?;
+        let google_base = format!("http://{google_bound}");
+        let graph_base = format!("http://{graph_bound}");
+        shared.set_bases(&google_base, &graph_base);
+        for u in &opts.google_users {
+            shared.add_user(Provider::Google, u);
+        }
+        for u in &opts.outlook_users {
+            shared.add_user(Provider::Outlook, u);
+        }
+        let handles = vec![google_server.handle(), graph_server.handle()];
+        tokio::spawn(google_server);
+        tokio::spawn(graph_server);
+        Ok(Sim {
+            google_base,
+            graph_base,
+            shared,
+            handles,
+        })
+    }
+
+    /// A valid refresh token for a seeded user (the most recently issued one).
+    pub fn refresh_token(&self, provider: Provider, user: &str) -> Option<String> {
+        self.shared.refresh_token(provider, user)
+    }
+
+    /// Seeds (or re-seeds) a user and returns its refresh token.
+    pub fn add_user(&self, provider: Provider, user: &SeedUser) -> String {
+        self.shared.add_user(provider, user)
+    }
+
+    /// Sets the fault injection of one provider. Probability 0 disables it.
+    pub fn set_faults(&self, provider: Provider, faults: FaultConfig) {
+        self.shared.set_faults(provider, faults);
+    }
+
+    /// Limits concurrent API requests per user (mailbox). `None` lifts the limit.
+    pub fn set_quota(&self, provider: Provider, max_concurrent: Option<usize>) {
+        self.shared.set_quota(provider, max_concurrent);
+    }
+
+    /// The log of API and OAuth requests served by one provider.
+    pub fn requests(&self, provider: Provider) -> Vec<LogEntry> {
+        self.shared.requests(provider)
+    }
+
+    /// Clears the request log of one provider.
+    pub fn clear_requests(&self, provider: Provider) {
+        self.shared.clear_requests(provider);
+    }
+
+    /// Invalidates every cursor (sync token, delta token) of a user.
+    pub fn expire_cursors(&self, provider: Provider, user: &str) -> bool {
+        self.shared.expire_cursors(provider, user)
+    }
+
+    /// Revokes every grant (refresh and access token) of a user.
+    pub fn revoke(&self, provider: Provider, user: &str) -> bool {
+        self.shared.revoke(provider, user)
+    }
+
+    /// Expires every access token issued so far, on both providers.
+    pub fn expire_access_tokens(&self) {
+        self.shared.expire_access_tokens();
+    }
+
+    /// Moves the simulator's clock forward (token and cursor expiry use it).
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.advance_clock(by);
+    }
+
+    /// Stops both servers.
+    pub async fn stop(self) {
+        for h in self.handles {
+            h.stop(false).await;
+        }
+    }
+}
+
+fn bind(
+    addr: SocketAddr,
+    shared: SharedRef,
+    provider: Provider,
+) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)> {
+    let data = web::Data::new(shared);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(32 * 1024 * 1024))
+            .default_service(web::to(move |req, body, data| {
+                common::entry(provider, req, body, data)
+            }))
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(addr)?;
+    let bound = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("server bound no address"))?;
+    Ok((server.run(), bound))
+}
