@@ -262,3 +262,32 @@ async fn graph_client_converges_under_faults_and_keeps_the_mailbox_concurrency_l
     );
     sim.stop().await;
 }
+
+/// Initial listing of 25,000 contacts over the default folder and four children; prints
+/// the time (`cargo test --release --test graph_client_sim -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn bench_initial_listing_of_25000_contacts() {
+    let sim = sim_with(25_000, 4).await;
+    let (client, _) = client_for(&sim);
+    let t = std::time::Instant::now();
+    let r = client.fetch_round(None, &quiet()).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(ids(&r).len(), 25_000);
+    let graph_calls = sim
+        .requests(Provider::Outlook)
+        .iter()
+        .filter(|e| e.path.starts_with("/v1.0/"))
+        .count();
+    let refetches = sim
+        .requests(Provider::Outlook)
+        .iter()
+        .filter(|e| e.path.starts_with("/v1.0/me/contacts/"))
+        .count();
+    println!(
+        "graph initial listing: 25000 contacts, {} pages, {graph_calls} API calls ({refetches} refetches), {took:?}",
+        r.pages
+    );
+    assert_eq!(refetches, 0, "full rows are never refetched");
+    sim.stop().await;
+}
