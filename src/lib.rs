@@ -6,6 +6,11 @@
 //! - [`model`]: CRM contacts, provider contacts, links, metrics.
 //! - [`store`]: the `Store` seam (sled and in-memory engines) and the typed [`store::Db`].
 //! - [`normalize`]: the keys matching compares on.
+//! - [`sync`]: the pure planner (eligibility, matching, merge).
+//! - [`actors`]: supervisor, account, matcher and writer actors.
+//! - [`providers`]: the Google People API and Microsoft Graph clients, OAuth, retries.
+//! - [`api`]: the HTTP API, dashboard and `/metrics`.
+//! - [`sim`]: the simulated providers used by tests, `demo` and benchmarks.
 
 pub mod actors;
 pub mod api;

@@ -122,8 +122,15 @@ fn build_client(
                 retry_policy(),
             )))
         }
-        ProviderKind::Outlook => Err(ProviderError::Permanent(
-            "The Outlook client is not built into this binary yet.".into(),
-        )),
+        ProviderKind::Outlook => {
+            let p = config.providers.outlook.as_ref().ok_or_else(|| {
+                ProviderError::Permanent("[providers.outlook] is not configured.".into())
+            })?;
+            Ok(Arc::new(super::outlook::GraphClient::new(
+                p.api_base.clone(),
+                tokens,
+                retry_policy(),
+            )))
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod build;
 pub mod google;
 pub mod http;
 pub mod oauth;
+pub mod outlook;
 
 use std::time::Duration;
 
