@@ -322,7 +322,26 @@ fn capitalise(s: &str) -> String {
     }
 }
 
+/// E.164 form of a phone number, parsed with region US, when valid. Parsing is slow and
+/// seeded numbers repeat a lot, so results are cached.
 fn canonical_phone(v: &str) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(v).cloned()) {
+        return hit;
+    }
+    let res = parse_phone(v);
+    if let Ok(mut c) = cache.lock() {
+        if c.len() < 100_000 {
+            c.insert(v.to_string(), res.clone());
+        }
+    }
+    res
+}
+
+fn parse_phone(v: &str) -> Option<String> {
     let n = phonenumber::parse(Some(phonenumber::country::Id::US), v).ok()?;
     if !phonenumber::is_valid(&n) {
         return None;

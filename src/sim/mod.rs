@@ -131,12 +131,17 @@ impl Sim {
         let google_base = format!("http://{google_bound}");
         let graph_base = format!("http://{graph_bound}");
         shared.set_bases(&google_base, &graph_base);
-        for u in &opts.google_users {
-            shared.add_user(Provider::Google, u);
-        }
-        for u in &opts.outlook_users {
-            shared.add_user(Provider::Outlook, u);
-        }
+        // Seed both providers in parallel: large seeds (25k contacts) dominate start-up.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for u in &opts.google_users {
+                    shared.add_user(Provider::Google, u);
+                }
+            });
+            for u in &opts.outlook_users {
+                shared.add_user(Provider::Outlook, u);
+            }
+        });
         let handles = vec![google_server.handle(), graph_server.handle()];
         tokio::spawn(google_server);
         tokio::spawn(graph_server);
