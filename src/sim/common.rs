@@ -932,7 +932,7 @@ struct ClockBody {
 }
 
 /// The control API, common part. Provider-specific routes go to the provider modules.
-fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
+pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
     let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
     let m = r.method.as_str();
     match (m, &segs[1..]) {

@@ -203,6 +203,24 @@ impl Sim {
         self.shared.advance_clock(by);
     }
 
+    /// Calls a control-API route in process, e.g.
+    /// `control(Provider::Google, "POST", "/_sim/users/alice@example.com/contacts/c12/star", None)`.
+    /// Returns the HTTP status and the JSON body (`Null` when empty).
+    pub fn control(
+        &self,
+        provider: Provider,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
+        let req = common::Req::new(method, path, Default::default(), bytes.into());
+        let resp = common::control(&self.shared, provider, &req);
+        (resp.status, resp.body_json())
+    }
+
     /// Stops both servers.
     pub async fn stop(self) {
         for h in self.handles {
