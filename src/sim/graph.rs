@@ -877,7 +877,7 @@ fn item(u: &mut MUser, r: &Req, id: &str, folder: Option<&str>, ctx: &Ctx, base:
     let exists = u
         .contacts
         .get(id)
-        .filter(|c| folder.map_or(true, |f| f == c.folder))
+        .filter(|c| !matches!(folder, Some(f) if f != c.folder))
         .is_some();
     if !exists {
         return not_found(r);
@@ -1128,7 +1128,7 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             .map(|d| {
                 d.iter()
                     .filter_map(Value::as_str)
-                    .any(|dep| statuses.get(dep).map_or(true, |s| *s >= 400))
+                    .any(|dep| !matches!(statuses.get(dep), Some(s) if *s < 400))
             })
             .unwrap_or(false);
         let resp = if failed_dep {
