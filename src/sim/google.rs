@@ -121,6 +121,7 @@ pub(crate) struct GUser {
     pub epoch: u64,
     salt: u64,
     groups_updated: DateTime<Utc>,
+    login: String,
 }
 
 fn etag_of(num: u64, seq: u64) -> String {
@@ -146,6 +147,7 @@ impl GUser {
             epoch: 0,
             salt,
             groups_updated: now,
+            login: u.user.clone(),
         };
         for (i, p) in people(u.seed, u.contacts, salt).iter().enumerate() {
             let starred = (mix(salt ^ 0x5354_4152 ^ i as u64) % 1_000_000) as f64 / 1_000_000.0
@@ -631,6 +633,32 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
     let m = r.method.as_str();
     match (m, segs) {
         ("GET", ["people", "me", "connections"]) => list_connections(u, r, ctx, base),
+        ("GET", ["people", "me"]) => {
+            let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
+                Ok(f) => f,
+                Err(e) => return e,
+            };
+            let id = format!("1{:019}", u.salt % 10_000_000_000_000_000_000);
+            let source = json!({"type": "PROFILE", "id": id});
+            let mut p = json!({"resourceName": format!("people/{id}"), "etag": etag_of(u.salt, 0)});
+            for f in &fields {
+                match f.as_str() {
+                    "emailAddresses" => {
+                        p["emailAddresses"] = json!([{"metadata": {"primary": true, "verified": true, "source": {"type": "ACCOUNT", "id": id}},
+                                                      "value": u.login}])
+                    }
+                    "names" => {
+                        p["names"] = json!([{"metadata": {"primary": true, "source": source}, "displayName": u.login,
+                                             "unstructuredName": u.login}])
+                    }
+                    "metadata" => {
+                        p["metadata"] = json!({"sources": [source], "objectType": "PERSON"})
+                    }
+                    _ => {}
+                }
+            }
+            Resp::json(200, &p)
+        }
         ("GET", ["people", id]) if id.starts_with('c') && !id.contains(':') => {
             let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
                 Ok(f) => f,
