@@ -736,6 +736,14 @@ async fn oauth_code_pkce_refresh_revoke_and_401() {
     // Codes are single use.
     assert_eq!(token(code, verifier).await.status(), 400);
     // The token is Bob's.
+    let (s, me) = get(
+        &sim,
+        &access,
+        "/v1/people/me?personFields=emailAddresses,names",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(me["emailAddresses"][0]["value"], "bob@example.com");
     let (s, v) = get(
         &sim,
         &access,

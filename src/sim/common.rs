@@ -324,6 +324,9 @@ impl Default for FaultConfig {
     }
 }
 
+/// Entries kept in the request log; the oldest tenth goes when it is full.
+const LOG_CAP: usize = 200_000;
+
 /// One entry of the request log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogEntry {
@@ -698,9 +701,16 @@ impl Shared {
     }
 
     fn log(&self, provider: Provider, e: LogEntry) {
+        // Bounded, so that long benchmark runs do not grow without limit.
+        fn push(log: &mut Vec<LogEntry>, e: LogEntry) {
+            if log.len() >= LOG_CAP {
+                log.drain(..LOG_CAP / 10);
+            }
+            log.push(e);
+        }
         match provider {
-            Provider::Google => self.google().log.push(e),
-            Provider::Outlook => self.graph().log.push(e),
+            Provider::Google => push(&mut self.google().log, e),
+            Provider::Outlook => push(&mut self.graph().log, e),
         }
     }
 }
@@ -932,7 +942,7 @@ struct ClockBody {
 }
 
 /// The control API, common part. Provider-specific routes go to the provider modules.
-fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
+pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
     let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
     let m = r.method.as_str();
     match (m, &segs[1..]) {

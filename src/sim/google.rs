@@ -121,6 +121,7 @@ pub(crate) struct GUser {
     pub epoch: u64,
     salt: u64,
     groups_updated: DateTime<Utc>,
+    login: String,
 }
 
 fn etag_of(num: u64, seq: u64) -> String {
@@ -146,14 +147,13 @@ impl GUser {
             epoch: 0,
             salt,
             groups_updated: now,
+            login: u.user.clone(),
         };
         for (i, p) in people(u.seed, u.contacts, salt).iter().enumerate() {
             let starred = (mix(salt ^ 0x5354_4152 ^ i as u64) % 1_000_000) as f64 / 1_000_000.0
                 < u.starred_share;
-            let mut data = seed_to_person(p);
-            let photo = p.has_photo;
-            sanitize(&mut data);
-            g.insert(data, starred, photo, now);
+            // Seeded data is built clean; no need to sanitize it.
+            g.insert(seed_to_person(p), starred, p.has_photo, now);
         }
         g
     }
@@ -322,7 +322,26 @@ fn capitalise(s: &str) -> String {
     }
 }
 
+/// E.164 form of a phone number, parsed with region US, when valid. Parsing is slow and
+/// seeded numbers repeat a lot, so results are cached.
 fn canonical_phone(v: &str) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(v).cloned()) {
+        return hit;
+    }
+    let res = parse_phone(v);
+    if let Ok(mut c) = cache.lock() {
+        if c.len() < 100_000 {
+            c.insert(v.to_string(), res.clone());
+        }
+    }
+    res
+}
+
+fn parse_phone(v: &str) -> Option<String> {
     let n = phonenumber::parse(Some(phonenumber::country::Id::US), v).ok()?;
     if !phonenumber::is_valid(&n) {
         return None;
@@ -614,6 +633,32 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
     let m = r.method.as_str();
     match (m, segs) {
         ("GET", ["people", "me", "connections"]) => list_connections(u, r, ctx, base),
+        ("GET", ["people", "me"]) => {
+            let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
+                Ok(f) => f,
+                Err(e) => return e,
+            };
+            let id = format!("1{:019}", u.salt % 10_000_000_000_000_000_000);
+            let source = json!({"type": "PROFILE", "id": id});
+            let mut p = json!({"resourceName": format!("people/{id}"), "etag": etag_of(u.salt, 0)});
+            for f in &fields {
+                match f.as_str() {
+                    "emailAddresses" => {
+                        p["emailAddresses"] = json!([{"metadata": {"primary": true, "verified": true, "source": {"type": "ACCOUNT", "id": id}},
+                                                      "value": u.login}])
+                    }
+                    "names" => {
+                        p["names"] = json!([{"metadata": {"primary": true, "source": source}, "displayName": u.login,
+                                             "unstructuredName": u.login}])
+                    }
+                    "metadata" => {
+                        p["metadata"] = json!({"sources": [source], "objectType": "PERSON"})
+                    }
+                    _ => {}
+                }
+            }
+            Resp::json(200, &p)
+        }
         ("GET", ["people", id]) if id.starts_with('c') && !id.contains(':') => {
             let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
                 Ok(f) => f,

@@ -131,12 +131,17 @@ impl Sim {
         let google_base = format!("http://{google_bound}");
         let graph_base = format!("http://{graph_bound}");
         shared.set_bases(&google_base, &graph_base);
-        for u in &opts.google_users {
-            shared.add_user(Provider::Google, u);
-        }
-        for u in &opts.outlook_users {
-            shared.add_user(Provider::Outlook, u);
-        }
+        // Seed both providers in parallel: large seeds (25k contacts) dominate start-up.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for u in &opts.google_users {
+                    shared.add_user(Provider::Google, u);
+                }
+            });
+            for u in &opts.outlook_users {
+                shared.add_user(Provider::Outlook, u);
+            }
+        });
         let handles = vec![google_server.handle(), graph_server.handle()];
         tokio::spawn(google_server);
         tokio::spawn(graph_server);
@@ -196,6 +201,24 @@ impl Sim {
     /// Moves the simulator's clock forward (token and cursor expiry use it).
     pub fn advance_clock(&self, by: Duration) {
         self.shared.advance_clock(by);
+    }
+
+    /// Calls a control-API route in process, e.g.
+    /// `control(Provider::Google, "POST", "/_sim/users/alice@example.com/contacts/c12/star", None)`.
+    /// Returns the HTTP status and the JSON body (`Null` when empty).
+    pub fn control(
+        &self,
+        provider: Provider,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
+        let req = common::Req::new(method, path, Default::default(), bytes.into());
+        let resp = common::control(&self.shared, provider, &req);
+        (resp.status, resp.body_json())
     }
 
     /// Stops both servers.

@@ -17,8 +17,7 @@
 //! birthdays (a quarter without a year), several addresses with the primary one not first,
 //! and some photos.
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore};
 
 use super::common::{hash_str, mix};
 
@@ -258,6 +257,43 @@ const STREETS: &[&str] = &[
 ];
 
 const POOL_SALT: u64 = 0x504f_4f4c; // "POOL"
+
+/// SplitMix64 as a `rand` generator. The generator only has to be deterministic and
+/// well mixed, and this one is cheap even in unoptimised builds, which keeps seeding 25k
+/// contacts fast (ChaCha-based `StdRng` is not, without optimisation).
+pub(crate) struct StdRng(u64);
+
+impl StdRng {
+    pub(crate) fn seed_from_u64(seed: u64) -> StdRng {
+        StdRng(seed)
+    }
+}
+
+impl RngCore for StdRng {
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
 
 /// Generates `n` people from `seed`, with per-list variation from `salt`.
 pub fn people(seed: u64, n: usize, salt: u64) -> Vec<SeedPerson> {
