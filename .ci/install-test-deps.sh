@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on a fresh Debian machine. Idempotent: skips what is
+# already there. Used by .ci/run; run it once by hand before `cargo test` on a new machine.
+set -euo pipefail
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "Installing Debian packages: ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# Google's Python client (ships the People API discovery document) for the simulator's
+# conformance tests.
+if ! python3 -c "import googleapiclient" >/dev/null 2>&1; then
+  echo "Installing google-api-python-client from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check google-api-python-client
+fi
