@@ -153,6 +153,31 @@ impl Sim {
         })
     }
 
+    /// `{graph_base}/v1.0`, the Graph `api_base`.
+    pub fn graph_api_base(&self) -> String {
+        format!("{}/v1.0", self.graph_base)
+    }
+
+    /// Google's token endpoint on the simulator.
+    pub fn google_token_url(&self) -> String {
+        format!("{}/token", self.google_base)
+    }
+
+    /// Google's authorization endpoint on the simulator.
+    pub fn google_auth_url(&self) -> String {
+        format!("{}/o/oauth2/v2/auth", self.google_base)
+    }
+
+    /// Microsoft's token endpoint on the simulator, for a tenant (`common`, ...).
+    pub fn graph_token_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.graph_base)
+    }
+
+    /// Microsoft's authorization endpoint on the simulator, for a tenant.
+    pub fn graph_auth_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/authorize", self.graph_base)
+    }
+
     /// A valid refresh token for a seeded user (the most recently issued one).
     pub fn refresh_token(&self, provider: Provider, user: &str) -> Option<String> {
         self.shared.refresh_token(provider, user)
