@@ -466,6 +466,28 @@ async fn expired_sync_token_error_shape() {
     )
     .await;
     check(s, &v);
+    // Re-seeding a user invalidates its old tokens.
+    let bob = "bob@example.com";
+    let tok = access_token(&sim, bob).await;
+    let (_, v) = get(
+        &sim,
+        &tok,
+        "/v1/people/me/connections?personFields=names&requestSyncToken=true",
+    )
+    .await;
+    let before = v["nextSyncToken"].as_str().expect("sync").to_string();
+    sim.add_user(Provider::Google, &SeedUser::new(bob, 5, 12));
+    let tok = access_token(&sim, bob).await;
+    let (s, v) = get(
+        &sim,
+        &tok,
+        &format!(
+            "/v1/people/me/connections?personFields=names&syncToken={}",
+            urlenc(&before)
+        ),
+    )
+    .await;
+    check(s, &v);
     sim.stop().await;
 }
 

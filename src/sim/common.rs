@@ -573,7 +573,11 @@ impl Shared {
         match provider {
             Provider::Google => {
                 let mut st = self.google();
-                let user = GUser::seeded(u, st.id_seed, now);
+                let mut user = GUser::seeded(u, st.id_seed, now);
+                // Re-seeding replaces the user; cursors issued before must not match.
+                if let Some(old) = st.users.get(&u.user) {
+                    user.epoch = old.epoch + 1;
+                }
                 st.users.insert(u.user.clone(), user);
                 st.auth.revoke_user(&u.user);
                 st.auth.issue_refresh(
@@ -584,7 +588,10 @@ impl Shared {
             }
             Provider::Outlook => {
                 let mut st = self.graph();
-                let user = MUser::seeded(u, st.id_seed, now);
+                let mut user = MUser::seeded(u, st.id_seed, now);
+                if let Some(old) = st.users.get(&u.user) {
+                    user.epoch = old.epoch + 1;
+                }
                 st.users.insert(u.user.clone(), user);
                 st.auth.revoke_user(&u.user);
                 st.auth
