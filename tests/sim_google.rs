@@ -835,6 +835,20 @@ async fn oauth_code_pkce_refresh_revoke_and_401() {
         e,
         json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
     );
+    // Client credentials are recorded.
+    assert!(sim.clients(Provider::Google).contains(&(
+        "cid.apps.googleusercontent.com".to_string(),
+        Some("s".to_string())
+    )));
+    let clients: Value = client()
+        .get(format!("{}/_sim/clients", sim.google_base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(clients.as_array().is_some_and(|a| !a.is_empty()));
     // Control-API revoke kills the seeded grant too.
     let rt = sim.refresh_token(Provider::Google, ALICE).unwrap();
     let r = client()

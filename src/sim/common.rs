@@ -636,6 +636,13 @@ impl Shared {
         }
     }
 
+    pub fn clients(&self, provider: Provider) -> Vec<(String, Option<String>)> {
+        match provider {
+            Provider::Google => self.google().auth.clients.clone(),
+            Provider::Outlook => self.graph().auth.clients.clone(),
+        }
+    }
+
     pub fn clear_requests(&self, provider: Provider) {
         match provider {
             Provider::Google => self.google().log.clear(),
@@ -1042,6 +1049,14 @@ pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
             Resp::json(200, &json!({}))
         }
         ("GET", ["requests"]) => Resp::json(200, &json!(shared.requests(provider))),
+        ("GET", ["clients"]) => {
+            let v: Vec<Value> = shared
+                .clients(provider)
+                .into_iter()
+                .map(|(id, secret)| json!({"client_id": id, "client_secret": secret}))
+                .collect();
+            Resp::json(200, &Value::Array(v))
+        }
         ("DELETE", ["requests"]) => {
             shared.clear_requests(provider);
             Resp::empty(204)

@@ -203,6 +203,11 @@ impl Sim {
         self.shared.requests(provider)
     }
 
+    /// The (client_id, client_secret) pairs seen at a provider's token endpoint.
+    pub fn clients(&self, provider: Provider) -> Vec<(String, Option<String>)> {
+        self.shared.clients(provider)
+    }
+
     /// Clears the request log of one provider.
     pub fn clear_requests(&self, provider: Provider) {
         self.shared.clear_requests(provider);
