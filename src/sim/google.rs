@@ -324,7 +324,7 @@ fn capitalise(s: &str) -> String {
 
 /// E.164 form of a phone number, parsed with region US, when valid. Parsing is slow and
 /// seeded numbers repeat a lot, so results are cached.
-fn canonical_phone(v: &str) -> Option<String> {
+pub(crate) fn canonical_phone(v: &str) -> Option<String> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();

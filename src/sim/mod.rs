@@ -125,6 +125,9 @@ impl Sim {
         graph_addr: SocketAddr,
         opts: SimOptions,
     ) -> anyhow::Result<Sim> {
+        // Loading the phone-number metadata takes a while in debug builds; do it now, in the
+        // background, rather than in the first request that renders a phone number.
+        std::thread::spawn(|| google::canonical_phone("+1 415 555 0100"));
         let shared = Arc::new(Shared::new(opts.seed, opts.access_token_ttl));
         let (google_server, google_bound) = bind(google_addr, shared.clone(), Provider::Google)?;
         let (graph_server, graph_bound) = bind(graph_addr, shared.clone(), Provider::Outlook)?;
