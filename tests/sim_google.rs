@@ -1111,6 +1111,24 @@ async fn control_api_users_and_star() {
     assert!(all2
         .iter()
         .any(|p| p["id"] == json!(unstarred) && p["starred"] == true));
+    // In-process control calls, with or without the /_sim prefix.
+    let (s, v) = sim.control(
+        Provider::Google,
+        "POST",
+        &format!("/_sim/users/carol@example.com/contacts/{unstarred}/unstar"),
+        None,
+    );
+    assert_eq!((s, v), (200, json!({})));
+    let (s, v) = sim.control(Provider::Google, "GET", "users/carol@example.com", None);
+    assert_eq!((s, v["contacts"].clone()), (200, json!(40)));
+    assert_eq!(sim.control(Provider::Google, "GET", "", None).0, 404);
+    let (s, v) = sim.control(
+        Provider::Google,
+        "POST",
+        "/_sim/quota",
+        Some(json!({"max_concurrent": 2})),
+    );
+    assert_eq!((s, v), (200, json!({})));
     let r = c
         .delete(format!(
             "{}/_sim/users/nobody@example.com/contacts/c1",

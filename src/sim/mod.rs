@@ -236,7 +236,7 @@ impl Sim {
         self.shared.advance_clock(by);
     }
 
-    /// Calls a control-API route in process, e.g.
+    /// Calls a control-API route in process (the `/_sim` prefix is optional), e.g.
     /// `control(Provider::Google, "POST", "/_sim/users/alice@example.com/contacts/c12/star", None)`.
     /// Returns the HTTP status and the JSON body (`Null` when empty).
     pub fn control(
@@ -249,7 +249,12 @@ impl Sim {
         let bytes = body
             .map(|b| serde_json::to_vec(&b).unwrap_or_default())
             .unwrap_or_default();
-        let req = common::Req::new(method, path, Default::default(), bytes.into());
+        let path = if path.starts_with("/_sim/") {
+            path.to_string()
+        } else {
+            format!("/_sim/{}", path.trim_start_matches('/'))
+        };
+        let req = common::Req::new(method, &path, Default::default(), bytes.into());
         let resp = common::control(&self.shared, provider, &req);
         (resp.status, resp.body_json())
     }
