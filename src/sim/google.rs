@@ -11,7 +11,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::common::{b64, mix, pkce_ok, unb64, AuthCode, Ctx, ProvState, Req, Resp, Shared};
+use super::common::{
+    b64, control_err, mix, pkce_ok, unb64, AuthCode, Ctx, ProvState, Req, Resp, Shared,
+};
 use super::seed::{people, user_salt, SeedPerson};
 use super::SeedUser;
 
@@ -324,7 +326,7 @@ fn capitalise(s: &str) -> String {
 
 /// E.164 form of a phone number, parsed with region US, when valid. Parsing is slow and
 /// seeded numbers repeat a lot, so results are cached.
-fn canonical_phone(v: &str) -> Option<String> {
+pub(crate) fn canonical_phone(v: &str) -> Option<String> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
     static CACHE: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
@@ -575,6 +577,15 @@ fn all_fields() -> Vec<String> {
     PERSON_FIELDS.iter().map(|s| s.to_string()).collect()
 }
 
+/// The optional `personFields` of a write: the fields of the returned person (all when
+/// absent).
+fn response_fields(r: &Req) -> Result<Vec<String>, Resp> {
+    match r.q("personFields") {
+        Some(m) => parse_mask(Some(m), PERSON_FIELDS, "personFields"),
+        None => Ok(all_fields()),
+    }
+}
+
 fn parse_num(id: &str) -> Option<u64> {
     let id = id.strip_prefix("people/").unwrap_or(id);
     id.strip_prefix('c')?.parse().ok()
@@ -670,12 +681,9 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
             }
         }
         ("POST", ["people:createContact"]) => {
-            let fields = match r.q("personFields") {
-                Some(_) => match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
-                    Ok(f) => f,
-                    Err(e) => return e,
-                },
-                None => all_fields(),
+            let fields = match response_fields(r) {
+                Ok(f) => f,
+                Err(e) => return e,
             };
             let person = match r.json() {
                 Ok(v) if v.is_object() => v,
@@ -697,12 +705,9 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
                 Ok(f) => f,
                 Err(e) => return e,
             };
-            let fields = match r.q("personFields") {
-                Some(_) => match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
-                    Ok(f) => f,
-                    Err(e) => return e,
-                },
-                None => all_fields(),
+            let fields = match response_fields(r) {
+                Ok(f) => f,
+                Err(e) => return e,
             };
             let person = match r.json() {
                 Ok(v) if v.is_object() => v,
@@ -1312,10 +1317,6 @@ fn revoke(st: &mut ProvState<GUser>, r: &Req) -> Resp {
 // ---------------------------------------------------------------------------------------
 // Control API
 
-fn ctl_err(status: u16, msg: &str) -> Resp {
-    Resp::json(status, &json!({"error": msg}))
-}
-
 /// Google-specific control routes (`segs` without the leading `_sim`).
 pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
     let now = shared.now();
@@ -1327,7 +1328,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
         _ => return None,
     };
     let Some(u) = st.users.get_mut(&user) else {
-        return Some(ctl_err(404, "no such user"));
+        return Some(control_err(404, "no such user"));
     };
     let all = all_fields();
     let salt = u.salt;
@@ -1345,7 +1346,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
         }
         ("POST", ["contacts"]) => {
             let Ok(body) = r.json() else {
-                return Some(ctl_err(400, "body must be a Person"));
+                return Some(control_err(400, "body must be a Person"));
             };
             let num = create(u, &body, now);
             if let Some(true) = body.get("starred").and_then(Value::as_bool) {
@@ -1358,15 +1359,15 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                     201,
                     &json!({"id": format!("c{num}"), "starred": c.starred, "person": render(c, &all, &base, salt)}),
                 ),
-                None => ctl_err(500, "lost contact"),
+                None => control_err(500, "lost contact"),
             }
         }
         ("PATCH", ["contacts", id]) => {
             let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
-                return Some(ctl_err(404, "no such contact"));
+                return Some(control_err(404, "no such contact"));
             };
             let Ok(Value::Object(patch)) = r.json() else {
-                return Some(ctl_err(400, "body must be a JSON object"));
+                return Some(control_err(400, "body must be a JSON object"));
             };
             let mut clean = patch.clone();
             sanitize(&mut clean);
@@ -1384,16 +1385,16 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             u.touch(num, now);
             match u.contacts.get(&num) {
                 Some(c) => Resp::json(200, &render(c, &all, &base, salt)),
-                None => ctl_err(404, "no such contact"),
+                None => control_err(404, "no such contact"),
             }
         }
         ("DELETE", ["contacts", id]) => match parse_num(id) {
             Some(n) if u.delete(n, now) => Resp::empty(204),
-            _ => ctl_err(404, "no such contact"),
+            _ => control_err(404, "no such contact"),
         },
         ("POST", ["contacts", id, action]) if *action == "star" || *action == "unstar" => {
             let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
-                return Some(ctl_err(404, "no such contact"));
+                return Some(control_err(404, "no such contact"));
             };
             if let Some(c) = u.contacts.get_mut(&num) {
                 c.starred = *action == "star";
