@@ -40,6 +40,8 @@ pub fn run(cli: Cli, logging: Logging) -> i32 {
         Command::Preview { account, limit } => crate::ops::preview(&cli.config, &account, limit),
         Command::Demo(args) => crate::ops::demo(args, &logging),
         Command::Sim(args) => crate::ops::sim(args),
+        Command::Approve { account } => crate::ops::approve(&cli.config, &account),
+        Command::Restore { contact_id } => crate::ops::restore(&cli.config, contact_id),
     }
 }
 

@@ -24,7 +24,12 @@ pub enum Action {
     Conflict,
     AmbiguousMatch,
     LimitExceeded,
+    /// A round's deletions were held by the deletion guard.
+    DeletionHeld,
+    /// A CRM change the provider refused for good (two-way).
     Rejected,
+    /// A deleted CRM contact was brought back.
+    Restored,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

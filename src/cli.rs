@@ -52,6 +52,16 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
+    /// Apply the deletions held by the deletion guard for ACCOUNT.
+    Approve {
+        /// The account id from the configuration.
+        account: String,
+    },
+    /// Bring back a deleted CRM contact (kept for `tombstone_retention`), with its links.
+    Restore {
+        /// The CRM contact id.
+        contact_id: u64,
+    },
     /// Serve the simulated Google and Microsoft providers alone (tests, benchmarks).
     Sim(crate::sim::SimArgs),
 }

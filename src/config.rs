@@ -146,6 +146,9 @@ fn default_deletion_share() -> f64 {
 fn default_deletion_min() -> u64 {
     50
 }
+fn default_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +180,9 @@ pub struct DaemonConfig {
     /// Deletions below this count are never held.
     #[serde(default = "default_deletion_min")]
     pub deletion_guard_min: u64,
+    /// How long deleted CRM contacts are kept as tombstones for `restore`.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub tombstone_retention: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -194,6 +200,7 @@ impl Default for DaemonConfig {
             token_key_file: None,
             deletion_guard_share: default_deletion_share(),
             deletion_guard_min: default_deletion_min(),
+            tombstone_retention: default_retention(),
         }
     }
 }

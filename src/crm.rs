@@ -42,6 +42,8 @@ pub enum CrmEdit {
     Create(ContactInput),
     Patch(ContactId, ContactInput),
     Delete(ContactId),
+    /// Brings back a deleted contact from its tombstone.
+    Restore(ContactId),
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -85,6 +87,53 @@ pub struct PlannedEdit {
     pub before: Option<Contact>,
 }
 
+/// Restores a tombstoned contact with the links that still point at it. Two-way accounts
+/// get it back: a deletion not yet pushed is cancelled, one already pushed is undone by
+/// creating the contact again.
+fn plan_restore(db: &Db, id: ContactId, two_way: &[String]) -> Result<PlannedEdit, EditError> {
+    let now = Utc::now();
+    if let Some(c) = db.contact(id)? {
+        return Ok(PlannedEdit {
+            batch: Batch::default(),
+            contact: Some(c),
+            before: None,
+        });
+    }
+    let t = db.tombstone(id)?.ok_or(EditError::NotFound(id))?;
+    let mut c = t.contact;
+    let mut live = vec![];
+    for l in &c.links {
+        if db
+            .link(&l.account, &l.provider_id)?
+            .is_some_and(|r| r.contact_id == id)
+        {
+            live.push(l.clone());
+        }
+    }
+    c.links = live;
+    c.updated_at = now;
+    let mut batch = Batch::default();
+    batch.push(Op::PutContact(c.clone()));
+    for account in two_way {
+        let pending = db.outbox_entry(account, id)?;
+        if c.links.iter().any(|l| &l.account == account) {
+            if pending.is_some() {
+                batch.push(Op::DeleteOutbox {
+                    account: account.clone(),
+                    contact: id,
+                });
+            }
+        } else {
+            batch.push(outbox::enqueue(None, account, id, OutboxOp::Create, now));
+        }
+    }
+    Ok(PlannedEdit {
+        batch,
+        contact: Some(c),
+        before: None,
+    })
+}
+
 /// Validates an edit and plans its writes, with the outbox entries it causes for the
 /// `two_way` accounts (SPEC §2): a creation goes to every two-way account, an update or a
 /// deletion to the two-way accounts linked to the contact.
@@ -93,6 +142,7 @@ pub fn plan_edit(db: &Db, edit: CrmEdit, two_way: &[String]) -> Result<PlannedEd
     let mut batch = Batch::default();
     let mut new_company: Option<String> = None;
     let (mut c, input, before) = match edit {
+        CrmEdit::Restore(id) => return plan_restore(db, id, two_way),
         CrmEdit::Delete(id) => {
             let before = db.contact(id)?.ok_or(EditError::NotFound(id))?;
             batch.push(Op::DeleteContact(id));

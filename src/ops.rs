@@ -290,6 +290,59 @@ pub fn disconnect(path: &Path, account: &str) -> i32 {
     }
 }
 
+/// Sends one request to the running daemon and prints its answer.
+fn daemon_call(path: &Path, method: reqwest::Method, url: &str, done: &str) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let api = DaemonApi::new(&config);
+    let res = runtime().block_on(async {
+        let r = api.req(method, url).send().await?;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match res {
+        Ok((s, _)) if s.is_success() => {
+            println!("{done}");
+            0
+        }
+        Ok((s, body)) => {
+            eprintln!(
+                "The daemon answered {s}: {}",
+                body["error"].as_str().unwrap_or("")
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!(
+                "Cannot reach the daemon at {}: {e}. Is `contact-sync run` running?",
+                api.base
+            );
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+pub fn approve(path: &Path, account: &str) -> i32 {
+    daemon_call(
+        path,
+        reqwest::Method::POST,
+        &format!("/api/v1/accounts/{account}/approve"),
+        &format!("Held deletions of {account} approved; the next round applies them."),
+    )
+}
+
+pub fn restore(path: &Path, contact: u64) -> i32 {
+    daemon_call(
+        path,
+        reqwest::Method::POST,
+        &format!("/api/v1/contacts/{contact}/restore"),
+        &format!("Contact {contact} restored."),
+    )
+}
+
 pub fn preview(_path: &Path, _account: &str, _limit: usize) -> i32 {
     eprintln!("`preview` is not available in this build yet.");
     2

@@ -34,6 +34,8 @@ pub enum ExitReason {
     ReauthRequired(String),
     NotConnected(String),
     LimitExceeded(String),
+    /// A round would delete too many contacts; `approve` or a higher threshold releases it.
+    DeletionHeld(String),
     /// Worth another try later.
     Transient(String),
 }
@@ -177,6 +179,7 @@ enum RoundError {
     Provider(ProviderError),
     Store(String),
     Limit(String),
+    Held(String),
 }
 
 impl From<StoreError> for RoundError {
@@ -240,6 +243,9 @@ impl Handler<Poll> for AccountActor {
                         RoundError::Limit(m) => {
                             (AccountState::LimitExceeded, ExitReason::LimitExceeded(m))
                         }
+                        RoundError::Held(m) => {
+                            (AccountState::DeletionHeld, ExitReason::DeletionHeld(m))
+                        }
                         RoundError::Provider(e) => {
                             if matches!(e, ProviderError::Throttled { .. }) {
                                 act.rt.update(&act.cfg.id, |a| a.throttled += 1);
@@ -255,6 +261,7 @@ impl Handler<Poll> for AccountActor {
                         ExitReason::ReauthRequired(m)
                         | ExitReason::NotConnected(m)
                         | ExitReason::LimitExceeded(m)
+                        | ExitReason::DeletionHeld(m)
                         | ExitReason::Transient(m) => m.clone(),
                         ExitReason::Removed => String::new(),
                     };
@@ -266,6 +273,11 @@ impl Handler<Poll> for AccountActor {
             }
         }));
     }
+}
+
+/// The `meta` key recording an operator's approval of an account's held deletions.
+pub fn approval_key(account: &str) -> String {
+    format!("approve:{account}")
 }
 
 /// Ids of the enabled two-way accounts.
@@ -314,8 +326,34 @@ async fn run_round(
         }
     }
 
-    // SPEC §5: a round that would take the account over its limit writes nothing.
+    // Deletion guard: a round that would delete a large share of the account's contacts at
+    // once is held until an operator approves it.
     let config = rt.config();
+    let approval_key = approval_key(&cfg.id);
+    let approved = rt.db.meta(&approval_key)?.is_some();
+    let deletions = sync::collapse(&changes)
+        .iter()
+        .filter(|c| matches!(c, Change::Deleted { .. }))
+        .filter(|c| matches!(rt.db.link(&cfg.id, c.provider_id()), Ok(Some(_))))
+        .count();
+    let linked = rt.db.link_count(&cfg.id)?;
+    let share = config.daemon.deletion_guard_share;
+    if !approved
+        && deletions as u64 >= config.daemon.deletion_guard_min
+        && deletions as f64 > share * linked as f64
+    {
+        let msg = format!(
+            "This round would delete {deletions} of {linked} contacts (more than {:.0} %); held. Run `contact-sync approve {}` to apply it, or raise deletion_guard_share / deletion_guard_min.",
+            share * 100.0,
+            cfg.id
+        );
+        AuditEvent::new(&cfg.id, cfg.provider.as_str(), audit::Action::DeletionHeld)
+            .reason(format!("{deletions} deletions of {linked}"))
+            .emit();
+        return Err(RoundError::Held(msg));
+    }
+
+    // SPEC §5: a round that would take the account over its limit writes nothing.
     let limit = config.daemon.contact_limit as usize;
     let projected = sync::projected_links(&rt.db, &cfg.id, &changes)?;
     if projected > limit {
@@ -400,6 +438,15 @@ async fn run_round(
             .map_err(|_| RoundError::Store("the matcher is gone".into()))?
             .map_err(|e| RoundError::Store(e.to_string()))?;
         total.add(&summary.metrics);
+    }
+    if approved {
+        let mut b = Batch::default();
+        b.push(Op::SetMeta {
+            key: approval_key,
+            value: None,
+        });
+        rt.db.commit_durable(&b)?;
+        tracing::info!(account = %cfg.id, deletions, "Held deletions applied after approval.");
     }
     let mut again = false;
     if cfg.direction == Direction::TwoWay {

@@ -164,12 +164,20 @@ impl Handler<EditCrm> for Matcher {
 
     fn handle(&mut self, msg: EditCrm, _: &mut Self::Context) -> Self::Result {
         let two_way = super::account::two_way_accounts(&self.rt.config());
+        let restore = matches!(msg.0, CrmEdit::Restore(_));
         let planned = crm::plan_edit(&self.rt.db, msg.0, &two_way);
         let writer = self.writer.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let edit = planned?;
                 let mut events = vec![];
+                if let (true, Some(c)) = (restore && !edit.batch.is_empty(), &edit.contact) {
+                    events.push(
+                        AuditEvent::new("crm", "crm", audit::Action::Restored)
+                            .crm_id(c.id)
+                            .reason("restored through the API"),
+                    );
+                }
                 if edit.contact.is_none() {
                     if let Some(before) = &edit.before {
                         // CRM deletions are audited too (they are not provider deletions).

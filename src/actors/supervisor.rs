@@ -218,6 +218,8 @@ impl Supervisor {
         let old = self.rt.config();
         let diff = config::diff(&old, &new).map_err(|e| e.to_string())?;
         let limit_raised = new.daemon.contact_limit != old.daemon.contact_limit;
+        let guard_changed = new.daemon.deletion_guard_share != old.daemon.deletion_guard_share
+            || new.daemon.deletion_guard_min != old.daemon.deletion_guard_min;
         self.rt.set_config(new.clone());
         let mut out = ReloadOutcome::default();
         for id in &diff.to_remove {
@@ -283,6 +285,7 @@ impl Supervisor {
                     .is_some_and(|c| c.addr.as_ref().is_some_and(|x| x.connected()));
                 let cured = match state {
                     Some(AccountState::LimitExceeded) => limit_raised,
+                    Some(AccountState::DeletionHeld) => guard_changed,
                     Some(AccountState::Error) | Some(AccountState::NotConnected) => true,
                     _ => false,
                 };
@@ -295,10 +298,39 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// Drops tombstones older than `tombstone_retention` (and the photos they kept).
+    fn purge_tombstones(&self) {
+        let retention = self.rt.config().daemon.tombstone_retention;
+        let Ok(retention) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        let cutoff = chrono::Utc::now() - retention;
+        match self.rt.db.tombstones() {
+            Ok(list) => {
+                let mut b = Batch::default();
+                for t in list.iter().filter(|t| t.deleted_at < cutoff) {
+                    b.push(Op::PurgeTombstone(t.contact.id));
+                }
+                if !b.is_empty() {
+                    let n = b.ops.len();
+                    match self.rt.db.commit_durable(&b) {
+                        Ok(()) => tracing::info!(purged = n, "Expired tombstones purged."),
+                        Err(e) => tracing::warn!(error = %e, "Cannot purge tombstones."),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Cannot read tombstones."),
+        }
+    }
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.purge_tombstones();
+        ctx.run_interval(Duration::from_secs(3600), |act, _| act.purge_tombstones());
         let config = self.rt.config();
         for a in &config.accounts {
             self.spawn(a, ctx);
@@ -355,8 +387,9 @@ impl Handler<AccountExit> for Supervisor {
             ExitReason::ReauthRequired(_) | ExitReason::NotConnected(_) => {
                 // Only a new grant (`connect`) cures this; other accounts go on.
             }
-            ExitReason::LimitExceeded(_) => {
-                // Raising contact_limit in the config resumes it (see `apply`).
+            ExitReason::LimitExceeded(_) | ExitReason::DeletionHeld(_) => {
+                // Raising contact_limit or the deletion guard in the config, or `approve`,
+                // resumes it (see `apply` and `RestartAccount`).
             }
             ExitReason::Transient(_) => self.schedule_restart(&id, ctx),
         }

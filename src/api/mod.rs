@@ -292,6 +292,37 @@ async fn delete_contact(
     Ok(HttpResponse::NoContent().finish())
 }
 
+async fn restore_contact(
+    st: web::Data<ApiState>,
+    id: web::Path<u64>,
+) -> Result<HttpResponse, ApiError> {
+    let c = edit(&st, CrmEdit::Restore(*id)).await?;
+    let c = c.ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no contact"))?;
+    Ok(HttpResponse::Ok().json(contact_json(&st.rt, c)?))
+}
+
+async fn approve_account(
+    st: web::Data<ApiState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if st.rt.config().account(&id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("Account {id} is not configured."),
+        ));
+    }
+    let mut b = crate::store::Batch::default();
+    b.push(crate::store::Op::SetMeta {
+        key: crate::actors::account::approval_key(&id),
+        value: Some(chrono::Utc::now().to_rfc3339().into_bytes()),
+    });
+    st.rt.db.commit_durable(&b)?;
+    st.supervisor.do_send(RestartAccount(id.to_string()));
+    tracing::info!(account = %id, "Held deletions approved by an operator.");
+    Ok(HttpResponse::Accepted()
+        .json(json!({"status": "approved; the next round applies the held deletions"})))
+}
+
 async fn list_companies(
     st: web::Data<ApiState>,
     q: web::Query<PageQuery>,
@@ -513,6 +544,8 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/contacts/{id}", web::patch().to(patch_contact))
                     .route("/contacts/{id}", web::delete().to(delete_contact))
                     .route("/contacts/{id}/photo", web::get().to(get_photo))
+                    .route("/contacts/{id}/restore", web::post().to(restore_contact))
+                    .route("/accounts/{id}/approve", web::post().to(approve_account))
                     .route("/companies", web::get().to(list_companies))
                     .route("/companies/{id}", web::get().to(get_company))
                     .route("/accounts", web::get().to(list_accounts))

@@ -184,6 +184,13 @@ pub enum Op {
     },
     DeleteGrant(String),
     DeleteTombstone(ContactId),
+    /// Drops an expired tombstone and the photo it kept.
+    PurgeTombstone(ContactId),
+    /// A small daemon record in the `meta` tree (approvals of held deletions).
+    SetMeta {
+        key: String,
+        value: Option<Vec<u8>>,
+    },
     /// Remembers that a provider contact was skipped, so a replay does not count it again.
     PutSkip {
         account: String,
@@ -439,6 +446,10 @@ impl Db {
         self.kv.get(Tree::Grants, account.as_bytes())
     }
 
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.kv.get(Tree::Meta, key.as_bytes())
+    }
+
     pub fn grant_count(&self) -> Result<usize, StoreError> {
         self.kv.len(Tree::Grants)
     }
@@ -554,8 +565,8 @@ impl Db {
                     for k in self.index_keys(tx, &old)? {
                         tx.remove(Tree::Index, &k)?;
                     }
+                    // The photo stays with the tombstone until it is purged.
                     tx.remove(Tree::Contacts, &key)?;
-                    tx.remove(Tree::Photos, &key)?;
                     let t = Tombstone {
                         contact: old,
                         deleted_at: Utc::now(),
@@ -625,6 +636,14 @@ impl Db {
             }
             Op::DeleteGrant(account) => tx.remove(Tree::Grants, account.as_bytes())?,
             Op::DeleteTombstone(id) => tx.remove(Tree::Tombstones, &id.to_be_bytes())?,
+            Op::PurgeTombstone(id) => {
+                tx.remove(Tree::Tombstones, &id.to_be_bytes())?;
+                tx.remove(Tree::Photos, &id.to_be_bytes())?;
+            }
+            Op::SetMeta { key, value } => match value {
+                Some(v) => tx.insert(Tree::Meta, key.as_bytes(), v.clone())?,
+                None => tx.remove(Tree::Meta, key.as_bytes())?,
+            },
             Op::PutSkip {
                 account,
                 provider_id,
