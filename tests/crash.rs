@@ -76,3 +76,79 @@ async fn sigkill_during_initial_sync_loses_nothing_and_duplicates_nothing() {
             .any(|l| l["provider_id"] == pid.as_str()));
     }
 }
+
+#[tokio::test]
+async fn sigkill_during_two_way_push_pushes_each_contact_exactly_once() {
+    const USER: &str = "push@example.com";
+    let sim = start_sim(vec![SeedUser::new(USER, 0, 42)], vec![]).await;
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            account_toml("g", "google", "all", "two-way")
+        ),
+    ));
+    d.start().await;
+    d.connect("g", &sim.refresh_token(Provider::Google, USER).unwrap())
+        .await;
+    d.wait_synced("g", None).await;
+    // Slow provider: kills land while batches are in flight (the simulator still applies
+    // a request whose client died, as a real server would).
+    sim.set_faults(
+        Provider::Google,
+        FaultConfig {
+            latency_ms: 150,
+            ..Default::default()
+        },
+    );
+    for i in 0..300 {
+        let (s, v) = d
+            .api(reqwest::Method::POST, "/api/v1/contacts", Some(serde_json::json!({"first_name": format!("Push{i}"), "last_name": "Once", "emails": [format!("push{i}@example.org")]})))
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(50..700))).await;
+        d.kill().await;
+        d.start().await;
+    }
+    d.wait_for("outbox drained", Duration::from_secs(120), || async {
+        let a = d.account("g").await;
+        a["outbox"]["pending"] == 0 && a["state"] == "idle"
+    })
+    .await;
+    let a = d.sync_now("g").await;
+    let people = sim
+        .control(
+            Provider::Google,
+            "GET",
+            &format!("/_sim/users/{USER}/contacts"),
+            None,
+        )
+        .1;
+    let pushed = people
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["person"]["names"][0]["familyName"] == "Once")
+        .count();
+    assert_eq!(pushed, 300, "each CRM contact exactly once in the provider");
+    let contacts = d.contacts().await;
+    assert_eq!(contacts.len(), 300, "no contact came back as a duplicate");
+    assert_eq!(check_no_duplicates(&contacts, "g").len(), 300);
+    assert_eq!(
+        today(&a, &["added", "to_provider"]),
+        300,
+        "counted once each"
+    );
+    assert_eq!(today(&a, &["added", "to_crm"]), 0);
+    let adopted = d
+        .audit_lines()
+        .iter()
+        .filter(|l| l["reason"] == "creation confirmed by the provider's listing")
+        .count();
+    eprintln!("creations adopted after a kill: {adopted}");
+}

@@ -457,6 +457,19 @@ impl<'a> Planner<'a> {
                 )
             }
             None => match self.find_match(&provider)? {
+                Some((contact, _))
+                    if matches!(
+                        self.outbox_entry(&self.ctx.account, contact.id)?,
+                        Some(OutboxEntry {
+                            op: OutboxOp::Create,
+                            ..
+                        })
+                    ) =>
+                {
+                    // Our own creation, made before a crash or a lost answer: adopt it
+                    // instead of creating the contact in the provider a second time.
+                    self.adopt(pid, contact, &provider, new_link)
+                }
                 Some((contact, others)) => {
                     let id = contact.id;
                     if !others.is_empty() {
@@ -486,6 +499,45 @@ impl<'a> Planner<'a> {
                 None => self.create(pid, &provider, new_link, photo),
             },
         }
+    }
+
+    /// Links a provider contact that is the echo of a creation we pushed but did not get to
+    /// record; it counts as added to the provider, as the push would have.
+    fn adopt(
+        &mut self,
+        pid: &str,
+        mut contact: Contact,
+        provider: &Fields,
+        new_link: impl Fn(ContactId) -> LinkRecord,
+    ) -> Result<(), StoreError> {
+        let id = contact.id;
+        contact.links.push(self.this_link(pid));
+        contact.links.sort();
+        let f = self.fields_of(&contact)?;
+        self.put_contact(contact, &f);
+        self.put_link(pid, new_link(id), provider.clone());
+        let account = self.ctx.account.clone();
+        self.overlay.outbox.insert((account.clone(), id), None);
+        self.plan.batch.push(Op::DeleteOutbox {
+            account,
+            contact: id,
+        });
+        self.plan.metrics.added_to_provider += 1;
+        self.plan.audit.push(
+            self.event(audit::Action::Added)
+                .direction(audit::Direction::ToProvider)
+                .crm_id(id)
+                .provider_id(pid)
+                .fields(present_fields(provider))
+                .reason("creation confirmed by the provider's listing"),
+        );
+        self.plan.actions.push(Action::Link {
+            provider_id: pid.to_string(),
+            crm_id: id,
+            changed: vec![],
+            others: vec![],
+        });
+        Ok(())
     }
 
     fn create(

@@ -638,3 +638,30 @@ fn a_skipped_contact_is_counted_once_per_version() {
         1
     );
 }
+
+#[test]
+fn our_own_creation_seen_in_a_listing_is_adopted_not_duplicated() {
+    let db = db();
+    let id = crm_contact(&db, "Ann", "Lee", &["ann@x.org"], &[], None, 0);
+    let mut b = Batch::default();
+    b.push(outbox::enqueue(
+        None,
+        "g",
+        id,
+        crate::store::OutboxOp::Create,
+        Utc::now(),
+    ));
+    db.commit(&b).unwrap();
+    let p = run(
+        &db,
+        "g",
+        &[up(pc("people/c9", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    assert_eq!(p.metrics.added_to_provider, 1);
+    assert_eq!(p.metrics.updated_in_crm, 0);
+    assert!(
+        db.outbox_entry("g", id).unwrap().is_none(),
+        "the pending create is done"
+    );
+    assert_eq!(db.link("g", "people/c9").unwrap().unwrap().contact_id, id);
+}
