@@ -493,10 +493,8 @@ impl Drop for DemoDir {
     }
 }
 
-fn demo_config(dir: &Path, listen: std::net::SocketAddr, sim: &crate::sim::Sim) -> String {
+fn demo_config(dir: &Path, listen: std::net::SocketAddr, g: &str, m: &str) -> String {
     let d = dir.display();
-    let g = &sim.google_base;
-    let m = &sim.graph_base;
     format!(
         r#"# contact-sync demo: simulated providers, temporary data. Edit me: the daemon reloads.
 [daemon]
@@ -621,8 +619,11 @@ async fn run_demo(args: DemoArgs, logging: &Logging, dir: &Path) -> Result<i32, 
     crate::secrets::write_private(&dir.join("api-token"), api_token.as_bytes())
         .map_err(|e| format!("cannot write the API token file: {e}"))?;
     let config_path = dir.join("config.toml");
-    std::fs::write(&config_path, demo_config(dir, args.listen, &sim))
-        .map_err(|e| format!("cannot write the demo configuration: {e}"))?;
+    std::fs::write(
+        &config_path,
+        demo_config(dir, args.listen, &sim.google_base, &sim.graph_base),
+    )
+    .map_err(|e| format!("cannot write the demo configuration: {e}"))?;
     let config = config::load(&config_path).map_err(|e| e.to_string())?;
     // The three grants, sealed, before the daemon starts.
     {
@@ -732,5 +733,85 @@ pub fn sim(args: crate::sim::SimArgs) -> i32 {
             eprintln!("Simulator failed: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SkipReason;
+    use crate::sync::Action;
+
+    #[test]
+    fn demo_config_is_valid_and_declares_three_accounts() {
+        let text = demo_config(
+            Path::new("/tmp/x"),
+            "127.0.0.1:8631".parse().unwrap(),
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+        );
+        let c = config::parse(&text).unwrap();
+        let ids: Vec<_> = c.accounts.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, DEMO_USERS.map(|u| u.0));
+        assert_eq!(
+            c.providers.outlook.unwrap().token_url(),
+            "http://127.0.0.1:2/common/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn preview_prints_counts_reasons_and_examples() {
+        let actions = vec![
+            Action::Create {
+                provider_id: "people/c1".into(),
+                crm_id: 7,
+            },
+            Action::Create {
+                provider_id: "people/c2".into(),
+                crm_id: 8,
+            },
+            Action::Skip {
+                provider_id: "people/c3".into(),
+                reason: SkipReason::NoName,
+            },
+            Action::Update {
+                provider_id: "people/c4".into(),
+                crm_id: 3,
+                changed: vec!["emails"],
+            },
+        ];
+        let names = [("people/c1".to_string(), "Ann Lee".to_string())].into();
+        let mut v = crate::api::ops::summarise(&actions, &names, 1);
+        assert_eq!(v["counts"]["create"], 2);
+        assert_eq!(v["counts"]["delete"], 0);
+        assert_eq!(v["skipped"]["no_name"], 1);
+        assert_eq!(v["examples"]["create"].as_array().unwrap().len(), 1);
+        v["account"] = serde_json::json!("acc");
+        v["changes"] = serde_json::json!(4);
+        v["full"] = serde_json::json!(true);
+        let text = preview_text(&v);
+        assert!(text.contains("create:    2"), "{text}");
+        assert!(text.contains("people/c1 (Ann Lee) -> CRM #7"), "{text}");
+        assert!(!text.contains("people/c2"), "limit 1: {text}");
+        assert!(text.contains("no_name: 1"), "{text}");
+        assert!(text.contains("people/c4 -> CRM #3 [emails]"), "{text}");
+        assert!(text.contains("full listing"), "{text}");
+    }
+
+    #[test]
+    fn status_table_lists_breakdowns() {
+        let a = serde_json::json!({
+            "id": "acc", "provider": "google", "group": "all", "direction": "one-way",
+            "state": "idle", "last_sync": null, "last_error": "boom",
+            "today": {"added": {"to_crm": 3, "to_provider": 1}, "updated": {"in_crm": 2, "in_provider": 0},
+                      "deleted": {"from_provider": 4}, "skipped": {"no_name": 2, "too_many_phones": 0}}
+        });
+        let t = status_table(&[a]);
+        assert!(t.contains("3/1") && t.contains("2/0"), "{t}");
+        assert!(
+            t.contains("skipped: no_name=2") && !t.contains("too_many_phones="),
+            "{t}"
+        );
+        assert!(t.contains("last error: boom"), "{t}");
     }
 }

@@ -78,6 +78,12 @@ impl Drop for Demo {
             let _ = std::process::Command::new("kill")
                 .arg(pid.to_string())
                 .status();
+            for _ in 0..100 {
+                if matches!(self.0.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
