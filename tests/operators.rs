@@ -528,3 +528,52 @@ async fn demo_once_syncs_and_prints_a_summary() {
         .unwrap();
     assert!(crm > 50, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_disconnect_without_a_running_daemon_use_the_store() {
+    let sim = sim(10).await;
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text(
+        "",
+        &format!("{}{}", providers(&sim), account("acc", "google", true)),
+    ));
+    let out = connect_by_browser(&d, "acc").await;
+    assert!(out.contains("stored (encrypted at rest)"), "{out}");
+    let token = sim.refresh_token(Provider::Google, ALICE).unwrap();
+    let store: Vec<u8> = walk(&d.data_dir());
+    assert!(
+        !store.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the refresh token is not in the store in clear"
+    );
+    d.start().await;
+    wait_synced(&d, "acc").await;
+    d.stop().await;
+    let out = cli(&d).args(["disconnect", "acc"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("revoked at Google"), "{text}");
+    d.start().await;
+    d.wait_for("not connected", Duration::from_secs(10), || async {
+        d.get("/api/v1/accounts/acc").await["state"] == "not_connected"
+    })
+    .await;
+    d.stop().await;
+}
+
+/// Every byte of every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.extend(std::fs::read(&p).unwrap_or_default());
+        }
+    }
+    out
+}

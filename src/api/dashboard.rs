@@ -59,16 +59,17 @@ pub fn render(st: &ApiState) -> String {
         };
         let progress = match (&a.status.progress, a.status.state) {
             (Some(p), AccountState::Syncing) => {
-                let pct = p
-                    .total
-                    .filter(|t| *t > 0)
-                    .map(|t| (p.contacts * 100 / t).min(100))
-                    .unwrap_or(0);
-                format!(
-                    "<progress max=\"100\" value=\"{pct}\" title=\"{} contacts, {} pages\"></progress>",
-                    p.contacts, p.pages
-                )
+                let fetched = format!("{} contacts, {} pages fetched", p.contacts, p.pages);
+                match p.total.filter(|t| *t > 0) {
+                    Some(t) => format!(
+                        "<progress max=\"100\" value=\"{}\" title=\"{fetched} of about {t}\"></progress>",
+                        (p.contacts * 100 / t).min(100)
+                    ),
+                    // No announced total (Graph): an indeterminate bar.
+                    None => format!("<progress title=\"{fetched}\"></progress>"),
+                }
             }
+            (None, AccountState::Syncing) => "<progress title=\"starting\"></progress>".into(),
             _ => String::new(),
         };
         rows.push_str(&format!(
