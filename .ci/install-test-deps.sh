@@ -1,32 +1,28 @@
 #!/usr/bin/env bash
-# Installs what the operator tests need on a fresh Debian machine (run as root):
+# Installs what the test suite needs on a fresh Debian machine. Idempotent: skips what is
+# already there. Used by .ci/run; run it once by hand before `cargo test` on a new machine.
 #   chromium  - tests/dashboard_browser.rs loads the dashboard in headless Chromium
 #   promtool  - tests/operators.rs checks /metrics (Debian package: prometheus)
-# Idempotent: installs only what is missing. With CI set, those tests fail when a tool
-# is missing; without it they print a skip note.
+# With CI set, those tests fail when a tool is missing; without it they print a skip note.
 set -euo pipefail
 
-missing=()
-command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
-command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-
-if [ ${#missing[@]} -eq 0 ]; then
-    echo "install-test-deps: chromium and promtool are present."
-    exit 0
+need_apt=()
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "Installing Debian packages: ${need_apt[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # Chromium's recommended packages bring the fonts the dashboard screenshot needs.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  command -v promtool >/dev/null
+  [ -x /usr/bin/chromium ]
 fi
 
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO=sudo
-else
-    SUDO=
+# Google's Python client (ships the People API discovery document) for the simulator's
+# conformance tests.
+if ! python3 -c "import googleapiclient" >/dev/null 2>&1; then
+  echo "Installing google-api-python-client from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check google-api-python-client
 fi
-
-echo "install-test-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# The prometheus package starts a server on installation where an init system runs; the
-# tests only need its promtool.
-$SUDO apt-get install -y -qq "${missing[@]}"
-command -v promtool >/dev/null
-[ -x /usr/bin/chromium ]
-echo "install-test-deps: done."

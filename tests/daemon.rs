@@ -9,7 +9,8 @@ use common::*;
 use reqwest::Method;
 use serde_json::json;
 
-const GOOGLE: &str = "[providers.google]\nclient_id = \"cid\"\n\n[providers.outlook]\nclient_id = \"oid\"\n";
+const GOOGLE: &str =
+    "[providers.google]\nclient_id = \"cid\"\n\n[providers.outlook]\nclient_id = \"oid\"\n";
 
 fn account(id: &str, provider: &str, group: &str, direction: &str) -> String {
     format!("\n[[accounts]]\nid = \"{id}\"\nprovider = \"{provider}\"\ngroup = \"{group}\"\ndirection = \"{direction}\"\n")
@@ -18,7 +19,10 @@ fn account(id: &str, provider: &str, group: &str, direction: &str) -> String {
 #[test]
 fn check_config_names_line_and_key_and_exits_78() {
     let d = TestDaemon::new();
-    let text = d.config_text("", &format!("{GOOGLE}{}", account("a", "google", "sometimes", "one-way")));
+    let text = d.config_text(
+        "",
+        &format!("{GOOGLE}{}", account("a", "google", "sometimes", "one-way")),
+    );
     d.write_config(&text);
     let out = std::process::Command::new(bin())
         .args(["check-config", &path_str(&d.config_path())])
@@ -37,13 +41,20 @@ fn check_config_names_line_and_key_and_exits_78() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
 
-    let ok = d.config_text("", &format!("{GOOGLE}{}", account("a", "google", "all", "one-way")));
+    let ok = d.config_text(
+        "",
+        &format!("{GOOGLE}{}", account("a", "google", "all", "one-way")),
+    );
     d.write_config(&ok);
     let out = std::process::Command::new(bin())
         .args(["check-config", &path_str(&d.config_path())])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -52,7 +63,12 @@ async fn api_rejects_missing_or_wrong_token_with_401() {
     d.write_config(&d.config_text("", ""));
     d.start().await;
     for path in ["/api/v1/contacts", "/api/v1/accounts", "/api/v1/companies"] {
-        let r = d.http.get(format!("{}{path}", d.base())).send().await.unwrap();
+        let r = d
+            .http
+            .get(format!("{}{path}", d.base()))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "{path} without token");
         let r = d
             .http
@@ -66,7 +82,12 @@ async fn api_rejects_missing_or_wrong_token_with_401() {
         assert!(body["error"].as_str().unwrap().contains("token"));
     }
     // /healthz and /metrics need no token.
-    let r = d.http.get(format!("{}/healthz", d.base())).send().await.unwrap();
+    let r = d
+        .http
+        .get(format!("{}/healthz", d.base()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(d.stop().await.code(), Some(0));
 }
@@ -79,15 +100,32 @@ async fn api_rejects_bad_bodies_with_400_naming_the_field() {
     let cases = [
         (json!({"first_name": "Ann"}), "emails"),
         (json!({"emails": ["a@x.org"]}), "first_name"),
-        (json!({"first_name": "Ann", "emails": ["not-an-email"]}), "emails[0]"),
-        (json!({"first_name": "Ann", "emails": (0..11).map(|i| format!("e{i}@x.org")).collect::<Vec<_>>()}), "emails"),
-        (json!({"first_name": "Ann", "phones": (0..11).map(|i| format!("+1201555010{i}")).collect::<Vec<_>>()}), "phones"),
-        (json!({"first_name": "Ann", "emails": ["a@x.org"], "birthday": "1990-02-30"}), "birthday"),
-        (json!({"first_name": "Ann", "emails": ["a@x.org"], "colour": "red"}), "colour"),
+        (
+            json!({"first_name": "Ann", "emails": ["not-an-email"]}),
+            "emails[0]",
+        ),
+        (
+            json!({"first_name": "Ann", "emails": (0..11).map(|i| format!("e{i}@x.org")).collect::<Vec<_>>()}),
+            "emails",
+        ),
+        (
+            json!({"first_name": "Ann", "phones": (0..11).map(|i| format!("+1201555010{i}")).collect::<Vec<_>>()}),
+            "phones",
+        ),
+        (
+            json!({"first_name": "Ann", "emails": ["a@x.org"], "birthday": "1990-02-30"}),
+            "birthday",
+        ),
+        (
+            json!({"first_name": "Ann", "emails": ["a@x.org"], "colour": "red"}),
+            "colour",
+        ),
         (json!({"first_name": 5, "emails": ["a@x.org"]}), ""),
     ];
     for (body, field) in cases {
-        let (s, v) = d.api(Method::POST, "/api/v1/contacts", Some(body.clone())).await;
+        let (s, v) = d
+            .api(Method::POST, "/api/v1/contacts", Some(body.clone()))
+            .await;
         assert_eq!(s, 400, "{body} -> {v}");
         if !field.is_empty() {
             assert_eq!(v["field"], field, "{body} -> {v}");
@@ -107,10 +145,20 @@ async fn api_rejects_bad_bodies_with_400_naming_the_field() {
     // An oversized body.
     let big = "x".repeat(300 * 1024);
     let (s, _) = d
-        .api(Method::POST, "/api/v1/contacts", Some(json!({"first_name": big, "emails": ["a@x.org"]})))
+        .api(
+            Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"first_name": big, "emails": ["a@x.org"]})),
+        )
         .await;
     assert_eq!(s, 413);
-    assert!(d.get("/api/v1/contacts").await["contacts"].as_array().unwrap().is_empty(), "nothing was written");
+    assert!(
+        d.get("/api/v1/contacts").await["contacts"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing was written"
+    );
 }
 
 #[tokio::test]
@@ -137,20 +185,42 @@ async fn contacts_created_through_the_api_survive_a_restart() {
     assert_eq!(created["links"], json!([]));
     // Patch: absent keys stay, null clears.
     let (s, patched) = d
-        .api(Method::PATCH, &format!("/api/v1/contacts/{id}"), Some(json!({"job_title": null, "last_name": "Lee-Smith"})))
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/contacts/{id}"),
+            Some(json!({"job_title": null, "last_name": "Lee-Smith"})),
+        )
         .await;
     assert_eq!(s, 200, "{patched}");
     assert_eq!(patched["job_title"], serde_json::Value::Null);
     assert_eq!(patched["emails"], json!(["ann@x.org"]));
     let (s, second) = d
-        .api(Method::POST, "/api/v1/contacts", Some(json!({"first_name": "Bo", "phones": ["+12015550101"], "company_name": "acme"})))
+        .api(
+            Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"first_name": "Bo", "phones": ["+12015550101"], "company_name": "acme"})),
+        )
         .await;
     assert_eq!(s, 201);
-    assert_eq!(second["company"]["id"], created["company"]["id"], "one company per normalised name");
-    let (s, _) = d.api(Method::DELETE, &format!("/api/v1/contacts/{}", second["id"]), None).await;
+    assert_eq!(
+        second["company"]["id"], created["company"]["id"],
+        "one company per normalised name"
+    );
+    let (s, _) = d
+        .api(
+            Method::DELETE,
+            &format!("/api/v1/contacts/{}", second["id"]),
+            None,
+        )
+        .await;
     assert_eq!(s, 204);
 
-    assert_eq!(d.stop().await.code(), Some(0), "clean exit on SIGTERM: {}", d.log());
+    assert_eq!(
+        d.stop().await.code(),
+        Some(0),
+        "clean exit on SIGTERM: {}",
+        d.log()
+    );
     d.start().await;
     let got = d.get(&format!("/api/v1/contacts/{id}")).await;
     assert_eq!(got["last_name"], "Lee-Smith");
@@ -163,13 +233,19 @@ async fn contacts_created_through_the_api_survive_a_restart() {
     assert_eq!(companies["companies"].as_array().unwrap().len(), 1);
     // Paging.
     for i in 0..5 {
-        d.api(Method::POST, "/api/v1/contacts", Some(json!({"first_name": format!("P{i}"), "emails": [format!("p{i}@x.org")]})))
-            .await;
+        d.api(
+            Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"first_name": format!("P{i}"), "emails": [format!("p{i}@x.org")]})),
+        )
+        .await;
     }
     let p1 = d.get("/api/v1/contacts?limit=4").await;
     assert_eq!(p1["contacts"].as_array().unwrap().len(), 4);
     let next = p1["next"].as_u64().unwrap();
-    let p2 = d.get(&format!("/api/v1/contacts?limit=4&after={next}")).await;
+    let p2 = d
+        .get(&format!("/api/v1/contacts?limit=4&after={next}"))
+        .await;
     assert_eq!(p2["contacts"].as_array().unwrap().len(), 2);
     assert!(p2["next"].is_null());
     // The CRM deletion is in the audit log.
@@ -177,7 +253,10 @@ async fn contacts_created_through_the_api_survive_a_restart() {
 }
 
 async fn accounts(d: &TestDaemon) -> Vec<serde_json::Value> {
-    d.get("/api/v1/accounts").await["accounts"].as_array().unwrap().clone()
+    d.get("/api/v1/accounts").await["accounts"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test]
@@ -185,7 +264,11 @@ async fn reload_adds_removes_and_changes_accounts_and_keeps_config_on_error() {
     let mut d = TestDaemon::new();
     let head = d.config_text("", GOOGLE);
     let base = |accts: &str| format!("{head}{accts}");
-    let v1 = base(&format!("{}{}", account("a", "google", "all", "one-way"), account("b", "outlook", "all", "one-way")));
+    let v1 = base(&format!(
+        "{}{}",
+        account("a", "google", "all", "one-way"),
+        account("b", "outlook", "all", "one-way")
+    ));
     d.write_config(&v1);
     d.start().await;
     let a = accounts(&d).await;
@@ -193,40 +276,84 @@ async fn reload_adds_removes_and_changes_accounts_and_keeps_config_on_error() {
     assert_eq!(a[0]["state"], "not_connected");
 
     // Add c, remove b, change a's direction.
-    let v2 = base(&format!("{}{}", account("a", "google", "all", "two-way"), account("c", "google", "starred", "one-way")));
+    let v2 = base(&format!(
+        "{}{}",
+        account("a", "google", "all", "two-way"),
+        account("c", "google", "starred", "one-way")
+    ));
     d.write_config(&v2);
     d.wait_for("reload v2", Duration::from_secs(10), || async {
         let a = accounts(&d).await;
-        let ids: Vec<_> = a.iter().map(|x| x["id"].as_str().unwrap().to_string()).collect();
+        let ids: Vec<_> = a
+            .iter()
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .collect();
         ids == ["a", "c"] && a[0]["direction"] == "two-way"
     })
     .await;
 
     // Disable c: it stays listed, stopped.
-    let v3 = v2.replace("group = \"starred\"\ndirection = \"one-way\"\n", "group = \"starred\"\ndirection = \"one-way\"\nenabled = false\n");
+    let v3 = v2.replace(
+        "group = \"starred\"\ndirection = \"one-way\"\n",
+        "group = \"starred\"\ndirection = \"one-way\"\nenabled = false\n",
+    );
     d.write_config(&v3);
     d.wait_for("c stopped", Duration::from_secs(10), || async {
-        accounts(&d).await.iter().any(|x| x["id"] == "c" && x["state"] == "stopped")
+        accounts(&d)
+            .await
+            .iter()
+            .any(|x| x["id"] == "c" && x["state"] == "stopped")
     })
     .await;
 
     // A broken file is rejected; the running config stays and the error is visible.
-    d.write_config(&format!("{v3}\n[[accounts]]\nid = \"zz\"\nprovider = \"yahoo\"\n"));
+    d.write_config(&format!(
+        "{v3}\n[[accounts]]\nid = \"zz\"\nprovider = \"yahoo\"\n"
+    ));
     d.wait_for("reload error", Duration::from_secs(10), || async {
         let v = d.get("/api/v1/accounts").await;
-        v["config_error"].as_str().is_some_and(|e| e.contains("provider") && e.contains("yahoo"))
+        v["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("provider") && e.contains("yahoo"))
     })
     .await;
     assert_eq!(accounts(&d).await.len(), 2);
-    let metrics = d.http.get(format!("{}/metrics", d.base())).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("contact_sync_config_reload_failures_total 1"), "{metrics}");
-    let page = d.http.get(format!("{}/", d.base())).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("failed to reload"), "dashboard shows the notice");
+    let metrics = d
+        .http
+        .get(format!("{}/metrics", d.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("contact_sync_config_reload_failures_total 1"),
+        "{metrics}"
+    );
+    let page = d
+        .http
+        .get(format!("{}/", d.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("failed to reload"),
+        "dashboard shows the notice"
+    );
 
     // A change of a key that needs a restart is rejected by name.
-    d.write_config(&v3.replace(&format!("listen = \"127.0.0.1:{}\"", d.port), "listen = \"127.0.0.1:1\""));
+    d.write_config(&v3.replace(
+        &format!("listen = \"127.0.0.1:{}\"", d.port),
+        "listen = \"127.0.0.1:1\"",
+    ));
     d.wait_for("listen rejected", Duration::from_secs(10), || async {
-        d.get("/api/v1/accounts").await["config_error"].as_str().is_some_and(|e| e.contains("daemon.listen"))
+        d.get("/api/v1/accounts").await["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("daemon.listen"))
     })
     .await;
 
@@ -235,7 +362,9 @@ async fn reload_adds_removes_and_changes_accounts_and_keeps_config_on_error() {
     d.signal("HUP");
     d.wait_for("reload v1", Duration::from_secs(10), || async {
         let v = d.get("/api/v1/accounts").await;
-        v["config_error"].is_null() && v["accounts"].as_array().unwrap().len() == 2 && v["accounts"][1]["id"] == "b"
+        v["config_error"].is_null()
+            && v["accounts"].as_array().unwrap().len() == 2
+            && v["accounts"][1]["id"] == "b"
     })
     .await;
     assert_eq!(d.stop().await.code(), Some(0));
@@ -244,7 +373,13 @@ async fn reload_adds_removes_and_changes_accounts_and_keeps_config_on_error() {
 #[tokio::test]
 async fn status_command_reads_the_running_daemon() {
     let mut d = TestDaemon::new();
-    d.write_config(&d.config_text("", &format!("{GOOGLE}{}", account("sales", "google", "starred", "two-way"))));
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{GOOGLE}{}",
+            account("sales", "google", "starred", "two-way")
+        ),
+    ));
     d.start().await;
     let out = tokio::process::Command::new(bin())
         .args(["--config", &path_str(&d.config_path()), "status"])
@@ -253,9 +388,18 @@ async fn status_command_reads_the_running_daemon() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("sales") && text.contains("starred") && text.contains("not_connected"), "{text}");
+    assert!(
+        text.contains("sales") && text.contains("starred") && text.contains("not_connected"),
+        "{text}"
+    );
     let out = tokio::process::Command::new(bin())
-        .args(["--config", &path_str(&d.config_path()), "status", "sales", "--json"])
+        .args([
+            "--config",
+            &path_str(&d.config_path()),
+            "status",
+            "sales",
+            "--json",
+        ])
         .output()
         .await
         .unwrap();

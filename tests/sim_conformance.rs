@@ -427,3 +427,142 @@ async fn google_python_client_lists_syncs_and_writes() {
     );
     sim.stop().await;
 }
+
+/// Microsoft's msgraph-sdk (optional: skipped with a message when not installed, also in
+/// CI, which does not install it) parses the Graph simulator's delta, contact, folder and
+/// error payloads without finding properties it does not model.
+#[tokio::test]
+async fn msgraph_sdk_parses_graph_payloads() {
+    let have = Command::new("python3")
+        .args(["-c", "import msgraph, kiota_serialization_json"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have {
+        eprintln!(
+            "SKIPPED: msgraph-sdk is not installed; `pip install msgraph-sdk` to run this test"
+        );
+        return;
+    }
+    let user = "sdk@example.com";
+    let mut u = SeedUser::new(user, 40, 6);
+    u.child_folders = 2;
+    let sim = Sim::start(SimOptions {
+        outlook_users: vec![u],
+        ..SimOptions::default()
+    })
+    .await
+    .expect("sim");
+    let rt = sim.refresh_token(Provider::Outlook, user).expect("token");
+    let c = reqwest::Client::new();
+    let t: Value = c
+        .post(sim.graph_token_url("common"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+            ("client_id", "c"),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let tok = t["access_token"].as_str().expect("access").to_string();
+    let api = sim.graph_api_base();
+    let get = |url: String| {
+        let c = c.clone();
+        let tok = tok.clone();
+        async move {
+            c.get(url)
+                .bearer_auth(tok)
+                .header("Prefer", "odata.maxpagesize=5, IdType=\"ImmutableId\"")
+                .send()
+                .await
+                .expect("get")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let mut pages = Vec::new();
+    let mut url = format!("{api}/me/contactFolders/contacts/contacts/delta");
+    let delta_link = loop {
+        let p = get(url).await;
+        pages.push(p.clone());
+        match p["@odata.nextLink"].as_str() {
+            Some(n) => url = n.to_string(),
+            None => {
+                break p["@odata.deltaLink"]
+                    .as_str()
+                    .expect("delta link")
+                    .to_string()
+            }
+        }
+    };
+    let first_id = pages[0]["value"][0]["id"].as_str().expect("id").to_string();
+    let second_id = pages[0]["value"][1]["id"].as_str().expect("id").to_string();
+    c.delete(format!("{api}/me/contacts/{first_id}"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .expect("delete");
+    c.patch(format!("{api}/me/contacts/{second_id}"))
+        .bearer_auth(&tok)
+        .json(&json!({"homeAddress": {"street": "1 Way", "city": "Oslo", "countryOrRegion": "Norway"}}))
+        .send()
+        .await
+        .expect("patch");
+    let p = get(delta_link).await;
+    assert!(p["value"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .any(|r| r.get("@removed").is_some()));
+    pages.push(p);
+    let created: Value = c
+        .post(format!("{api}/me/contacts"))
+        .bearer_auth(&tok)
+        .json(&json!({"givenName": "Yearless", "birthday": "1604-02-03", "emailAddresses": [{"name": "Y", "address": "y@example.com"}]}))
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    let contact = get(format!(
+        "{api}/me/contacts/{}",
+        created["id"].as_str().expect("id")
+    ))
+    .await;
+    let folders = get(format!("{api}/me/contactFolders")).await;
+    let error = get(format!(
+        "{api}/me/contactFolders/contacts/contacts/delta?$deltatoken=stale"
+    ))
+    .await;
+    let payloads =
+        json!({"delta_pages": pages, "contact": contact, "folders": folders, "error": error});
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), serde_json::to_vec(&payloads).expect("json")).expect("write");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/conformance/graph_sdk.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(file.path())
+        .output()
+        .await
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "graph_sdk.py failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report: Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).expect("report");
+    assert!(report["rows"].as_u64().unwrap_or(0) > 10);
+    assert_eq!(report["removed"], 1);
+    sim.stop().await;
+}

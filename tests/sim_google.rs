@@ -466,6 +466,28 @@ async fn expired_sync_token_error_shape() {
     )
     .await;
     check(s, &v);
+    // Re-seeding a user invalidates its old tokens.
+    let bob = "bob@example.com";
+    let tok = access_token(&sim, bob).await;
+    let (_, v) = get(
+        &sim,
+        &tok,
+        "/v1/people/me/connections?personFields=names&requestSyncToken=true",
+    )
+    .await;
+    let before = v["nextSyncToken"].as_str().expect("sync").to_string();
+    sim.add_user(Provider::Google, &SeedUser::new(bob, 5, 12));
+    let tok = access_token(&sim, bob).await;
+    let (s, v) = get(
+        &sim,
+        &tok,
+        &format!(
+            "/v1/people/me/connections?personFields=names&syncToken={}",
+            urlenc(&before)
+        ),
+    )
+    .await;
+    check(s, &v);
     sim.stop().await;
 }
 
@@ -736,6 +758,14 @@ async fn oauth_code_pkce_refresh_revoke_and_401() {
     // Codes are single use.
     assert_eq!(token(code, verifier).await.status(), 400);
     // The token is Bob's.
+    let (s, me) = get(
+        &sim,
+        &access,
+        "/v1/people/me?personFields=emailAddresses,names",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(me["emailAddresses"][0]["value"], "bob@example.com");
     let (s, v) = get(
         &sim,
         &access,
@@ -805,6 +835,20 @@ async fn oauth_code_pkce_refresh_revoke_and_401() {
         e,
         json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
     );
+    // Client credentials are recorded.
+    assert!(sim.clients(Provider::Google).contains(&(
+        "cid.apps.googleusercontent.com".to_string(),
+        Some("s".to_string())
+    )));
+    let clients: Value = client()
+        .get(format!("{}/_sim/clients", sim.google_base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(clients.as_array().is_some_and(|a| !a.is_empty()));
     // Control-API revoke kills the seeded grant too.
     let rt = sim.refresh_token(Provider::Google, ALICE).unwrap();
     let r = client()
@@ -1067,6 +1111,24 @@ async fn control_api_users_and_star() {
     assert!(all2
         .iter()
         .any(|p| p["id"] == json!(unstarred) && p["starred"] == true));
+    // In-process control calls, with or without the /_sim prefix.
+    let (s, v) = sim.control(
+        Provider::Google,
+        "POST",
+        &format!("/_sim/users/carol@example.com/contacts/{unstarred}/unstar"),
+        None,
+    );
+    assert_eq!((s, v), (200, json!({})));
+    let (s, v) = sim.control(Provider::Google, "GET", "users/carol@example.com", None);
+    assert_eq!((s, v["contacts"].clone()), (200, json!(40)));
+    assert_eq!(sim.control(Provider::Google, "GET", "", None).0, 404);
+    let (s, v) = sim.control(
+        Provider::Google,
+        "POST",
+        "/_sim/quota",
+        Some(json!({"max_concurrent": 2})),
+    );
+    assert_eq!((s, v), (200, json!({})));
     let r = c
         .delete(format!(
             "{}/_sim/users/nobody@example.com/contacts/c1",

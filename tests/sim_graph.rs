@@ -143,6 +143,25 @@ async fn folders_and_default_folder() {
         .get(&format!("/me/contactFolders/{child}/childFolders"), &[])
         .await;
     assert_eq!(kids["value"].as_array().map(Vec::len), Some(0));
+    // Plain listing of the default folder, with $top paging and $select.
+    let (s, _, page) = api
+        .get("/me/contacts?$top=4&$select=parentFolderId", &[])
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(page["value"].as_array().map(Vec::len), Some(4));
+    assert_eq!(page["value"][0]["parentFolderId"], def["id"]);
+    assert!(page["value"][0].get("givenName").is_none());
+    let mut listed = 4;
+    let mut next = page["@odata.nextLink"].as_str().map(String::from);
+    while let Some(n) = next {
+        let (_, _, p) = api.get(&n, &[]).await;
+        listed += p["value"].as_array().map(Vec::len).unwrap_or(0);
+        next = p["@odata.nextLink"].as_str().map(String::from);
+    }
+    assert_eq!(
+        listed, 10,
+        "30 contacts over the default folder and two children"
+    );
     // Nested folder through the control API, then deletion.
     let c = client();
     let nf: Value = c

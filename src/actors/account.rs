@@ -193,12 +193,14 @@ impl Handler<Poll> for AccountActor {
                 }
                 Err(e) => {
                     let (state, reason) = match e {
-                        RoundError::Provider(ProviderError::ReauthRequired(m)) => {
-                            (AccountState::ReauthRequired, ExitReason::ReauthRequired(m))
-                        }
-                        RoundError::Provider(ProviderError::NotConnected(m)) => {
-                            (AccountState::NotConnected, ExitReason::NotConnected(m))
-                        }
+                        RoundError::Provider(e @ ProviderError::ReauthRequired(_)) => (
+                            AccountState::ReauthRequired,
+                            ExitReason::ReauthRequired(e.to_string()),
+                        ),
+                        RoundError::Provider(e @ ProviderError::NotConnected(_)) => (
+                            AccountState::NotConnected,
+                            ExitReason::NotConnected(e.to_string()),
+                        ),
                         RoundError::Limit(m) => {
                             (AccountState::LimitExceeded, ExitReason::LimitExceeded(m))
                         }

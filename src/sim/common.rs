@@ -324,6 +324,9 @@ impl Default for FaultConfig {
     }
 }
 
+/// Entries kept in the request log; the oldest tenth goes when it is full.
+const LOG_CAP: usize = 200_000;
+
 /// One entry of the request log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LogEntry {
@@ -570,7 +573,11 @@ impl Shared {
         match provider {
             Provider::Google => {
                 let mut st = self.google();
-                let user = GUser::seeded(u, st.id_seed, now);
+                let mut user = GUser::seeded(u, st.id_seed, now);
+                // Re-seeding replaces the user; cursors issued before must not match.
+                if let Some(old) = st.users.get(&u.user) {
+                    user.epoch = old.epoch + 1;
+                }
                 st.users.insert(u.user.clone(), user);
                 st.auth.revoke_user(&u.user);
                 st.auth.issue_refresh(
@@ -581,7 +588,10 @@ impl Shared {
             }
             Provider::Outlook => {
                 let mut st = self.graph();
-                let user = MUser::seeded(u, st.id_seed, now);
+                let mut user = MUser::seeded(u, st.id_seed, now);
+                if let Some(old) = st.users.get(&u.user) {
+                    user.epoch = old.epoch + 1;
+                }
                 st.users.insert(u.user.clone(), user);
                 st.auth.revoke_user(&u.user);
                 st.auth
@@ -623,6 +633,13 @@ impl Shared {
         match provider {
             Provider::Google => self.google().log.clone(),
             Provider::Outlook => self.graph().log.clone(),
+        }
+    }
+
+    pub fn clients(&self, provider: Provider) -> Vec<(String, Option<String>)> {
+        match provider {
+            Provider::Google => self.google().auth.clients.clone(),
+            Provider::Outlook => self.graph().auth.clients.clone(),
         }
     }
 
@@ -698,9 +715,16 @@ impl Shared {
     }
 
     fn log(&self, provider: Provider, e: LogEntry) {
+        // Bounded, so that long benchmark runs do not grow without limit.
+        fn push(log: &mut Vec<LogEntry>, e: LogEntry) {
+            if log.len() >= LOG_CAP {
+                log.drain(..LOG_CAP / 10);
+            }
+            log.push(e);
+        }
         match provider {
-            Provider::Google => self.google().log.push(e),
-            Provider::Outlook => self.graph().log.push(e),
+            Provider::Google => push(&mut self.google().log, e),
+            Provider::Outlook => push(&mut self.graph().log, e),
         }
     }
 }
@@ -897,7 +921,8 @@ fn server_error(provider: Provider, status: u16, retry_after: Option<f64>) -> Re
     }
 }
 
-fn control_err(status: u16, msg: &str) -> Resp {
+/// A control-API error: `{"error": msg}`.
+pub(crate) fn control_err(status: u16, msg: &str) -> Resp {
     Resp::json(status, &json!({"error": msg}))
 }
 
@@ -932,17 +957,23 @@ struct ClockBody {
 }
 
 /// The control API, common part. Provider-specific routes go to the provider modules.
-fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
-    let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
+/// A control-API JSON body.
+fn parse_body<T: serde::de::DeserializeOwned>(r: &Req) -> Result<T, Resp> {
+    r.json()
+        .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+        .map_err(|e| control_err(400, &e))
+}
+
+pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
+    let all: Vec<&str> = r.segs.iter().map(String::as_str).collect();
+    // Routes below are relative to `/_sim`.
+    let segs = all.get(1..).unwrap_or(&[]);
     let m = r.method.as_str();
-    match (m, &segs[1..]) {
+    match (m, segs) {
         ("POST", ["users"]) => {
-            let b: UserBody = match r
-                .json()
-                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
-            {
+            let b: UserBody = match parse_body(r) {
                 Ok(b) => b,
-                Err(e) => return control_err(400, &e),
+                Err(e) => return e,
             };
             let su = SeedUser {
                 user: b.user.clone(),
@@ -992,47 +1023,46 @@ fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
             Resp::json(200, &json!({}))
         }
         ("POST", ["clock"]) => {
-            let b: ClockBody = match r
-                .json()
-                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
-            {
+            let b: ClockBody = match parse_body(r) {
                 Ok(b) => b,
-                Err(e) => return control_err(400, &e),
+                Err(e) => return e,
             };
             shared.advance_clock(Duration::from_secs_f64(b.advance_secs.max(0.0)));
             Resp::json(200, &json!({"now": shared.now().to_rfc3339()}))
         }
         ("POST", ["faults"]) => {
-            let f: FaultConfig = match r
-                .json()
-                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
-            {
-                Ok(f) => f,
-                Err(e) => return control_err(400, &e),
+            let f: FaultConfig = match parse_body(r) {
+                Ok(b) => b,
+                Err(e) => return e,
             };
             shared.set_faults(provider, f);
             Resp::json(200, &json!({}))
         }
         ("POST", ["quota"]) => {
-            let q: QuotaBody = match r
-                .json()
-                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
-            {
-                Ok(q) => q,
-                Err(e) => return control_err(400, &e),
+            let q: QuotaBody = match parse_body(r) {
+                Ok(b) => b,
+                Err(e) => return e,
             };
             shared.set_quota(provider, q.max_concurrent.filter(|n| *n > 0));
             Resp::json(200, &json!({}))
         }
         ("GET", ["requests"]) => Resp::json(200, &json!(shared.requests(provider))),
+        ("GET", ["clients"]) => {
+            let v: Vec<Value> = shared
+                .clients(provider)
+                .into_iter()
+                .map(|(id, secret)| json!({"client_id": id, "client_secret": secret}))
+                .collect();
+            Resp::json(200, &Value::Array(v))
+        }
         ("DELETE", ["requests"]) => {
             shared.clear_requests(provider);
             Resp::empty(204)
         }
         _ => {
             let res = match provider {
-                Provider::Google => super::google::control(shared, r, &segs[1..]),
-                Provider::Outlook => super::graph::control(shared, r, &segs[1..]),
+                Provider::Google => super::google::control(shared, r, segs),
+                Provider::Outlook => super::graph::control(shared, r, segs),
             };
             res.unwrap_or_else(|| control_err(404, "no such control route"))
         }

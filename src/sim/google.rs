@@ -11,7 +11,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::common::{b64, mix, pkce_ok, unb64, AuthCode, Ctx, ProvState, Req, Resp, Shared};
+use super::common::{
+    b64, control_err, mix, pkce_ok, unb64, AuthCode, Ctx, ProvState, Req, Resp, Shared,
+};
 use super::seed::{people, user_salt, SeedPerson};
 use super::SeedUser;
 
@@ -121,6 +123,7 @@ pub(crate) struct GUser {
     pub epoch: u64,
     salt: u64,
     groups_updated: DateTime<Utc>,
+    login: String,
 }
 
 fn etag_of(num: u64, seq: u64) -> String {
@@ -146,14 +149,13 @@ impl GUser {
             epoch: 0,
             salt,
             groups_updated: now,
+            login: u.user.clone(),
         };
         for (i, p) in people(u.seed, u.contacts, salt).iter().enumerate() {
             let starred = (mix(salt ^ 0x5354_4152 ^ i as u64) % 1_000_000) as f64 / 1_000_000.0
                 < u.starred_share;
-            let mut data = seed_to_person(p);
-            let photo = p.has_photo;
-            sanitize(&mut data);
-            g.insert(data, starred, photo, now);
+            // Seeded data is built clean; no need to sanitize it.
+            g.insert(seed_to_person(p), starred, p.has_photo, now);
         }
         g
     }
@@ -322,7 +324,26 @@ fn capitalise(s: &str) -> String {
     }
 }
 
-fn canonical_phone(v: &str) -> Option<String> {
+/// E.164 form of a phone number, parsed with region US, when valid. Parsing is slow and
+/// seeded numbers repeat a lot, so results are cached.
+pub(crate) fn canonical_phone(v: &str) -> Option<String> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<String>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(v).cloned()) {
+        return hit;
+    }
+    let res = parse_phone(v);
+    if let Ok(mut c) = cache.lock() {
+        if c.len() < 100_000 {
+            c.insert(v.to_string(), res.clone());
+        }
+    }
+    res
+}
+
+fn parse_phone(v: &str) -> Option<String> {
     let n = phonenumber::parse(Some(phonenumber::country::Id::US), v).ok()?;
     if !phonenumber::is_valid(&n) {
         return None;
@@ -556,6 +577,15 @@ fn all_fields() -> Vec<String> {
     PERSON_FIELDS.iter().map(|s| s.to_string()).collect()
 }
 
+/// The optional `personFields` of a write: the fields of the returned person (all when
+/// absent).
+fn response_fields(r: &Req) -> Result<Vec<String>, Resp> {
+    match r.q("personFields") {
+        Some(m) => parse_mask(Some(m), PERSON_FIELDS, "personFields"),
+        None => Ok(all_fields()),
+    }
+}
+
 fn parse_num(id: &str) -> Option<u64> {
     let id = id.strip_prefix("people/").unwrap_or(id);
     id.strip_prefix('c')?.parse().ok()
@@ -614,6 +644,32 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
     let m = r.method.as_str();
     match (m, segs) {
         ("GET", ["people", "me", "connections"]) => list_connections(u, r, ctx, base),
+        ("GET", ["people", "me"]) => {
+            let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
+                Ok(f) => f,
+                Err(e) => return e,
+            };
+            let id = format!("1{:019}", u.salt % 10_000_000_000_000_000_000);
+            let source = json!({"type": "PROFILE", "id": id});
+            let mut p = json!({"resourceName": format!("people/{id}"), "etag": etag_of(u.salt, 0)});
+            for f in &fields {
+                match f.as_str() {
+                    "emailAddresses" => {
+                        p["emailAddresses"] = json!([{"metadata": {"primary": true, "verified": true, "source": {"type": "ACCOUNT", "id": id}},
+                                                      "value": u.login}])
+                    }
+                    "names" => {
+                        p["names"] = json!([{"metadata": {"primary": true, "source": source}, "displayName": u.login,
+                                             "unstructuredName": u.login}])
+                    }
+                    "metadata" => {
+                        p["metadata"] = json!({"sources": [source], "objectType": "PERSON"})
+                    }
+                    _ => {}
+                }
+            }
+            Resp::json(200, &p)
+        }
         ("GET", ["people", id]) if id.starts_with('c') && !id.contains(':') => {
             let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
                 Ok(f) => f,
@@ -625,12 +681,9 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
             }
         }
         ("POST", ["people:createContact"]) => {
-            let fields = match r.q("personFields") {
-                Some(_) => match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
-                    Ok(f) => f,
-                    Err(e) => return e,
-                },
-                None => all_fields(),
+            let fields = match response_fields(r) {
+                Ok(f) => f,
+                Err(e) => return e,
             };
             let person = match r.json() {
                 Ok(v) if v.is_object() => v,
@@ -652,12 +705,9 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
                 Ok(f) => f,
                 Err(e) => return e,
             };
-            let fields = match r.q("personFields") {
-                Some(_) => match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
-                    Ok(f) => f,
-                    Err(e) => return e,
-                },
-                None => all_fields(),
+            let fields = match response_fields(r) {
+                Ok(f) => f,
+                Err(e) => return e,
             };
             let person = match r.json() {
                 Ok(v) if v.is_object() => v,
@@ -1267,10 +1317,6 @@ fn revoke(st: &mut ProvState<GUser>, r: &Req) -> Resp {
 // ---------------------------------------------------------------------------------------
 // Control API
 
-fn ctl_err(status: u16, msg: &str) -> Resp {
-    Resp::json(status, &json!({"error": msg}))
-}
-
 /// Google-specific control routes (`segs` without the leading `_sim`).
 pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
     let now = shared.now();
@@ -1282,7 +1328,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
         _ => return None,
     };
     let Some(u) = st.users.get_mut(&user) else {
-        return Some(ctl_err(404, "no such user"));
+        return Some(control_err(404, "no such user"));
     };
     let all = all_fields();
     let salt = u.salt;
@@ -1300,7 +1346,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
         }
         ("POST", ["contacts"]) => {
             let Ok(body) = r.json() else {
-                return Some(ctl_err(400, "body must be a Person"));
+                return Some(control_err(400, "body must be a Person"));
             };
             let num = create(u, &body, now);
             if let Some(true) = body.get("starred").and_then(Value::as_bool) {
@@ -1313,15 +1359,15 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                     201,
                     &json!({"id": format!("c{num}"), "starred": c.starred, "person": render(c, &all, &base, salt)}),
                 ),
-                None => ctl_err(500, "lost contact"),
+                None => control_err(500, "lost contact"),
             }
         }
         ("PATCH", ["contacts", id]) => {
             let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
-                return Some(ctl_err(404, "no such contact"));
+                return Some(control_err(404, "no such contact"));
             };
             let Ok(Value::Object(patch)) = r.json() else {
-                return Some(ctl_err(400, "body must be a JSON object"));
+                return Some(control_err(400, "body must be a JSON object"));
             };
             let mut clean = patch.clone();
             sanitize(&mut clean);
@@ -1339,16 +1385,16 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             u.touch(num, now);
             match u.contacts.get(&num) {
                 Some(c) => Resp::json(200, &render(c, &all, &base, salt)),
-                None => ctl_err(404, "no such contact"),
+                None => control_err(404, "no such contact"),
             }
         }
         ("DELETE", ["contacts", id]) => match parse_num(id) {
             Some(n) if u.delete(n, now) => Resp::empty(204),
-            _ => ctl_err(404, "no such contact"),
+            _ => control_err(404, "no such contact"),
         },
         ("POST", ["contacts", id, action]) if *action == "star" || *action == "unstar" => {
             let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
-                return Some(ctl_err(404, "no such contact"));
+                return Some(control_err(404, "no such contact"));
             };
             if let Some(c) = u.contacts.get_mut(&num) {
                 c.starred = *action == "star";

@@ -9,7 +9,8 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::common::{
-    b64, mix, pkce_ok, random_token, unb64, AuthCode, Ctx, DeviceCode, ProvState, Req, Resp, Shared,
+    b64, control_err, mix, pkce_ok, random_token, unb64, AuthCode, Ctx, DeviceCode, ProvState, Req,
+    Resp, Shared,
 };
 use super::seed::{people, user_salt, SeedPerson};
 use super::SeedUser;
@@ -1471,10 +1472,6 @@ fn devicecode(st: &mut ProvState<MUser>, r: &Req, ctx: &Ctx) -> Resp {
 // ---------------------------------------------------------------------------------------
 // Control API
 
-fn ctl_err(status: u16, msg: &str) -> Resp {
-    Resp::json(status, &json!({"error": msg}))
-}
-
 /// Graph-specific control routes (`segs` without the leading `_sim`).
 pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
     let now = shared.now();
@@ -1491,7 +1488,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                     d.user = user;
                     Resp::json(200, &json!({}))
                 }
-                None => ctl_err(404, "no such user_code"),
+                None => control_err(404, "no such user_code"),
             },
         );
     }
@@ -1501,7 +1498,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
     };
     let refresh = st.auth.latest_refresh.get(&user).cloned();
     let Some(u) = st.users.get_mut(&user) else {
-        return Some(ctl_err(404, "no such user"));
+        return Some(control_err(404, "no such user"));
     };
     let resp = match (m, &segs[2..]) {
         ("GET", []) => Resp::json(
@@ -1525,7 +1522,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
         }
         ("POST", ["contacts"]) => {
             let Ok(mut body) = r.json() else {
-                return Some(ctl_err(400, "body must be a contact"));
+                return Some(control_err(400, "body must be a contact"));
             };
             let (folder, photo) = match body.as_object_mut() {
                 Some(o) => (
@@ -1533,7 +1530,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                         .and_then(|f| f.as_str().map(String::from)),
                     o.remove("photo").and_then(|p| p.as_bool()).unwrap_or(false),
                 ),
-                None => return Some(ctl_err(400, "body must be a JSON object")),
+                None => return Some(control_err(400, "body must be a JSON object")),
             };
             let fid = match folder {
                 None => u.default_id.clone(),
@@ -1544,7 +1541,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                         .map(|x| x.id.clone())
                 }) {
                     Some(id) => id,
-                    None => return Some(ctl_err(404, "no such folder")),
+                    None => return Some(control_err(404, "no such folder")),
                 },
             };
             let fields = match validate(r, &body) {
@@ -1560,12 +1557,12 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                     201,
                     &json!({"id": id, "folderId": fid, "contact": render(c, None)}),
                 ),
-                None => ctl_err(500, "lost contact"),
+                None => control_err(500, "lost contact"),
             }
         }
         ("PATCH", ["contacts", id]) => {
             let Ok(mut body) = r.json() else {
-                return Some(ctl_err(400, "body must be a JSON object"));
+                return Some(control_err(400, "body must be a JSON object"));
             };
             let photo = body
                 .as_object_mut()
@@ -1576,7 +1573,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 Err(e) => return Some(e),
             };
             let Some(c) = u.contacts.get_mut(*id) else {
-                return Some(ctl_err(404, "no such contact"));
+                return Some(control_err(404, "no such contact"));
             };
             merge(c, patch);
             if let Some(p) = photo {
@@ -1585,26 +1582,26 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             u.touch(id, now);
             match u.contacts.get(*id) {
                 Some(c) => Resp::json(200, &render(c, None)),
-                None => ctl_err(404, "no such contact"),
+                None => control_err(404, "no such contact"),
             }
         }
         ("DELETE", ["contacts", id]) => {
             if u.delete(id) {
                 Resp::empty(204)
             } else {
-                ctl_err(404, "no such contact")
+                control_err(404, "no such contact")
             }
         }
         ("POST", ["folders"]) => {
             let body = r.json().unwrap_or(Value::Null);
             let Some(name) = body.get("name").and_then(Value::as_str) else {
-                return Some(ctl_err(400, "name is required"));
+                return Some(control_err(400, "name is required"));
             };
             let parent = match body.get("parent").and_then(Value::as_str) {
                 None => u.default_id.clone(),
                 Some(p) => match u.folder_id(p) {
                     Some(id) => id,
-                    None => return Some(ctl_err(404, "no such parent folder")),
+                    None => return Some(control_err(404, "no such parent folder")),
                 },
             };
             let id = u.add_folder(name, &parent);
@@ -1617,7 +1614,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             if u.delete_folder(id) {
                 Resp::empty(204)
             } else {
-                ctl_err(404, "no such folder (or the default folder)")
+                control_err(404, "no such folder (or the default folder)")
             }
         }
         _ => return None,

@@ -125,18 +125,26 @@ impl Sim {
         graph_addr: SocketAddr,
         opts: SimOptions,
     ) -> anyhow::Result<Sim> {
+        // Loading the phone-number metadata takes a while in debug builds; do it now, in the
+        // background, rather than in the first request that renders a phone number.
+        std::thread::spawn(|| google::canonical_phone("+1 415 555 0100"));
         let shared = Arc::new(Shared::new(opts.seed, opts.access_token_ttl));
         let (google_server, google_bound) = bind(google_addr, shared.clone(), Provider::Google)?;
         let (graph_server, graph_bound) = bind(graph_addr, shared.clone(), Provider::Outlook)?;
         let google_base = format!("http://{google_bound}");
         let graph_base = format!("http://{graph_bound}");
         shared.set_bases(&google_base, &graph_base);
-        for u in &opts.google_users {
-            shared.add_user(Provider::Google, u);
-        }
-        for u in &opts.outlook_users {
-            shared.add_user(Provider::Outlook, u);
-        }
+        // Seed both providers in parallel: large seeds (25k contacts) dominate start-up.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for u in &opts.google_users {
+                    shared.add_user(Provider::Google, u);
+                }
+            });
+            for u in &opts.outlook_users {
+                shared.add_user(Provider::Outlook, u);
+            }
+        });
         let handles = vec![google_server.handle(), graph_server.handle()];
         tokio::spawn(google_server);
         tokio::spawn(graph_server);
@@ -146,6 +154,31 @@ impl Sim {
             shared,
             handles,
         })
+    }
+
+    /// `{graph_base}/v1.0`, the Graph `api_base`.
+    pub fn graph_api_base(&self) -> String {
+        format!("{}/v1.0", self.graph_base)
+    }
+
+    /// Google's token endpoint on the simulator.
+    pub fn google_token_url(&self) -> String {
+        format!("{}/token", self.google_base)
+    }
+
+    /// Google's authorization endpoint on the simulator.
+    pub fn google_auth_url(&self) -> String {
+        format!("{}/o/oauth2/v2/auth", self.google_base)
+    }
+
+    /// Microsoft's token endpoint on the simulator, for a tenant (`common`, ...).
+    pub fn graph_token_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/token", self.graph_base)
+    }
+
+    /// Microsoft's authorization endpoint on the simulator, for a tenant.
+    pub fn graph_auth_url(&self, tenant: &str) -> String {
+        format!("{}/{tenant}/oauth2/v2.0/authorize", self.graph_base)
     }
 
     /// A valid refresh token for a seeded user (the most recently issued one).
@@ -173,6 +206,11 @@ impl Sim {
         self.shared.requests(provider)
     }
 
+    /// The (client_id, client_secret) pairs seen at a provider's token endpoint.
+    pub fn clients(&self, provider: Provider) -> Vec<(String, Option<String>)> {
+        self.shared.clients(provider)
+    }
+
     /// Clears the request log of one provider.
     pub fn clear_requests(&self, provider: Provider) {
         self.shared.clear_requests(provider);
@@ -196,6 +234,29 @@ impl Sim {
     /// Moves the simulator's clock forward (token and cursor expiry use it).
     pub fn advance_clock(&self, by: Duration) {
         self.shared.advance_clock(by);
+    }
+
+    /// Calls a control-API route in process (the `/_sim` prefix is optional), e.g.
+    /// `control(Provider::Google, "POST", "/_sim/users/alice@example.com/contacts/c12/star", None)`.
+    /// Returns the HTTP status and the JSON body (`Null` when empty).
+    pub fn control(
+        &self,
+        provider: Provider,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
+        let path = if path.starts_with("/_sim/") {
+            path.to_string()
+        } else {
+            format!("/_sim/{}", path.trim_start_matches('/'))
+        };
+        let req = common::Req::new(method, &path, Default::default(), bytes.into());
+        let resp = common::control(&self.shared, provider, &req);
+        (resp.status, resp.body_json())
     }
 
     /// Stops both servers.

@@ -174,6 +174,23 @@ pub enum Op {
     },
     DeleteGrant(String),
     DeleteTombstone(ContactId),
+    /// Remembers that a provider contact was skipped, so a replay does not count it again.
+    PutSkip {
+        account: String,
+        provider_id: String,
+        skip: SkipMark,
+    },
+    DeleteSkip {
+        account: String,
+        provider_id: String,
+    },
+}
+
+/// Why and in which version a provider contact was last skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipMark {
+    pub reason: crate::model::SkipReason,
+    pub etag: Option<String>,
 }
 
 /// Writes applied together or not at all.
@@ -382,6 +399,10 @@ impl Db {
             .len())
     }
 
+    pub fn skip(&self, account: &str, provider_id: &str) -> Result<Option<SkipMark>, StoreError> {
+        self.get(Tree::Skips, &pair_key(account, provider_id))
+    }
+
     pub fn base(&self, account: &str, provider_id: &str) -> Result<Option<Fields>, StoreError> {
         self.get(Tree::Bases, &pair_key(account, provider_id))
     }
@@ -588,6 +609,15 @@ impl Db {
             }
             Op::DeleteGrant(account) => tx.remove(Tree::Grants, account.as_bytes())?,
             Op::DeleteTombstone(id) => tx.remove(Tree::Tombstones, &id.to_be_bytes())?,
+            Op::PutSkip {
+                account,
+                provider_id,
+                skip,
+            } => tx.insert(Tree::Skips, &pair_key(account, provider_id), enc(skip))?,
+            Op::DeleteSkip {
+                account,
+                provider_id,
+            } => tx.remove(Tree::Skips, &pair_key(account, provider_id))?,
         }
         Ok(())
     }

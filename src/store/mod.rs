@@ -14,7 +14,7 @@ pub mod sled;
 #[cfg(test)]
 mod conformance;
 
-pub use db::{Batch, Db, IndexKind, Op, OutboxEntry, OutboxOp, Tombstone};
+pub use db::{Batch, Db, IndexKind, Op, OutboxEntry, OutboxOp, SkipMark, Tombstone};
 
 /// The trees (key spaces) of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,10 +33,11 @@ pub enum Tree {
     Photos,
     Grants,
     Tombstones,
+    Skips,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Meta,
         Tree::Contacts,
         Tree::Companies,
@@ -51,6 +52,7 @@ impl Tree {
         Tree::Photos,
         Tree::Grants,
         Tree::Tombstones,
+        Tree::Skips,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -69,6 +71,7 @@ impl Tree {
             Tree::Photos => "photos",
             Tree::Grants => "grants",
             Tree::Tombstones => "tombstones",
+            Tree::Skips => "skips",
         }
     }
 

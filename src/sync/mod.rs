@@ -24,7 +24,7 @@ use crate::model::{
     ProviderContact, SkipReason,
 };
 use crate::normalize;
-use crate::store::{Batch, Db, IndexKind, Op, StoreError};
+use crate::store::{Batch, Db, IndexKind, Op, SkipMark, StoreError};
 
 /// What the planner decided for one provider change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +106,7 @@ struct Overlay {
     contacts: HashMap<ContactId, Option<Contact>>,
     links: HashMap<String, Option<LinkRecord>>,
     bases: HashMap<String, Option<Fields>>,
+    skips: HashMap<String, Option<SkipMark>>,
     companies: HashMap<String, CompanyId>,
     company_names: HashMap<CompanyId, String>,
     index: HashMap<(IndexKind, String, String), Vec<ContactId>>,
@@ -340,18 +341,44 @@ impl<'a> Planner<'a> {
 
     fn upsert(&mut self, pc: &ProviderContact, photo: Option<&Vec<u8>>) -> Result<(), StoreError> {
         let pid = pc.provider_id.as_str();
+        let previous_skip = match self.overlay.skips.get(pid) {
+            Some(s) => s.clone(),
+            None => self.db.skip(&self.ctx.account, pid)?,
+        };
         if let Err(reason) = eligibility::check(&pc.fields) {
-            *self.plan.metrics.skipped.entry(reason).or_default() += 1;
-            self.plan.audit.push(
-                self.event(audit::Action::Skipped)
-                    .provider_id(pid)
-                    .reason(reason.as_str()),
-            );
+            let mark = SkipMark {
+                reason,
+                etag: pc.etag.clone(),
+            };
+            // A replay of the same version is not a new skip: count and audit it once.
+            if previous_skip.as_ref() != Some(&mark) {
+                *self.plan.metrics.skipped.entry(reason).or_default() += 1;
+                self.plan.audit.push(
+                    self.event(audit::Action::Skipped)
+                        .provider_id(pid)
+                        .reason(reason.as_str()),
+                );
+                self.overlay
+                    .skips
+                    .insert(pid.to_string(), Some(mark.clone()));
+                self.plan.batch.push(Op::PutSkip {
+                    account: self.ctx.account.clone(),
+                    provider_id: pid.to_string(),
+                    skip: mark,
+                });
+            }
             self.plan.actions.push(Action::Skip {
                 provider_id: pid.to_string(),
                 reason,
             });
             return Ok(());
+        }
+        if previous_skip.is_some() {
+            self.overlay.skips.insert(pid.to_string(), None);
+            self.plan.batch.push(Op::DeleteSkip {
+                account: self.ctx.account.clone(),
+                provider_id: pid.to_string(),
+            });
         }
         let provider = merge::clean(&pc.fields, self.db.region());
         let link = self.link(pid)?;
@@ -580,6 +607,17 @@ impl<'a> Planner<'a> {
 
     /// A provider deletion (`left == false`) or a departure from the synced set.
     fn deleted(&mut self, pid: &str, left: bool) -> Result<(), StoreError> {
+        let skipped = match self.overlay.skips.get(pid) {
+            Some(s) => s.is_some(),
+            None => self.db.skip(&self.ctx.account, pid)?.is_some(),
+        };
+        if skipped {
+            self.overlay.skips.insert(pid.to_string(), None);
+            self.plan.batch.push(Op::DeleteSkip {
+                account: self.ctx.account.clone(),
+                provider_id: pid.to_string(),
+            });
+        }
         let Some(link) = self.link(pid)? else {
             self.plan.actions.push(Action::Ignore {
                 provider_id: pid.to_string(),

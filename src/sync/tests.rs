@@ -619,3 +619,21 @@ proptest! {
         prop_assert!(again.metrics.added_to_crm == 0 && again.metrics.updated_in_crm == 0);
     }
 }
+
+#[test]
+fn a_skipped_contact_is_counted_once_per_version() {
+    let db = db();
+    let page = vec![up(pc("people/c1", "", "", &["a@x.org"], &[]))];
+    assert_eq!(run(&db, "g", &page).metrics.skipped[&SkipReason::NoName], 1);
+    let again = run(&db, "g", &page);
+    assert!(
+        again.metrics.is_zero() && again.audit.is_empty(),
+        "a replay is not a new skip"
+    );
+    let mut changed = pc("people/c1", "", "", &["b@x.org"], &[]);
+    changed.etag = Some("etag-2".into());
+    assert_eq!(
+        run(&db, "g", &[up(changed)]).metrics.skipped[&SkipReason::NoName],
+        1
+    );
+}

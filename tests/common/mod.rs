@@ -93,7 +93,12 @@ impl TestDaemon {
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", self.base())).send().await {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/healthz", self.base()))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
@@ -101,7 +106,11 @@ impl TestDaemon {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("daemon exited early with {st}: {}", self.log());
             }
-            assert!(Instant::now() < deadline, "daemon not ready: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -143,7 +152,11 @@ impl TestDaemon {
             if let Some(st) = child.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < deadline, "daemon did not exit: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -182,7 +195,11 @@ impl TestDaemon {
     {
         let deadline = Instant::now() + limit;
         while !f().await {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -196,9 +213,10 @@ impl TestDaemon {
             for f in files {
                 for line in std::fs::read_to_string(&f).unwrap_or_default().lines() {
                     if !line.trim().is_empty() {
-                        out.push(serde_json::from_str(line).unwrap_or_else(|e| {
-                            panic!("audit line is not JSON ({e}): {line}")
-                        }));
+                        out.push(
+                            serde_json::from_str(line)
+                                .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {line}")),
+                        );
                     }
                 }
             }
@@ -218,4 +236,224 @@ impl Drop for TestDaemon {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+// ---- provider simulator helpers ----
+
+use contact_sync::sim::{Provider, SeedUser, Sim, SimOptions};
+
+pub async fn start_sim(google: Vec<SeedUser>, outlook: Vec<SeedUser>) -> Sim {
+    Sim::start(SimOptions {
+        seed: 5,
+        google_users: google,
+        outlook_users: outlook,
+        ..Default::default()
+    })
+    .await
+    .expect("sim starts")
+}
+
+/// `[providers.*]` sections pointing at the simulator.
+pub fn providers_for(sim: &Sim) -> String {
+    let g = &sim.google_base;
+    let o = &sim.graph_base;
+    format!(
+        "[providers.google]\nclient_id = \"test-client.apps.googleusercontent.com\"\napi_base = \"{g}\"\nauth_url = \"{g}/o/oauth2/v2/auth\"\ntoken_url = \"{g}/token\"\nrevoke_url = \"{g}/revoke\"\n\n\
+         [providers.outlook]\nclient_id = \"00000000-0000-0000-0000-00000000abcd\"\ntenant = \"common\"\napi_base = \"{o}/v1.0\"\nauth_url = \"{o}/common/oauth2/v2.0/authorize\"\ntoken_url = \"{o}/common/oauth2/v2.0/token\"\ndevice_code_url = \"{o}/common/oauth2/v2.0/devicecode\"\n"
+    )
+}
+
+pub fn account_toml(id: &str, provider: &str, group: &str, direction: &str) -> String {
+    format!("\n[[accounts]]\nid = \"{id}\"\nprovider = \"{provider}\"\ngroup = \"{group}\"\ndirection = \"{direction}\"\n")
+}
+
+impl TestDaemon {
+    /// Imports a refresh token with `contact-sync connect ACCOUNT --refresh-token-file`.
+    pub async fn connect(&self, account: &str, refresh_token: &str) {
+        let f = self.dir.path().join(format!("{account}.refresh"));
+        std::fs::write(&f, refresh_token).unwrap();
+        let out = tokio::process::Command::new(bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["connect", account, "--refresh-token-file"])
+            .arg(&f)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "connect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub async fn account(&self, id: &str) -> serde_json::Value {
+        self.get(&format!("/api/v1/accounts/{id}")).await
+    }
+
+    /// Waits until the account finished a round after `after` (an RFC 3339 `last_sync`, or
+    /// `None` for the first round) and is idle.
+    pub async fn wait_synced(&self, id: &str, after: Option<&str>) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let a = self.account(id).await;
+            let last = a["last_sync"].as_str().map(str::to_string);
+            if a["state"] == "idle" && last.is_some() && last.as_deref() != after {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "account {id} did not sync: {a}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let a = self.account(id).await;
+            if a["state"] == state {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "account {id} never reached {state}: {a}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asks every account for a round now and waits until `id` finished one.
+    pub async fn sync_now(&self, id: &str) -> serde_json::Value {
+        let before = self.account(id).await["last_sync"]
+            .as_str()
+            .map(str::to_string);
+        let (s, _) = self.api(reqwest::Method::POST, "/api/v1/sync", None).await;
+        assert_eq!(s, 202);
+        self.wait_synced(id, before.as_deref()).await
+    }
+
+    /// Every CRM contact.
+    pub async fn contacts(&self) -> Vec<serde_json::Value> {
+        let mut out = vec![];
+        let mut after: Option<u64> = None;
+        loop {
+            let path = match after {
+                Some(a) => format!("/api/v1/contacts?limit=1000&after={a}"),
+                None => "/api/v1/contacts?limit=1000".to_string(),
+            };
+            let v = self.get(&path).await;
+            out.extend(v["contacts"].as_array().unwrap().iter().cloned());
+            match v["next"].as_u64() {
+                Some(n) => after = Some(n),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// The simulator's contacts of a user, as the daemon maps them (provider id → change).
+pub fn google_changes(sim: &Sim, user: &str) -> Vec<contact_sync::model::Change> {
+    use contact_sync::config::Group;
+    let (s, v) = sim.control(
+        Provider::Google,
+        "GET",
+        &format!("/_sim/users/{user}/contacts"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let p: contact_sync::providers::google::PersonJson =
+                serde_json::from_value(c["person"].clone()).unwrap();
+            contact_sync::providers::google::map_person(&p, Group::All)
+        })
+        .collect()
+}
+
+pub fn graph_changes(sim: &Sim, user: &str) -> Vec<contact_sync::model::Change> {
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{user}/contacts"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let g: contact_sync::providers::outlook::GraphContact =
+                serde_json::from_value(c["contact"].clone()).unwrap();
+            contact_sync::model::Change::Upsert(contact_sync::providers::outlook::map_contact(
+                &g,
+                c["folderId"].as_str().unwrap_or(""),
+            ))
+        })
+        .collect()
+}
+
+/// Eligible provider ids and skip counts by reason.
+pub fn expected(
+    changes: &[contact_sync::model::Change],
+) -> (Vec<String>, std::collections::BTreeMap<String, u64>) {
+    let mut eligible = vec![];
+    let mut skipped = std::collections::BTreeMap::new();
+    for c in changes {
+        if let contact_sync::model::Change::Upsert(pc) = c {
+            match contact_sync::sync::eligibility::check(&pc.fields) {
+                Ok(()) => eligible.push(pc.provider_id.clone()),
+                Err(r) => *skipped.entry(r.as_str().to_string()).or_insert(0) += 1,
+            }
+        }
+    }
+    (eligible, skipped)
+}
+
+/// Checks the CRM has no two contacts that SPEC §4 would have matched (same name and a
+/// shared email), and returns provider id → CRM id for one account.
+pub fn check_no_duplicates(
+    contacts: &[serde_json::Value],
+    account: &str,
+) -> std::collections::HashMap<String, u64> {
+    use contact_sync::normalize::{email_key, name_key};
+    let mut seen = std::collections::HashMap::new();
+    let mut links = std::collections::HashMap::new();
+    for c in contacts {
+        let name = name_key(
+            c["first_name"].as_str().unwrap(),
+            c["last_name"].as_str().unwrap(),
+        );
+        for e in c["emails"].as_array().unwrap() {
+            let k = (name.clone(), email_key(e.as_str().unwrap()));
+            if let Some(other) = seen.insert(k.clone(), c["id"].as_u64().unwrap()) {
+                panic!("duplicate CRM contacts {other} and {} for {k:?}", c["id"]);
+            }
+        }
+        for l in c["links"].as_array().unwrap() {
+            if l["account"] == account {
+                let pid = l["provider_id"].as_str().unwrap().to_string();
+                assert!(
+                    links
+                        .insert(pid.clone(), c["id"].as_u64().unwrap())
+                        .is_none(),
+                    "{pid} linked twice"
+                );
+            }
+        }
+    }
+    links
+}
+
+pub fn today(a: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut v = &a["today"];
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
 }
