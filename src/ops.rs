@@ -646,14 +646,26 @@ async fn run_demo(args: DemoArgs, logging: &Logging, dir: &Path) -> Result<i32, 
         db.commit_durable(&b).map_err(|e| e.to_string())?;
         db.flush().map_err(|e| e.to_string())?;
     }
-    let daemon = crate::app::start(crate::app::Boot {
-        config,
-        config_path: Some(config_path.clone()),
-        logging: Some(logging),
-        factory: None,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    // sled releases its file lock a moment after the handle above is dropped (its flusher
+    // thread holds the last reference): retry while the store is still locked.
+    let mut attempt = 0;
+    let daemon = loop {
+        attempt += 1;
+        let started = crate::app::start(crate::app::Boot {
+            config: config.clone(),
+            config_path: Some(config_path.clone()),
+            logging: Some(logging),
+            factory: None,
+        })
+        .await;
+        match started {
+            Ok(d) => break d,
+            Err(e) if e.code == crate::app::EXIT_STORE && attempt < 50 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     println!("contact-sync demo: simulated Google and Outlook accounts, no credentials needed.");
     println!("Dashboard:  http://{}/", daemon.addr);
     println!("API token:  {api_token}   (e.g. curl -H 'Authorization: Bearer {api_token}' http://{}/api/v1/accounts)", daemon.addr);

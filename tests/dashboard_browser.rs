@@ -91,12 +91,15 @@ impl Drop for Demo {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
     let Some(exe) = chromium() else { return };
-    let port = free_port();
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = tokio::process::Command::new(bin())
         .args([
             "demo",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            // Port 0: the demo binds a free port and prints it (no race with other tests).
+            "127.0.0.1:0",
             "--contacts",
             "60",
             "--seed",
@@ -105,13 +108,14 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
         .env("CONTACT_SYNC_FAST_RETRY", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let demo = Demo(child);
     let mut token = None;
+    let mut base = None;
     let mut seen = String::new();
     loop {
         let mut line = String::new();
@@ -119,8 +123,15 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
             .await
             .expect("demo prints its summary")
             .unwrap();
-        assert!(n > 0, "demo ended: {seen}");
+        assert!(
+            n > 0,
+            "demo ended: {seen}\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
         seen.push_str(&line);
+        if let Some(rest) = line.strip_prefix("Dashboard:") {
+            base = Some(rest.trim().trim_end_matches('/').to_string());
+        }
         if let Some(rest) = line.strip_prefix("API token:") {
             token = rest.split_whitespace().next().map(str::to_string);
         }
@@ -129,7 +140,7 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
         }
     }
     let token = token.expect("API token printed");
-    let base = format!("http://127.0.0.1:{port}");
+    let base = base.expect("dashboard URL printed");
     let http = reqwest::Client::new();
     let api: serde_json::Value = http
         .get(format!("{base}/api/v1/accounts"))
