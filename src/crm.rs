@@ -6,8 +6,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::model::{Address, Company, Contact, ContactId};
 use crate::normalize;
-use crate::store::{Batch, Db, Op, StoreError};
+use crate::store::{Batch, Db, Op, OutboxOp, StoreError};
 use crate::sync::eligibility::{MAX_EMAILS, MAX_PHONES};
+use crate::sync::outbox;
 
 /// Longest accepted text field, in characters.
 pub const MAX_TEXT: usize = 1024;
@@ -84,14 +85,35 @@ pub struct PlannedEdit {
     pub before: Option<Contact>,
 }
 
-/// Validates an edit and plans its writes.
-pub fn plan_edit(db: &Db, edit: CrmEdit) -> Result<PlannedEdit, EditError> {
+/// Validates an edit and plans its writes, with the outbox entries it causes for the
+/// `two_way` accounts (SPEC §2): a creation goes to every two-way account, an update or a
+/// deletion to the two-way accounts linked to the contact.
+pub fn plan_edit(db: &Db, edit: CrmEdit, two_way: &[String]) -> Result<PlannedEdit, EditError> {
     let now = Utc::now();
     let mut batch = Batch::default();
+    let mut new_company: Option<String> = None;
     let (mut c, input, before) = match edit {
         CrmEdit::Delete(id) => {
             let before = db.contact(id)?.ok_or(EditError::NotFound(id))?;
             batch.push(Op::DeleteContact(id));
+            for account in two_way {
+                let op = match before.links.iter().find(|l| &l.account == account) {
+                    Some(l) => OutboxOp::Delete {
+                        provider_id: l.provider_id.clone(),
+                    },
+                    // Not in that provider yet: cancels a pending creation, if any.
+                    None => OutboxOp::Delete {
+                        provider_id: String::new(),
+                    },
+                };
+                let existing = db.outbox_entry(account, id)?;
+                if existing.is_none()
+                    && matches!(&op, OutboxOp::Delete { provider_id } if provider_id.is_empty())
+                {
+                    continue;
+                }
+                batch.push(outbox::enqueue(existing, account, id, op, now));
+            }
             return Ok(PlannedEdit {
                 batch,
                 contact: None,
@@ -209,6 +231,7 @@ pub fn plan_edit(db: &Db, edit: CrmEdit) -> Result<PlannedEdit, EditError> {
                 Some(id) => id,
                 None => {
                     let id = db.next_id()?;
+                    new_company = Some(name.clone());
                     batch.push(Op::PutCompany(Company {
                         id,
                         name,
@@ -244,11 +267,37 @@ pub fn plan_edit(db: &Db, edit: CrmEdit) -> Result<PlannedEdit, EditError> {
             format!("at most {MAX_PHONES} phone numbers"),
         ));
     }
-    if c.id == 0 {
+    let created = c.id == 0;
+    if created {
         c.id = db.next_id()?;
     }
     c.updated_at = now;
     batch.push(Op::PutContact(c.clone()));
+    if created {
+        for account in two_way {
+            batch.push(outbox::enqueue(None, account, c.id, OutboxOp::Create, now));
+        }
+    } else if let Some(b) = &before {
+        let mut after = outbox::fields_of(db, &c)?;
+        if new_company.is_some() {
+            after.organization = new_company;
+        }
+        let changed = outbox::changed_fields(&outbox::fields_of(db, b)?, &after);
+        if !changed.is_empty() {
+            for l in c.links.iter().filter(|l| two_way.contains(&l.account)) {
+                let existing = db.outbox_entry(&l.account, c.id)?;
+                batch.push(outbox::enqueue(
+                    existing,
+                    &l.account,
+                    c.id,
+                    OutboxOp::Update {
+                        fields: changed.clone(),
+                    },
+                    now,
+                ));
+            }
+        }
+    }
     Ok(PlannedEdit {
         batch,
         contact: Some(c),

@@ -110,6 +110,16 @@ pub mod field {
     pub const JOB_TITLE: &str = "job_title";
     pub const BIRTHDAY: &str = "birthday";
     pub const PHOTO: &str = "photo";
+
+    /// Every synced field name.
+    pub const ALL: [&str; 8] = [
+        NAME, EMAILS, PHONES, ADDRESS, COMPANY, JOB_TITLE, BIRTHDAY, PHOTO,
+    ];
+
+    /// The static name of a field, for names read back from the store.
+    pub fn canonical(name: &str) -> Option<&'static str> {
+        ALL.iter().find(|f| **f == name).copied()
+    }
 }
 
 /// A contact as a provider sent it, mapped to CRM fields (SPEC §3), before eligibility.

@@ -14,14 +14,14 @@ use actix::prelude::*;
 use chrono::Utc;
 use futures_util::StreamExt;
 
-use super::matcher::{Matcher, SyncChunk};
+use super::matcher::{CommitPush, Matcher, SyncChunk};
 use crate::audit::{self, AuditEvent};
 use crate::config::{AccountConfig, Direction};
 use crate::model::{AccountState, Change, DayMetrics, Progress};
-use crate::providers::{Provider, ProviderError, MAX_PHOTO_BYTES};
+use crate::providers::{Provider, ProviderError, PushOp, PushResult, MAX_PHOTO_BYTES};
 use crate::runtime::Runtime;
 use crate::store::{Batch, Op, StoreError};
-use crate::sync::{self, eligibility, PlanContext};
+use crate::sync::{self, eligibility, outbox, PlanContext};
 
 /// Changes per matcher message (and per store transaction).
 pub const CHUNK: usize = 500;
@@ -50,6 +50,15 @@ pub struct AccountExit {
 #[rtype(result = "()")]
 pub struct Poll;
 
+/// Run a round soon (CRM changes are waiting for a two-way provider): debounced, so a
+/// burst of edits is pushed in few batches.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PollSoon;
+
+/// How long a burst of CRM edits may grow before it is pushed.
+pub const PUSH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Apply changed account settings that keep the cursor (direction).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -68,6 +77,10 @@ pub struct AccountActor {
     supervisor: Recipient<AccountExit>,
     busy: bool,
     quiet_stop: bool,
+    /// Another round is wanted as soon as this one ends.
+    again: bool,
+    soon: Option<SpawnHandle>,
+    next_poll: Option<SpawnHandle>,
 }
 
 impl AccountActor {
@@ -86,6 +99,9 @@ impl AccountActor {
             supervisor,
             busy: false,
             quiet_stop: false,
+            again: false,
+            soon: None,
+            next_poll: None,
         }
     }
 
@@ -133,6 +149,20 @@ impl Handler<Reconfigure> for AccountActor {
     }
 }
 
+impl Handler<PollSoon> for AccountActor {
+    type Result = ();
+    fn handle(&mut self, _: PollSoon, ctx: &mut Self::Context) {
+        if self.busy {
+            self.again = true;
+        } else if self.soon.is_none() {
+            self.soon = Some(ctx.run_later(PUSH_DEBOUNCE, |act, ctx| {
+                act.soon = None;
+                ctx.notify(Poll);
+            }));
+        }
+    }
+}
+
 impl Handler<StopAccount> for AccountActor {
     type Result = ();
     fn handle(&mut self, _: StopAccount, ctx: &mut Self::Context) {
@@ -176,7 +206,7 @@ impl Handler<Poll> for AccountActor {
             act.busy = false;
             let secs = started.elapsed().as_secs_f64();
             match res {
-                Ok(summary) => {
+                Ok((summary, again)) => {
                     act.rt.update(&act.cfg.id, |a| {
                         a.status.state = AccountState::Idle;
                         a.status.last_sync = Some(Utc::now());
@@ -189,7 +219,13 @@ impl Handler<Poll> for AccountActor {
                     act.persist_status();
                     tracing::info!(account = %act.cfg.id, added = summary.added_to_crm, updated = summary.updated_in_crm, deleted = summary.deleted_from_provider, skipped = summary.skipped.values().sum::<u64>(), seconds = secs, "Sync round committed.");
                     let interval = act.rt.config().daemon.poll_interval;
-                    ctx.run_later(interval, |_, ctx| ctx.notify(Poll));
+                    if let Some(h) = act.next_poll.take() {
+                        ctx.cancel_future(h);
+                    }
+                    act.next_poll = Some(ctx.run_later(interval, |_, ctx| ctx.notify(Poll)));
+                    if again || std::mem::take(&mut act.again) {
+                        ctx.notify(PollSoon);
+                    }
                 }
                 Err(e) => {
                     let (state, reason) = match e {
@@ -232,13 +268,24 @@ impl Handler<Poll> for AccountActor {
     }
 }
 
-/// One round: fetch, check, commit chunk by chunk.
+/// Ids of the enabled two-way accounts.
+pub fn two_way_accounts(config: &crate::config::Config) -> Vec<String> {
+    config
+        .accounts
+        .iter()
+        .filter(|a| a.enabled && a.direction == Direction::TwoWay)
+        .map(|a| a.id.clone())
+        .collect()
+}
+
+/// One round: fetch, check, commit chunk by chunk; then, two-way, push the outbox. Returns
+/// the round's metrics and whether another round is wanted soon.
 async fn run_round(
     rt: Arc<Runtime>,
     provider: Arc<dyn Provider>,
     matcher: Addr<Matcher>,
     cfg: AccountConfig,
-) -> Result<DayMetrics, RoundError> {
+) -> Result<(DayMetrics, bool), RoundError> {
     let cursor = rt.db.cursor(&cfg.id)?;
     let initial = cursor.is_none() && rt.db.link_count(&cfg.id)? == 0;
     let progress_rt = rt.clone();
@@ -324,6 +371,7 @@ async fn run_round(
         direction: cfg.direction,
         audit_values: config.daemon.audit_values,
         now: Utc::now(),
+        two_way: two_way_accounts(&config),
     };
     let mut total = DayMetrics::default();
     let chunks: Vec<&[Change]> = if changes.is_empty() {
@@ -353,5 +401,32 @@ async fn run_round(
             .map_err(|e| RoundError::Store(e.to_string()))?;
         total.add(&summary.metrics);
     }
-    Ok(total)
+    let mut again = false;
+    if cfg.direction == Direction::TwoWay {
+        let (items, dropped) = outbox::prepare(&rt.db, &cfg, Utc::now())?;
+        if !items.is_empty() || !dropped.is_empty() {
+            let ops: Vec<PushOp> = items.iter().map(|i| i.op.clone()).collect();
+            let results = if ops.is_empty() {
+                vec![]
+            } else {
+                provider.push(&ops).await
+            };
+            again = items.len() >= outbox::MAX_PUSH
+                || results.iter().any(|r| matches!(r, PushResult::Conflict));
+            let pushed = results.len();
+            let m = matcher
+                .send(CommitPush {
+                    account: cfg.clone(),
+                    items,
+                    results,
+                    dropped,
+                })
+                .await
+                .map_err(|_| RoundError::Store("the matcher is gone".into()))?
+                .map_err(|e| RoundError::Store(e.to_string()))?;
+            tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, "CRM changes pushed to the provider.");
+            total.add(&m);
+        }
+    }
+    Ok((total, again))
 }

@@ -10,10 +10,13 @@ use actix::prelude::*;
 
 use super::writer::{CommitPage, Writer};
 use crate::audit::{self, AuditEvent};
+use crate::config::AccountConfig;
 use crate::crm::{self, CrmEdit, EditError};
 use crate::model::{Change, Contact, DayMetrics};
+use crate::providers::PushResult;
 use crate::runtime::Runtime;
-use crate::store::StoreError;
+use crate::store::{Op, StoreError};
+use crate::sync::outbox::{self, PushItem};
 use crate::sync::{self, Action, PlanContext};
 
 /// Plan and commit one chunk of an account's round. `cursor` is set on the last chunk.
@@ -101,6 +104,53 @@ impl Handler<SyncChunk> for Matcher {
     }
 }
 
+/// Record what a provider did with an account's outbox entries (two-way).
+#[derive(Message)]
+#[rtype(result = "Result<DayMetrics, SyncFailure>")]
+pub struct CommitPush {
+    pub account: AccountConfig,
+    pub items: Vec<PushItem>,
+    pub results: Vec<PushResult>,
+    /// Entries found pointless while preparing the push.
+    pub dropped: Vec<Op>,
+}
+
+impl Handler<CommitPush> for Matcher {
+    type Result = AtomicResponse<Self, Result<DayMetrics, SyncFailure>>;
+
+    fn handle(&mut self, msg: CommitPush, _: &mut Self::Context) -> Self::Result {
+        let outcome = outbox::apply_results(
+            &self.rt.db,
+            &msg.account,
+            &msg.items,
+            &msg.results,
+            chrono::Utc::now(),
+        );
+        let writer = self.writer.clone();
+        let account = msg.account.id.clone();
+        let dropped = msg.dropped;
+        AtomicResponse::new(Box::pin(
+            async move {
+                let mut out = outcome?;
+                out.batch.ops.extend(dropped);
+                let metrics = out.metrics.clone();
+                writer
+                    .send(CommitPage {
+                        account: Some(account),
+                        batch: out.batch,
+                        metrics: out.metrics,
+                        cursor: None,
+                        audit: out.audit,
+                    })
+                    .await
+                    .map_err(|_| SyncFailure::Mailbox)??;
+                Ok(metrics)
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
 impl Handler<PreviewChunk> for Matcher {
     type Result = Result<Vec<Action>, SyncFailure>;
 
@@ -113,7 +163,8 @@ impl Handler<EditCrm> for Matcher {
     type Result = AtomicResponse<Self, Result<Option<Contact>, EditError>>;
 
     fn handle(&mut self, msg: EditCrm, _: &mut Self::Context) -> Self::Result {
-        let planned = crm::plan_edit(&self.rt.db, msg.0);
+        let two_way = super::account::two_way_accounts(&self.rt.config());
+        let planned = crm::plan_edit(&self.rt.db, msg.0, &two_way);
         let writer = self.writer.clone();
         AtomicResponse::new(Box::pin(
             async move {

@@ -52,6 +52,26 @@ pub struct RestartAccount(pub String);
 #[rtype(result = "()")]
 pub struct SyncNow;
 
+/// CRM changes wait for two-way providers: run those accounts soon.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PushSoon;
+
+impl Handler<PushSoon> for Supervisor {
+    type Result = ();
+    fn handle(&mut self, _: PushSoon, _: &mut Self::Context) {
+        let config = self.rt.config();
+        for (id, c) in &self.children {
+            let two_way = config
+                .account(id)
+                .is_some_and(|a| a.direction == crate::config::Direction::TwoWay);
+            if let (true, Some(a)) = (two_way, &c.addr) {
+                a.do_send(super::account::PollSoon);
+            }
+        }
+    }
+}
+
 /// Stop every account (shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]

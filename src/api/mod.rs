@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::actors::matcher::{EditCrm, Matcher};
-use crate::actors::supervisor::{RestartAccount, Supervisor, SyncNow};
+use crate::actors::supervisor::{PushSoon, RestartAccount, Supervisor, SyncNow};
 use crate::crm::{ContactInput, CrmEdit, EditError};
 use crate::model::{Contact, DayMetrics, SkipReason};
 use crate::runtime::{AccountRuntime, Runtime};
@@ -181,6 +181,19 @@ pub fn today_json(m: &DayMetrics) -> serde_json::Value {
     })
 }
 
+fn outbox_json(rt: &Runtime, account: &str) -> Result<serde_json::Value, StoreError> {
+    let entries = rt.db.outbox_for(account)?;
+    let failed: Vec<_> = entries
+        .iter()
+        .filter(|e| e.failed)
+        .map(|e| json!({"crm_id": e.contact_id, "error": e.last_error}))
+        .collect();
+    Ok(json!({
+        "pending": entries.iter().filter(|e| !e.failed).count(),
+        "failed": failed,
+    }))
+}
+
 pub fn account_json(rt: &Runtime, a: &AccountRuntime) -> Result<serde_json::Value, StoreError> {
     let today = rt.db.metrics(&a.config.id, &rt.today())?;
     Ok(json!({
@@ -196,6 +209,7 @@ pub fn account_json(rt: &Runtime, a: &AccountRuntime) -> Result<serde_json::Valu
         "errors": a.errors,
         "consecutive_errors": a.consecutive_errors,
         "linked": rt.db.link_count(&a.config.id)?,
+        "outbox": outbox_json(rt, &a.config.id)?,
         "today": today_json(&today),
     }))
 }
@@ -241,11 +255,15 @@ async fn get_photo(st: web::Data<ApiState>, id: web::Path<u64>) -> Result<HttpRe
 }
 
 async fn edit(st: &ApiState, e: CrmEdit) -> Result<Option<Contact>, ApiError> {
-    st.matcher
+    let res = st
+        .matcher
         .send(EditCrm(e))
         .await
         .map_err(|_| ApiError::from(EditError::Unavailable))?
-        .map_err(ApiError::from)
+        .map_err(ApiError::from)?;
+    // Two-way accounts pick the change up from the outbox soon.
+    st.supervisor.do_send(PushSoon);
+    Ok(res)
 }
 
 async fn create_contact(

@@ -768,6 +768,10 @@ impl Provider for GoogleClient {
         Box::pin(self.round(cursor, progress))
     }
 
+    fn push<'a>(&'a self, ops: &'a [super::PushOp]) -> BoxFuture<'a, Vec<super::PushResult>> {
+        Box::pin(self.push_ops(ops))
+    }
+
     fn fetch_photo<'a>(
         &'a self,
         contact: &'a ProviderContact,
@@ -784,6 +788,102 @@ impl Provider for GoogleClient {
 // ---------------------------------------------------------------------------------------
 // Two-way: writes
 // ---------------------------------------------------------------------------------------
+
+impl GoogleClient {
+    /// Two-way writes, one kind after the other, sent sequentially as Google advises.
+    async fn push_ops(&self, ops: &[super::PushOp]) -> Vec<super::PushResult> {
+        use super::{PushOp, PushResult};
+        let mut out: Vec<Option<PushResult>> = vec![None; ops.len()];
+        let mut creates = vec![];
+        let mut updates = vec![];
+        let mut deletes = vec![];
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                PushOp::Create { fields, starred } => creates.push((i, fields, *starred)),
+                PushOp::Update {
+                    provider_id,
+                    etag,
+                    fields,
+                    changed,
+                } => updates.push((i, provider_id, etag, fields, changed)),
+                PushOp::Delete { provider_id } => deletes.push((i, provider_id)),
+            }
+        }
+        if !creates.is_empty() {
+            let items: Vec<(u64, Fields, bool)> = creates
+                .iter()
+                .map(|(i, f, s)| (*i as u64, (*f).clone(), *s))
+                .collect();
+            for c in self.batch_create(&items).await {
+                let i = c.crm_id as usize;
+                let stored = items
+                    .iter()
+                    .find(|x| x.0 == c.crm_id)
+                    .map(|x| x.1.clone())
+                    .unwrap_or_default();
+                out[i] = Some(match c.result {
+                    Ok((provider_id, etag)) => PushResult::Created {
+                        provider_id,
+                        etag,
+                        stored,
+                    },
+                    Err(e) => PushResult::Failed(e),
+                });
+            }
+        }
+        if !updates.is_empty() {
+            let items: Vec<(String, String, Fields, Vec<&'static str>)> = updates
+                .iter()
+                .map(|(_, pid, etag, f, ch)| {
+                    (
+                        (*pid).clone(),
+                        (*etag).clone().unwrap_or_default(),
+                        (*f).clone(),
+                        (*ch).clone(),
+                    )
+                })
+                .collect();
+            let results = self.batch_update(&items).await;
+            for (i, pid, _, f, _) in &updates {
+                let outcome = results
+                    .iter()
+                    .find(|u| &u.provider_id == *pid)
+                    .map(|u| u.outcome.clone());
+                out[*i] = Some(match outcome {
+                    Some(UpdateOutcome::Updated { etag }) => PushResult::Updated {
+                        etag,
+                        stored: (*f).clone(),
+                    },
+                    Some(UpdateOutcome::Conflict) => PushResult::Conflict,
+                    Some(UpdateOutcome::Gone) => PushResult::Gone,
+                    Some(UpdateOutcome::Failed(e)) => PushResult::Failed(e),
+                    None => PushResult::Failed(ProviderError::Transient(
+                        "Google did not answer for this contact.".into(),
+                    )),
+                });
+            }
+        }
+        if !deletes.is_empty() {
+            let ids: Vec<String> = deletes.iter().map(|(_, p)| (*p).clone()).collect();
+            let results = self.batch_delete(&ids).await;
+            for (i, pid) in &deletes {
+                let r = results.iter().find(|d| &d.provider_id == *pid);
+                out[*i] = Some(match r.map(|d| d.result.clone()) {
+                    Some(Ok(())) => PushResult::Deleted,
+                    Some(Err(e)) => PushResult::Failed(e),
+                    None => PushResult::Failed(ProviderError::Transient(
+                        "Google did not answer for this contact.".into(),
+                    )),
+                });
+            }
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| PushResult::Failed(ProviderError::Transient("not sent".into())))
+            })
+            .collect()
+    }
+}
 
 /// Most contacts per `batchCreateContacts` / `batchUpdateContacts` call.
 pub const MAX_BATCH_WRITE: usize = 200;

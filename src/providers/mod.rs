@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::model::{Change, Progress};
+use crate::model::{Change, Fields, Progress};
 
 /// Everything a provider reported since the cursor the round started from.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,6 +69,57 @@ impl ProviderError {
     }
 }
 
+/// A CRM change to apply in the provider (two-way).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushOp {
+    /// Create a contact (Google: starred when the account syncs the starred group;
+    /// Outlook: in the default folder).
+    Create {
+        fields: Fields,
+        starred: bool,
+    },
+    /// Write the `changed` fields (names of [`crate::model::field`]) of a linked contact.
+    Update {
+        provider_id: String,
+        etag: Option<String>,
+        fields: Fields,
+        changed: Vec<&'static str>,
+    },
+    Delete {
+        provider_id: String,
+    },
+}
+
+/// What the provider did with one [`PushOp`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushResult {
+    /// Created; `stored` is what the provider now holds (values over its limits dropped).
+    Created {
+        provider_id: String,
+        etag: Option<String>,
+        stored: Fields,
+    },
+    /// Updated; `stored` is the pushed fields as the provider now holds them.
+    Updated {
+        etag: Option<String>,
+        stored: Fields,
+    },
+    Deleted,
+    /// The provider changed the contact since our etag: fetch, merge, and push again.
+    Conflict,
+    /// The contact no longer exists in the provider.
+    Gone,
+    Failed(ProviderError),
+}
+
+/// Removes values a provider dropped from pushed fields.
+pub fn without(fields: &Fields, emails: &[String], phones: &[String]) -> Fields {
+    let mut f = fields.clone();
+    f.emails.retain(|e| !emails.contains(e));
+    f.phones.retain(|p| !phones.contains(p));
+    f
+}
+
 /// A photo fetched from the provider.
 pub type Jpeg = Vec<u8>;
 
@@ -88,6 +139,10 @@ pub trait Provider: Send + Sync {
         cursor: Option<&'a [u8]>,
         progress: &'a ProgressFn,
     ) -> BoxFuture<'a, Result<Round, ProviderError>>;
+
+    /// Two-way: applies CRM changes in the provider, using its batch endpoints. Results are
+    /// in the order of `ops`.
+    fn push<'a>(&'a self, ops: &'a [PushOp]) -> BoxFuture<'a, Vec<PushResult>>;
 
     /// Fetches a contact's photo; `Ok(None)` when it has none.
     fn fetch_photo<'a>(

@@ -1450,6 +1450,61 @@ impl Provider for GraphClient {
         Box::pin(self.round(cursor, progress))
     }
 
+    fn push<'a>(&'a self, ops: &'a [super::PushOp]) -> BoxFuture<'a, Vec<super::PushResult>> {
+        Box::pin(async move {
+            use super::{without, PushOp, PushResult};
+            let writes: Vec<WriteOp> = ops
+                .iter()
+                .map(|op| match op {
+                    PushOp::Create { fields, .. } => WriteOp::Create {
+                        fields: fields.clone(),
+                    },
+                    PushOp::Update {
+                        provider_id,
+                        etag,
+                        fields,
+                        changed,
+                    } => WriteOp::Update {
+                        id: provider_id.clone(),
+                        etag: etag.clone(),
+                        fields: fields.clone(),
+                        changed: changed.iter().map(|c| c.to_string()).collect(),
+                    },
+                    PushOp::Delete { provider_id } => WriteOp::Delete {
+                        id: provider_id.clone(),
+                    },
+                })
+                .collect();
+            let results = self.write(&writes).await;
+            ops.iter()
+                .zip(results)
+                .map(|(op, r)| {
+                    let fields = match op {
+                        PushOp::Create { fields, .. } | PushOp::Update { fields, .. } => {
+                            fields.clone()
+                        }
+                        PushOp::Delete { .. } => Fields::default(),
+                    };
+                    match r {
+                        WriteResult::Created { id, etag, dropped } => PushResult::Created {
+                            provider_id: id,
+                            etag,
+                            stored: without(&fields, &dropped.emails, &dropped.phones),
+                        },
+                        WriteResult::Updated { etag, dropped } => PushResult::Updated {
+                            etag,
+                            stored: without(&fields, &dropped.emails, &dropped.phones),
+                        },
+                        WriteResult::Deleted => PushResult::Deleted,
+                        WriteResult::Conflict => PushResult::Conflict,
+                        WriteResult::NotFound => PushResult::Gone,
+                        WriteResult::Failed(e) => PushResult::Failed(e),
+                    }
+                })
+                .collect()
+        })
+    }
+
     fn fetch_photo<'a>(
         &'a self,
         contact: &'a ProviderContact,

@@ -109,9 +109,18 @@ pub struct OutboxEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OutboxOp {
+    /// Create the CRM contact in the provider.
     Create,
-    Update,
+    /// Write these fields (names of [`crate::model::field`]) of a linked contact.
+    Update { fields: Vec<String> },
+    /// Delete the linked provider contact.
     Delete { provider_id: String },
+}
+
+fn outbox_key(account: &str, contact: ContactId) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(&contact.to_be_bytes());
+    k
 }
 
 /// A deleted CRM contact, kept for a retention period so it can be restored.
@@ -159,11 +168,12 @@ pub enum Op {
         account: String,
         status: AccountStatus,
     },
-    PutOutbox {
-        id: u64,
-        entry: OutboxEntry,
+    /// One entry per account and contact: later edits coalesce into it.
+    PutOutbox(OutboxEntry),
+    DeleteOutbox {
+        account: String,
+        contact: ContactId,
     },
-    DeleteOutbox(u64),
     PutPhoto {
         contact: ContactId,
         jpeg: Vec<u8>,
@@ -445,19 +455,21 @@ impl Db {
             .collect()
     }
 
-    pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+    /// The pending (and failed) outbox entries of an account, in contact order.
+    pub fn outbox_for(&self, account: &str) -> Result<Vec<OutboxEntry>, StoreError> {
         self.kv
-            .range_after(Tree::Outbox, None, limit)?
+            .scan_prefix(Tree::Outbox, &account_prefix(account))?
             .iter()
-            .map(|(k, v)| {
-                let id = k
-                    .as_slice()
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .unwrap_or_default();
-                Ok((id, dec(Tree::Outbox, v)?))
-            })
+            .map(|(_, v)| dec(Tree::Outbox, v))
             .collect()
+    }
+
+    pub fn outbox_entry(
+        &self,
+        account: &str,
+        contact: ContactId,
+    ) -> Result<Option<OutboxEntry>, StoreError> {
+        self.get(Tree::Outbox, &outbox_key(account, contact))
     }
 
     /// Contacts whose index entry of `kind` matches the normalised name and value, oldest
@@ -597,10 +609,14 @@ impl Db {
             Op::PutStatus { account, status } => {
                 tx.insert(Tree::Accounts, account.as_bytes(), enc(status))?
             }
-            Op::PutOutbox { id, entry } => {
-                tx.insert(Tree::Outbox, &id.to_be_bytes(), enc(entry))?
+            Op::PutOutbox(entry) => tx.insert(
+                Tree::Outbox,
+                &outbox_key(&entry.account, entry.contact_id),
+                enc(entry),
+            )?,
+            Op::DeleteOutbox { account, contact } => {
+                tx.remove(Tree::Outbox, &outbox_key(account, *contact))?
             }
-            Op::DeleteOutbox(id) => tx.remove(Tree::Outbox, &id.to_be_bytes())?,
             Op::PutPhoto { contact, jpeg } => {
                 tx.insert(Tree::Photos, &contact.to_be_bytes(), jpeg.clone())?
             }

@@ -12,6 +12,7 @@
 
 pub mod eligibility;
 pub mod merge;
+pub mod outbox;
 
 use std::collections::HashMap;
 
@@ -24,7 +25,7 @@ use crate::model::{
     ProviderContact, SkipReason,
 };
 use crate::normalize;
-use crate::store::{Batch, Db, IndexKind, Op, SkipMark, StoreError};
+use crate::store::{Batch, Db, IndexKind, Op, OutboxEntry, OutboxOp, SkipMark, StoreError};
 
 /// What the planner decided for one provider change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,8 @@ pub struct PlanContext {
     pub direction: Direction,
     pub audit_values: bool,
     pub now: DateTime<Utc>,
+    /// Accounts synced two-way: CRM changes a page causes reach their other links.
+    pub two_way: Vec<String>,
 }
 
 #[derive(Default)]
@@ -107,6 +110,7 @@ struct Overlay {
     links: HashMap<String, Option<LinkRecord>>,
     bases: HashMap<String, Option<Fields>>,
     skips: HashMap<String, Option<SkipMark>>,
+    outbox: HashMap<(String, ContactId), Option<OutboxEntry>>,
     companies: HashMap<String, CompanyId>,
     company_names: HashMap<CompanyId, String>,
     index: HashMap<(IndexKind, String, String), Vec<ContactId>>,
@@ -322,6 +326,39 @@ impl<'a> Planner<'a> {
         });
     }
 
+    fn outbox_entry(
+        &self,
+        account: &str,
+        contact: ContactId,
+    ) -> Result<Option<OutboxEntry>, StoreError> {
+        match self.overlay.outbox.get(&(account.to_string(), contact)) {
+            Some(e) => Ok(e.clone()),
+            None => self.db.outbox_entry(account, contact),
+        }
+    }
+
+    /// Queues a change for a two-way account's provider, coalescing with a pending one.
+    fn enqueue(
+        &mut self,
+        account: &str,
+        contact: ContactId,
+        op: OutboxOp,
+    ) -> Result<(), StoreError> {
+        let existing = self.outbox_entry(account, contact)?;
+        let entry = outbox::coalesce(existing, account, contact, op, self.ctx.now);
+        self.overlay
+            .outbox
+            .insert((account.to_string(), contact), entry.clone());
+        self.plan.batch.push(match entry {
+            Some(e) => Op::PutOutbox(e),
+            None => Op::DeleteOutbox {
+                account: account.to_string(),
+                contact,
+            },
+        });
+        Ok(())
+    }
+
     fn event(&self, action: audit::Action) -> AuditEvent {
         AuditEvent::new(&self.ctx.account, self.ctx.provider.as_str(), action)
     }
@@ -391,8 +428,16 @@ impl<'a> Planner<'a> {
             Some(link) => {
                 let Some(contact) = self.contact(link.contact_id)? else {
                     // The CRM deleted the contact. It comes back only when the provider
-                    // contact changes again (SPEC §2).
-                    if self.base(pid)?.as_ref() == Some(&provider) {
+                    // contact changes again (SPEC §2), and never while the deletion is on
+                    // its way to a two-way provider.
+                    let deleting = matches!(
+                        self.outbox_entry(&self.ctx.account, link.contact_id)?,
+                        Some(OutboxEntry {
+                            op: OutboxOp::Delete { .. },
+                            ..
+                        })
+                    );
+                    if deleting || self.base(pid)?.as_ref() == Some(&provider) {
                         self.plan.actions.push(Action::Ignore {
                             provider_id: pid.to_string(),
                         });
@@ -476,19 +521,9 @@ impl<'a> Planner<'a> {
         }
         self.put_link(pid, new_link(id), provider.clone());
         self.plan.metrics.added_to_crm += 1;
-        let mut fields = vec![field::NAME];
-        for (present, name) in [
-            (!provider.emails.is_empty(), field::EMAILS),
-            (!provider.phones.is_empty(), field::PHONES),
-            (provider.address.is_some(), field::ADDRESS),
-            (provider.organization.is_some(), field::COMPANY),
-            (provider.job_title.is_some(), field::JOB_TITLE),
-            (provider.birthday.is_some(), field::BIRTHDAY),
-            (photo.is_some(), field::PHOTO),
-        ] {
-            if present {
-                fields.push(name);
-            }
+        let mut fields = present_fields(provider);
+        if photo.is_some() {
+            fields.push(field::PHOTO);
         }
         let mut e = self
             .event(audit::Action::Added)
@@ -528,6 +563,25 @@ impl<'a> Planner<'a> {
             contact.links.push(this);
             contact.links.sort();
             contact_changed = true;
+        }
+        // Changes this page made to the CRM reach the contact's other two-way links.
+        if !m.changed.is_empty() {
+            let others: Vec<String> = contact
+                .links
+                .iter()
+                .filter(|l| l.account != self.ctx.account && self.ctx.two_way.contains(&l.account))
+                .map(|l| l.account.clone())
+                .collect();
+            let fields: Vec<String> = m.changed.iter().map(|f| f.to_string()).collect();
+            for account in others {
+                self.enqueue(
+                    &account,
+                    id,
+                    OutboxOp::Update {
+                        fields: fields.clone(),
+                    },
+                )?;
+            }
         }
         if contact_changed {
             let f = &m.fields;
@@ -672,6 +726,24 @@ impl<'a> Planner<'a> {
         }
         Ok(())
     }
+}
+
+/// Names of the fields that have a value (for audit events of creations).
+pub fn present_fields(f: &Fields) -> Vec<&'static str> {
+    let mut out = vec![field::NAME];
+    for (present, name) in [
+        (!f.emails.is_empty(), field::EMAILS),
+        (!f.phones.is_empty(), field::PHONES),
+        (f.address.is_some(), field::ADDRESS),
+        (f.organization.is_some(), field::COMPANY),
+        (f.job_title.is_some(), field::JOB_TITLE),
+        (f.birthday.is_some(), field::BIRTHDAY),
+    ] {
+        if present {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// Keeps only the last change of each provider contact (a provider may list a contact

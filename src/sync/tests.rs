@@ -17,6 +17,7 @@ fn ctx(account: &str) -> PlanContext {
         direction: Direction::OneWay,
         audit_values: false,
         now: Utc::now(),
+        two_way: vec![],
     }
 }
 

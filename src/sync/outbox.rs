@@ -1,0 +1,451 @@
+//! Two-way: the durable outbox of CRM changes waiting to reach a provider (SPEC §2, §4).
+//!
+//! An entry is written in the same transaction as the CRM change that causes it, one entry
+//! per account and contact; later edits coalesce into it ([`coalesce`]). The account actor
+//! turns entries into [`PushOp`]s ([`prepare`]), the provider applies them with its batch
+//! endpoints, and [`apply_results`] commits what happened: new links and base snapshots
+//! (so the provider's echo of our own write is recognised and ignored), metrics, audit
+//! events, and retries with backoff for what failed.
+
+use chrono::{DateTime, Utc};
+
+use crate::audit::{self, AuditEvent};
+use crate::config::{AccountConfig, Group};
+use crate::model::{field, Contact, ContactId, DayMetrics, Fields, LinkRecord, LinkRef};
+use crate::providers::{PushOp, PushResult};
+use crate::store::{Batch, Db, Op, OutboxEntry, OutboxOp, StoreError};
+
+/// Most entries pushed in one round.
+pub const MAX_PUSH: usize = 2000;
+
+/// Folds a new change into the pending entry of the same account and contact. `None`
+/// means the two cancel out (created then deleted before it was pushed).
+pub fn coalesce(
+    existing: Option<OutboxEntry>,
+    account: &str,
+    contact_id: ContactId,
+    op: OutboxOp,
+    now: DateTime<Utc>,
+) -> Option<OutboxEntry> {
+    let fresh = |op| OutboxEntry {
+        account: account.to_string(),
+        contact_id,
+        op,
+        attempts: 0,
+        not_before: None,
+        last_error: None,
+        failed: false,
+        created_at: now,
+    };
+    let Some(mut e) = existing else {
+        return Some(fresh(op));
+    };
+    let merged = match (&e.op, op) {
+        (OutboxOp::Create, OutboxOp::Update { .. }) => OutboxOp::Create,
+        (OutboxOp::Create, OutboxOp::Delete { .. }) => return None,
+        (OutboxOp::Update { fields: a }, OutboxOp::Update { fields: b }) => {
+            let mut all = a.clone();
+            for f in b {
+                if !all.contains(&f) {
+                    all.push(f);
+                }
+            }
+            OutboxOp::Update { fields: all }
+        }
+        (OutboxOp::Delete { provider_id }, _) => OutboxOp::Delete {
+            provider_id: provider_id.clone(),
+        },
+        (_, new) => new,
+    };
+    e.op = merged;
+    // A new edit gives a rejected entry another chance.
+    e.failed = false;
+    e.not_before = None;
+    Some(e)
+}
+
+/// The ops that record `op` for `account` and `contact`, given its pending entry.
+pub fn enqueue(
+    existing: Option<OutboxEntry>,
+    account: &str,
+    contact_id: ContactId,
+    op: OutboxOp,
+    now: DateTime<Utc>,
+) -> Op {
+    match coalesce(existing, account, contact_id, op, now) {
+        Some(e) => Op::PutOutbox(e),
+        None => Op::DeleteOutbox {
+            account: account.to_string(),
+            contact: contact_id,
+        },
+    }
+}
+
+/// A contact's synced fields, with its company by name.
+pub fn fields_of(db: &Db, c: &Contact) -> Result<Fields, StoreError> {
+    Ok(Fields {
+        first_name: c.first_name.clone(),
+        last_name: c.last_name.clone(),
+        emails: c.emails.clone(),
+        phones: c.phones.clone(),
+        address: c.address.clone(),
+        organization: match c.company_id {
+            Some(id) => db.company(id)?.map(|co| co.name),
+            None => None,
+        },
+        job_title: c.job_title.clone(),
+        birthday: c.birthday,
+    })
+}
+
+/// Names of the fields that differ between two versions of a contact.
+pub fn changed_fields(a: &Fields, b: &Fields) -> Vec<String> {
+    let mut out = vec![];
+    let mut push = |cond: bool, name: &str| {
+        if cond {
+            out.push(name.to_string());
+        }
+    };
+    push(
+        a.first_name != b.first_name || a.last_name != b.last_name,
+        field::NAME,
+    );
+    push(a.emails != b.emails, field::EMAILS);
+    push(a.phones != b.phones, field::PHONES);
+    push(a.address != b.address, field::ADDRESS);
+    push(a.organization != b.organization, field::COMPANY);
+    push(a.job_title != b.job_title, field::JOB_TITLE);
+    push(a.birthday != b.birthday, field::BIRTHDAY);
+    out
+}
+
+/// Copies one named field from `from` into `into`.
+pub fn set_field(into: &mut Fields, from: &Fields, name: &str) {
+    match name {
+        field::NAME => {
+            into.first_name = from.first_name.clone();
+            into.last_name = from.last_name.clone();
+        }
+        field::EMAILS => into.emails = from.emails.clone(),
+        field::PHONES => into.phones = from.phones.clone(),
+        field::ADDRESS => into.address = from.address.clone(),
+        field::COMPANY => into.organization = from.organization.clone(),
+        field::JOB_TITLE => into.job_title = from.job_title.clone(),
+        field::BIRTHDAY => into.birthday = from.birthday,
+        _ => {}
+    }
+}
+
+/// One entry on its way to the provider.
+#[derive(Debug, Clone)]
+pub struct PushItem {
+    pub entry: OutboxEntry,
+    pub op: PushOp,
+}
+
+/// Turns an account's due entries into provider operations. Entries that have become
+/// pointless (the contact is gone, or already linked) are dropped by the returned ops.
+pub fn prepare(
+    db: &Db,
+    account: &AccountConfig,
+    now: DateTime<Utc>,
+) -> Result<(Vec<PushItem>, Vec<Op>), StoreError> {
+    let mut items = vec![];
+    let mut drop_ops = vec![];
+    let drop = |e: &OutboxEntry| Op::DeleteOutbox {
+        account: e.account.clone(),
+        contact: e.contact_id,
+    };
+    for e in db.outbox_for(&account.id)? {
+        if items.len() >= MAX_PUSH {
+            break;
+        }
+        if e.failed || e.not_before.is_some_and(|t| t > now) {
+            continue;
+        }
+        let linked = |c: &Contact| {
+            c.links
+                .iter()
+                .find(|l| l.account == account.id)
+                .map(|l| l.provider_id.clone())
+        };
+        let op = match &e.op {
+            OutboxOp::Create => match db.contact(e.contact_id)? {
+                Some(c) if linked(&c).is_none() => PushOp::Create {
+                    fields: fields_of(db, &c)?,
+                    starred: account.group == Group::Starred,
+                },
+                // Gone, or already linked (a create that reached the provider before a
+                // crash and was matched back by the next fetch).
+                _ => {
+                    drop_ops.push(drop(&e));
+                    continue;
+                }
+            },
+            OutboxOp::Update { fields } => {
+                let contact = db.contact(e.contact_id)?;
+                let Some((c, pid)) = contact.and_then(|c| linked(&c).map(|p| (c, p))) else {
+                    drop_ops.push(drop(&e));
+                    continue;
+                };
+                let changed: Vec<&'static str> =
+                    fields.iter().filter_map(|f| field::canonical(f)).collect();
+                let etag = db.link(&account.id, &pid)?.and_then(|l| l.etag);
+                PushOp::Update {
+                    provider_id: pid,
+                    etag,
+                    fields: fields_of(db, &c)?,
+                    changed,
+                }
+            }
+            OutboxOp::Delete { provider_id } => PushOp::Delete {
+                provider_id: provider_id.clone(),
+            },
+        };
+        items.push(PushItem { entry: e, op });
+    }
+    Ok((items, drop_ops))
+}
+
+/// Backoff of a failed entry: 2^attempts seconds, at most 10 minutes.
+fn backoff(attempts: u32) -> chrono::Duration {
+    chrono::Duration::seconds(1i64 << attempts.clamp(1, 9)).min(chrono::Duration::minutes(10))
+}
+
+/// What a push round committed.
+#[derive(Debug, Default)]
+pub struct PushOutcome {
+    pub batch: Batch,
+    pub metrics: DayMetrics,
+    pub audit: Vec<AuditEvent>,
+}
+
+/// Records the provider's answers. Runs in the matcher, so it sees the CRM as it is now.
+pub fn apply_results(
+    db: &Db,
+    account: &AccountConfig,
+    items: &[PushItem],
+    results: &[PushResult],
+    now: DateTime<Utc>,
+) -> Result<PushOutcome, StoreError> {
+    let mut out = PushOutcome::default();
+    let provider = account.provider.as_str();
+    let event = |a| AuditEvent::new(&account.id, provider, a);
+    for (item, result) in items.iter().zip(results) {
+        let e = &item.entry;
+        let current = db.outbox_entry(&account.id, e.contact_id)?;
+        // Done with this entry, unless the CRM changed it while we were pushing.
+        let settle = |out: &mut PushOutcome| {
+            if current.as_ref() == Some(e) {
+                out.batch.push(Op::DeleteOutbox {
+                    account: account.id.clone(),
+                    contact: e.contact_id,
+                });
+            }
+        };
+        match result {
+            PushResult::Created {
+                provider_id,
+                etag,
+                stored,
+            } => {
+                out.batch.push(Op::PutLink {
+                    account: account.id.clone(),
+                    provider_id: provider_id.clone(),
+                    link: LinkRecord {
+                        contact_id: e.contact_id,
+                        etag: etag.clone(),
+                        scope: String::new(),
+                    },
+                });
+                out.batch.push(Op::PutBase {
+                    account: account.id.clone(),
+                    provider_id: provider_id.clone(),
+                    base: stored.clone(),
+                });
+                match db.contact(e.contact_id)? {
+                    Some(mut c) => {
+                        c.links.push(LinkRef {
+                            account: account.id.clone(),
+                            provider_id: provider_id.clone(),
+                        });
+                        c.links.sort();
+                        c.links.dedup();
+                        out.batch.push(Op::PutContact(c));
+                        if let Some(OutboxEntry {
+                            op: OutboxOp::Create,
+                            ..
+                        }) = current
+                        {
+                            out.batch.push(Op::DeleteOutbox {
+                                account: account.id.clone(),
+                                contact: e.contact_id,
+                            });
+                        }
+                    }
+                    None => {
+                        // Deleted in the CRM while we were creating it: delete it again.
+                        out.batch.push(Op::PutOutbox(OutboxEntry {
+                            op: OutboxOp::Delete {
+                                provider_id: provider_id.clone(),
+                            },
+                            attempts: 0,
+                            ..e.clone()
+                        }));
+                    }
+                }
+                out.metrics.added_to_provider += 1;
+                out.audit.push(
+                    event(audit::Action::Added)
+                        .direction(audit::Direction::ToProvider)
+                        .crm_id(e.contact_id)
+                        .provider_id(provider_id)
+                        .fields(crate::sync::present_fields(stored)),
+                );
+            }
+            PushResult::Updated { etag, stored } => {
+                let PushOp::Update {
+                    provider_id,
+                    changed,
+                    ..
+                } = &item.op
+                else {
+                    continue;
+                };
+                let mut base = db.base(&account.id, provider_id)?.unwrap_or_default();
+                for f in changed {
+                    set_field(&mut base, stored, f);
+                }
+                out.batch.push(Op::PutBase {
+                    account: account.id.clone(),
+                    provider_id: provider_id.clone(),
+                    base,
+                });
+                if let Some(mut link) = db.link(&account.id, provider_id)? {
+                    link.etag = etag.clone();
+                    out.batch.push(Op::PutLink {
+                        account: account.id.clone(),
+                        provider_id: provider_id.clone(),
+                        link,
+                    });
+                }
+                settle(&mut out);
+                out.metrics.updated_in_provider += 1;
+                out.audit.push(
+                    event(audit::Action::Updated)
+                        .direction(audit::Direction::ToProvider)
+                        .crm_id(e.contact_id)
+                        .provider_id(provider_id)
+                        .fields(changed.clone()),
+                );
+            }
+            PushResult::Deleted => {
+                if let PushOp::Delete { provider_id } = &item.op {
+                    out.batch.push(Op::DeleteLink {
+                        account: account.id.clone(),
+                        provider_id: provider_id.clone(),
+                    });
+                    out.batch.push(Op::DeleteBase {
+                        account: account.id.clone(),
+                        provider_id: provider_id.clone(),
+                    });
+                    out.audit.push(
+                        event(audit::Action::Deleted)
+                            .direction(audit::Direction::ToProvider)
+                            .crm_id(e.contact_id)
+                            .provider_id(provider_id),
+                    );
+                }
+                settle(&mut out);
+            }
+            PushResult::Gone => settle(&mut out),
+            PushResult::Conflict => {
+                // The provider changed meanwhile: the next fetch merges its change (the
+                // provider wins on fields changed on both sides), then we push again.
+                let mut next = current.clone().unwrap_or_else(|| e.clone());
+                next.attempts += 1;
+                next.last_error =
+                    Some("changed in the provider meanwhile; merging and retrying".into());
+                out.batch.push(Op::PutOutbox(next));
+            }
+            PushResult::Failed(err) => {
+                let mut next = current.clone().unwrap_or_else(|| e.clone());
+                next.attempts += 1;
+                next.last_error = Some(err.to_string());
+                if err.is_permanent() {
+                    next.failed = true;
+                    tracing::warn!(account = %account.id, crm_id = e.contact_id, error = %err, "Provider rejected a CRM change; it will not be retried.");
+                    out.audit.push(
+                        event(audit::Action::Rejected)
+                            .direction(audit::Direction::ToProvider)
+                            .crm_id(e.contact_id)
+                            .reason(err.to_string()),
+                    );
+                } else {
+                    next.not_before = Some(now + backoff(next.attempts));
+                }
+                out.batch.push(Op::PutOutbox(next));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    #[test]
+    fn outbox_coalesces_edits_per_account_and_contact() {
+        let upd = |f: &[&str]| OutboxOp::Update {
+            fields: f.iter().map(|s| s.to_string()).collect(),
+        };
+        let e = coalesce(None, "g", 1, upd(&["name"]), now()).unwrap();
+        let e = coalesce(Some(e), "g", 1, upd(&["emails", "name"]), now()).unwrap();
+        assert_eq!(e.op, upd(&["name", "emails"]));
+        let c = coalesce(None, "g", 1, OutboxOp::Create, now()).unwrap();
+        let c2 = coalesce(Some(c.clone()), "g", 1, upd(&["name"]), now()).unwrap();
+        assert_eq!(
+            c2.op,
+            OutboxOp::Create,
+            "a pending create sends the latest fields anyway"
+        );
+        assert!(
+            coalesce(
+                Some(c),
+                "g",
+                1,
+                OutboxOp::Delete {
+                    provider_id: String::new()
+                },
+                now()
+            )
+            .is_none(),
+            "created then deleted before the push: nothing to send"
+        );
+        let d = coalesce(
+            Some(e),
+            "g",
+            1,
+            OutboxOp::Delete {
+                provider_id: "people/c1".into(),
+            },
+            now(),
+        )
+        .unwrap();
+        assert!(matches!(d.op, OutboxOp::Delete { .. }));
+    }
+
+    #[test]
+    fn outbox_backoff_grows_and_is_capped() {
+        assert!(backoff(1) < backoff(3));
+        assert_eq!(
+            backoff(40),
+            chrono::Duration::minutes(10).min(chrono::Duration::seconds(512))
+        );
+    }
+}
