@@ -207,6 +207,7 @@ pub async fn preview(
         direction: cfg.direction,
         audit_values: false,
         now: Utc::now(),
+        two_way: crate::actors::account::two_way_accounts(&config),
     };
     let actions = st
         .matcher
