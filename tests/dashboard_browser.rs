@@ -142,21 +142,35 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
     let token = token.expect("API token printed");
     let base = base.expect("dashboard URL printed");
     let http = reqwest::Client::new();
-    let api: serde_json::Value = http
-        .get(format!("{base}/api/v1/accounts"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let accounts = api["accounts"].as_array().unwrap().clone();
-    assert_eq!(accounts.len(), 3, "{api}");
-
+    let read_today = || async {
+        let api: serde_json::Value = http
+            .get(format!("{base}/api/v1/accounts"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        api["accounts"].as_array().unwrap().clone()
+    };
     let profile = tempfile::tempdir().unwrap();
-    let dom = run_chromium(&exe, profile.path(), &["--dump-dom", &format!("{base}/")]).await;
-    let dom = String::from_utf8_lossy(&dom).to_string();
+    // Two-way pushes may still move today's numbers after the first sync: compare the page
+    // with the API read just before and just after it, until both reads agree.
+    let mut attempt = 0;
+    let (accounts, dom) = loop {
+        attempt += 1;
+        let before = read_today().await;
+        let dom = run_chromium(&exe, profile.path(), &["--dump-dom", &format!("{base}/")]).await;
+        let after = read_today().await;
+        let today =
+            |v: &[serde_json::Value]| v.iter().map(|a| a["today"].clone()).collect::<Vec<_>>();
+        if today(&before) == today(&after) || attempt == 10 {
+            break (after, String::from_utf8_lossy(&dom).to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(accounts.len(), 3, "{accounts:?}");
     assert!(dom.contains("<h1>contact-sync</h1>"), "{dom}");
     for a in &accounts {
         let id = a["id"].as_str().unwrap();
