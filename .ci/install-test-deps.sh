@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine. Idempotent: skips what is
 # already there. Used by .ci/run; run it once by hand before `cargo test` on a new machine.
+#   chromium  - tests/dashboard_browser.rs loads the dashboard in headless Chromium
+#   promtool  - tests/operators.rs checks /metrics (Debian package: prometheus)
+# With CI set, those tests fail when a tool is missing; without it they print a skip note.
 set -euo pipefail
 
 need_apt=()
-command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need_apt[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Chromium's recommended packages bring the fonts the dashboard screenshot needs.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  command -v promtool >/dev/null
+  [ -x /usr/bin/chromium ]
 fi
 
 # Google's Python client (ships the People API discovery document) for the simulator's

@@ -22,6 +22,7 @@ pub mod crm;
 pub mod logging;
 pub mod model;
 pub mod normalize;
+pub mod oauth_flow;
 pub mod ops;
 pub mod providers;
 pub mod runtime;

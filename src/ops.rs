@@ -214,29 +214,56 @@ pub fn connect(path: &Path, args: ConnectArgs) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if config.account(&args.account).is_none() {
+    let Some(account) = config.account(&args.account).cloned() else {
         eprintln!(
             "Account {:?} is not in {}; add an [[accounts]] entry first.",
             args.account,
             path.display()
         );
         return EXIT_CONFIG;
-    }
-    let Some(file) = &args.refresh_token_file else {
-        eprintln!("The interactive OAuth flow is not available in this build yet; use --refresh-token-file FILE to import a refresh token.");
-        return 2;
     };
-    let token = match config::read_secret_file(file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
+    let token = if let Some(file) = &args.refresh_token_file {
+        match config::read_secret_file(file) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{e}");
+                return 1;
+            }
+        }
+    } else {
+        let ep = match crate::oauth_flow::endpoints(&config, &account) {
+            Ok(ep) => ep,
+            Err(e) => {
+                eprintln!("{e}");
+                return EXIT_CONFIG;
+            }
+        };
+        if args.device_code && account.provider != crate::config::ProviderKind::Outlook {
+            eprintln!(
+                "--device-code is for Outlook accounts; Google accounts use the browser flow."
+            );
+            return 2;
+        }
+        let system = actix::System::new();
+        let got = system.block_on(async {
+            if args.device_code {
+                crate::oauth_flow::device_code(&ep, args.timeout).await
+            } else {
+                crate::oauth_flow::loopback(&ep, !args.no_browser, args.timeout).await
+            }
+        });
+        match got {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("Authorization of {} failed: {e}.", args.account);
+                return 1;
+            }
         }
     };
     match store_grant(&config, &args.account, &token) {
         Ok(how) => {
             println!(
-                "Refresh token for {} {how} (encrypted at rest).",
+                "Refresh token for {} {how} (encrypted at rest). Any previous grant of this account is replaced.",
                 args.account
             );
             0
@@ -248,6 +275,60 @@ pub fn connect(path: &Path, args: ConnectArgs) -> i32 {
     }
 }
 
+/// Revokes a grant at the provider where that exists (Google). Returns what happened.
+pub async fn revoke_grant(
+    config: &Config,
+    account: &crate::config::AccountConfig,
+    token: &SecretString,
+) -> Result<&'static str, String> {
+    match account.provider {
+        crate::config::ProviderKind::Google => {
+            let url = config
+                .providers
+                .google
+                .as_ref()
+                .map(|g| g.revoke_url.clone())
+                .ok_or("[providers.google] is not configured")?;
+            crate::oauth_flow::revoke_google(&url, token).await?;
+            Ok("revoked at Google")
+        }
+        crate::config::ProviderKind::Outlook => Ok(
+            "not revoked: Microsoft has no endpoint to revoke one refresh token; remove the app's consent at https://account.live.com/consent/Manage or in Entra ID if needed",
+        ),
+    }
+}
+
+/// Reads, revokes and forgets a grant in the store directly (the daemon is not running).
+fn disconnect_offline(config: &Config, account: &str) -> Result<String, String> {
+    let db = Db::open(
+        &config.daemon.data_dir,
+        crate::normalize::region(&config.daemon.default_region),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut note = String::from("no grant was stored");
+    if let Some(sealed) = db.grant(account).map_err(|e| e.to_string())? {
+        note = match (
+            crate::app::load_sealer(config, &db),
+            config.account(account),
+        ) {
+            (Ok(sealer), Some(acc)) => match sealer.open(&sealed) {
+                Ok(token) => match runtime().block_on(revoke_grant(config, acc, &token)) {
+                    Ok(n) => n.to_string(),
+                    Err(e) => format!("not revoked ({e})"),
+                },
+                Err(e) => format!("not revoked ({e})"),
+            },
+            (Err(e), _) => format!("not revoked ({e})"),
+            (_, None) => "not revoked (the account is no longer in the configuration)".into(),
+        };
+    }
+    db.commit_durable(&Batch {
+        ops: vec![Op::DeleteGrant(account.to_string())],
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(note)
+}
+
 pub fn disconnect(path: &Path, account: &str) -> i32 {
     let config = match load(path) {
         Ok(c) => c,
@@ -255,37 +336,88 @@ pub fn disconnect(path: &Path, account: &str) -> i32 {
     };
     let api = DaemonApi::new(&config);
     let sent = runtime().block_on(async {
-        api.req(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/accounts/{account}/grant"),
-        )
-        .send()
-        .await
+        let r = api
+            .req(
+                reqwest::Method::POST,
+                &format!("/api/v1/accounts/{account}/revoke"),
+            )
+            .send()
+            .await?;
+        let note = if r.status().is_success() {
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            v["result"].as_str().unwrap_or("").to_string()
+        } else {
+            format!("not revoked (the daemon answered HTTP {})", r.status())
+        };
+        let r = api
+            .req(
+                reqwest::Method::DELETE,
+                &format!("/api/v1/accounts/{account}/grant"),
+            )
+            .send()
+            .await?;
+        Ok::<_, reqwest::Error>((r.status(), note))
     });
     let res = match sent {
-        Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("the running daemon answered HTTP {}", r.status())),
-        Err(e) if e.is_connect() => Db::open(
-            &config.daemon.data_dir,
-            crate::normalize::region(&config.daemon.default_region),
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|db| {
-            db.commit_durable(&Batch {
-                ops: vec![Op::DeleteGrant(account.to_string())],
-            })
-            .map_err(|e| e.to_string())
-        }),
+        Ok((s, note)) if s.is_success() => Ok(note),
+        Ok((s, _)) => Err(format!("the running daemon answered HTTP {s}")),
+        Err(e) if e.is_connect() => disconnect_offline(&config, account),
         Err(e) => Err(e.to_string()),
     };
     match res {
-        Ok(()) => {
-            println!("Grant of {account} forgotten; its synced contacts stay in the CRM.");
+        Ok(note) => {
+            println!("Grant of {account} forgotten ({note}); its synced contacts stay in the CRM.");
             0
         }
         Err(e) => {
             eprintln!("Cannot disconnect {account}: {e}");
             1
+        }
+    }
+}
+
+pub fn preview(path: &Path, account: &str, limit: usize) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.account(account).is_none() {
+        eprintln!("Account {account:?} is not in {}.", path.display());
+        return EXIT_CONFIG;
+    }
+    let mut api = DaemonApi::new(&config);
+    // A full listing of a large address book takes a while.
+    api.http = crate::providers::http::client(std::time::Duration::from_secs(600));
+    let res = runtime().block_on(async {
+        let resp = api
+            .req(
+                reqwest::Method::POST,
+                &format!("/api/v1/accounts/{account}/preview?limit={limit}"),
+            )
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match res {
+        Ok((s, body)) if s.is_success() => {
+            print!("{}", preview_text(&body));
+            0
+        }
+        Ok((s, body)) => {
+            eprintln!(
+                "The daemon answered {s}: {}",
+                body["error"].as_str().unwrap_or("")
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!(
+                "Cannot reach the daemon at {}: {e}. `preview` asks the running daemon (`contact-sync run`).",
+                api.base
+            );
+            EXIT_UNAVAILABLE
         }
     }
 }
@@ -343,14 +475,319 @@ pub fn restore(path: &Path, contact: u64) -> i32 {
     )
 }
 
-pub fn preview(_path: &Path, _account: &str, _limit: usize) -> i32 {
-    eprintln!("`preview` is not available in this build yet.");
-    2
+/// The text `preview` prints for the daemon's answer.
+pub fn preview_text(body: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Dry run of {} ({}, {}): {} provider changes; nothing was written.",
+        body["account"].as_str().unwrap_or(""),
+        body["direction"].as_str().unwrap_or(""),
+        if body["full"].as_bool().unwrap_or(false) {
+            "full listing"
+        } else {
+            "changes since the last sync"
+        },
+        body["changes"]
+    );
+    if body["over_limit"].as_bool().unwrap_or(false) {
+        let _ = writeln!(
+            out,
+            "WARNING: the account would have {} synced contacts, over contact_limit {}; a real sync would stop in state limit_exceeded.",
+            body["projected_links"], body["contact_limit"]
+        );
+    }
+    let _ = writeln!(out);
+    for kind in crate::api::ops::KINDS {
+        let n = body["counts"][kind].as_u64().unwrap_or(0);
+        let _ = writeln!(out, "{:<10} {n}", format!("{kind}:"));
+        if kind == "skip" && n > 0 {
+            if let Some(reasons) = body["skipped"].as_object() {
+                for (r, c) in reasons {
+                    if c.as_u64().unwrap_or(0) > 0 {
+                        let _ = writeln!(out, "{:<10}   {r}: {c}", "");
+                    }
+                }
+            }
+        }
+        for e in body["examples"][kind].as_array().into_iter().flatten() {
+            let mut line = format!("    {}", e["provider_id"].as_str().unwrap_or(""));
+            if let Some(name) = e["name"].as_str().filter(|n| !n.is_empty()) {
+                let _ = write!(line, " ({name})");
+            }
+            if let Some(id) = e["crm_id"].as_u64() {
+                let _ = write!(line, " -> CRM #{id}");
+            }
+            let fields: Vec<&str> = e["fields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str())
+                .collect();
+            if !fields.is_empty() {
+                let _ = write!(line, " [{}]", fields.join(", "));
+            }
+            if let Some(r) = e["reason"].as_str() {
+                let _ = write!(line, " [{r}]");
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
 }
 
-pub fn demo(_args: DemoArgs, _logging: &Logging) -> i32 {
-    eprintln!("`demo` is not available in this build yet.");
-    2
+/// The demo's temporary directory, removed when the demo ends.
+struct DemoDir(std::path::PathBuf);
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn demo_config(dir: &Path, listen: std::net::SocketAddr, g: &str, m: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"# contact-sync demo: simulated providers, temporary data. Edit me: the daemon reloads.
+[daemon]
+data_dir = "{d}/data"
+listen = "{listen}"
+api_token_file = "{d}/api-token"
+audit_dir = "{d}/audit"
+poll_interval = "10s"
+timezone = "UTC"
+
+[providers.google]
+client_id = "demo.apps.googleusercontent.com"
+api_base = "{g}"
+auth_url = "{g}/o/oauth2/v2/auth"
+token_url = "{g}/token"
+revoke_url = "{g}/revoke"
+
+[providers.outlook]
+client_id = "00000000-0000-0000-0000-00000000dem0"
+tenant = "common"
+api_base = "{m}/v1.0"
+auth_url = "{m}/common/oauth2/v2.0/authorize"
+token_url = "{m}/common/oauth2/v2.0/token"
+device_code_url = "{m}/common/oauth2/v2.0/devicecode"
+
+[[accounts]]
+id = "alice-gmail"
+provider = "google"
+group = "all"
+direction = "two-way"
+
+[[accounts]]
+id = "bob-gmail-starred"
+provider = "google"
+group = "starred"
+direction = "one-way"
+
+[[accounts]]
+id = "carol-outlook"
+provider = "outlook"
+group = "all"
+direction = "one-way"
+"#
+    )
+}
+
+/// Demo accounts: (account id, simulated provider, simulated user).
+const DEMO_USERS: [(&str, crate::sim::Provider, &str); 3] = [
+    (
+        "alice-gmail",
+        crate::sim::Provider::Google,
+        "alice@example.com",
+    ),
+    (
+        "bob-gmail-starred",
+        crate::sim::Provider::Google,
+        "bob@example.com",
+    ),
+    (
+        "carol-outlook",
+        crate::sim::Provider::Outlook,
+        "carol@example.com",
+    ),
+];
+
+/// The summary `demo` prints after the first sync.
+pub fn demo_summary(rt: &crate::runtime::Runtime) -> String {
+    use std::fmt::Write;
+    let today = rt.today();
+    let mut out = String::from("First sync done:\n");
+    let _ = writeln!(
+        out,
+        "  {:<18} {:<8} {:<8} {:<8} {:>6} {:>8} {:>8} {:>8}",
+        "ACCOUNT", "PROVIDER", "GROUP", "DIRECT.", "ADDED", "UPDATED", "SKIPPED", "DELETED"
+    );
+    for a in rt.accounts() {
+        let m = rt.db.metrics(&a.config.id, &today).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:<18} {:<8} {:<8} {:<8} {:>6} {:>8} {:>8} {:>8}",
+            a.config.id,
+            a.config.provider.as_str(),
+            a.config.group.as_str(),
+            a.config.direction.as_str(),
+            m.added_to_crm + m.added_to_provider,
+            m.updated_in_crm + m.updated_in_provider,
+            m.skipped.values().sum::<u64>(),
+            m.deleted_from_provider
+        );
+        if let Some(e) = &a.status.last_error {
+            let _ = writeln!(out, "  {:<18} last error: {e}", "");
+        }
+    }
+    let _ = writeln!(out, "CRM contacts: {}", rt.db.contact_count().unwrap_or(0));
+    out
+}
+
+async fn run_demo(args: DemoArgs, logging: &Logging, dir: &Path) -> Result<i32, String> {
+    use crate::sim::{SeedUser, Sim, SimOptions};
+    let mut starred = SeedUser::new("bob@example.com", args.contacts, args.seed);
+    starred.starred_share = 0.3;
+    let mut outlook = SeedUser::new("carol@example.com", args.contacts, args.seed);
+    outlook.child_folders = 2;
+    let sim = Sim::start(SimOptions {
+        seed: args.seed,
+        google_users: vec![
+            SeedUser::new("alice@example.com", args.contacts, args.seed),
+            starred,
+        ],
+        outlook_users: vec![outlook],
+        ..SimOptions::default()
+    })
+    .await
+    .map_err(|e| format!("cannot start the simulator: {e:#}"))?;
+    std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
+    let api_token = {
+        use rand::RngCore;
+        let mut b = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    crate::secrets::write_private(&dir.join("api-token"), api_token.as_bytes())
+        .map_err(|e| format!("cannot write the API token file: {e}"))?;
+    let config_path = dir.join("config.toml");
+    std::fs::write(
+        &config_path,
+        demo_config(dir, args.listen, &sim.google_base, &sim.graph_base),
+    )
+    .map_err(|e| format!("cannot write the demo configuration: {e}"))?;
+    let config = config::load(&config_path).map_err(|e| e.to_string())?;
+    // The three grants, sealed, before the daemon starts.
+    {
+        let db = Db::open(
+            &config.daemon.data_dir,
+            crate::normalize::region(&config.daemon.default_region),
+        )
+        .map_err(|e| e.to_string())?;
+        let sealer = crate::app::load_sealer(&config, &db).map_err(|e| e.to_string())?;
+        let mut b = Batch::default();
+        for (account, provider, user) in DEMO_USERS {
+            let token = sim
+                .refresh_token(provider, user)
+                .ok_or_else(|| format!("the simulator issued no token for {user}"))?;
+            b.push(Op::PutGrant {
+                account: account.to_string(),
+                sealed: sealer.seal(&SecretString::from(token)),
+            });
+        }
+        db.commit_durable(&b).map_err(|e| e.to_string())?;
+        db.flush().map_err(|e| e.to_string())?;
+    }
+    // sled releases its file lock a moment after the handle above is dropped (its flusher
+    // thread holds the last reference): retry while the store is still locked.
+    let mut attempt = 0;
+    let daemon = loop {
+        attempt += 1;
+        let started = crate::app::start(crate::app::Boot {
+            config: config.clone(),
+            config_path: Some(config_path.clone()),
+            logging: Some(logging),
+            factory: None,
+        })
+        .await;
+        match started {
+            Ok(d) => break d,
+            Err(e) if e.code == crate::app::EXIT_STORE && attempt < 50 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    println!("contact-sync demo: simulated Google and Outlook accounts, no credentials needed.");
+    println!("Dashboard:  http://{}/", daemon.addr);
+    println!("API token:  {api_token}   (e.g. curl -H 'Authorization: Bearer {api_token}' http://{}/api/v1/accounts)", daemon.addr);
+    println!(
+        "Config:     {} (edit it: the daemon reloads)",
+        config_path.display()
+    );
+    println!(
+        "Simulator:  Google {}  Microsoft {}",
+        sim.google_base, sim.graph_base
+    );
+    println!("Waiting for the first sync of every account ...");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let synced = loop {
+        let accounts = daemon.rt.accounts();
+        let done = |a: &crate::runtime::AccountRuntime| a.status.last_sync.is_some();
+        if !accounts.is_empty() && accounts.iter().all(done) {
+            break true;
+        }
+        let stuck = accounts.iter().any(|a| {
+            !done(a)
+                && matches!(
+                    a.status.state,
+                    crate::model::AccountState::ReauthRequired
+                        | crate::model::AccountState::NotConnected
+                        | crate::model::AccountState::LimitExceeded
+                )
+        });
+        if stuck || std::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    print!("{}", demo_summary(&daemon.rt));
+    if !synced {
+        eprintln!("Not every account finished its first sync; see the log above.");
+    }
+    let _ = std::io::stdout().flush();
+    if args.once {
+        daemon.shutdown().await;
+        sim.stop().await;
+        return Ok(if synced { 0 } else { 1 });
+    }
+    println!("Running until Ctrl-C.");
+    let _ = std::io::stdout().flush();
+    daemon.wait_for_shutdown().await;
+    sim.stop().await;
+    Ok(0)
+}
+
+pub fn demo(args: DemoArgs, logging: &Logging) -> i32 {
+    let dir = std::env::temp_dir().join(format!(
+        "contact-sync-demo-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let guard = DemoDir(dir.clone());
+    let system = actix::System::new();
+    let res = system.block_on(run_demo(args, logging, &dir));
+    drop(guard);
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("The demo failed: {e}");
+            1
+        }
+    }
 }
 
 pub fn sim(args: crate::sim::SimArgs) -> i32 {
@@ -361,5 +798,85 @@ pub fn sim(args: crate::sim::SimArgs) -> i32 {
             eprintln!("Simulator failed: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SkipReason;
+    use crate::sync::Action;
+
+    #[test]
+    fn demo_config_is_valid_and_declares_three_accounts() {
+        let text = demo_config(
+            Path::new("/tmp/x"),
+            "127.0.0.1:8631".parse().unwrap(),
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+        );
+        let c = config::parse(&text).unwrap();
+        let ids: Vec<_> = c.accounts.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, DEMO_USERS.map(|u| u.0));
+        assert_eq!(
+            c.providers.outlook.unwrap().token_url(),
+            "http://127.0.0.1:2/common/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn preview_prints_counts_reasons_and_examples() {
+        let actions = vec![
+            Action::Create {
+                provider_id: "people/c1".into(),
+                crm_id: 7,
+            },
+            Action::Create {
+                provider_id: "people/c2".into(),
+                crm_id: 8,
+            },
+            Action::Skip {
+                provider_id: "people/c3".into(),
+                reason: SkipReason::NoName,
+            },
+            Action::Update {
+                provider_id: "people/c4".into(),
+                crm_id: 3,
+                changed: vec!["emails"],
+            },
+        ];
+        let names = [("people/c1".to_string(), "Ann Lee".to_string())].into();
+        let mut v = crate::api::ops::summarise(&actions, &names, 1);
+        assert_eq!(v["counts"]["create"], 2);
+        assert_eq!(v["counts"]["delete"], 0);
+        assert_eq!(v["skipped"]["no_name"], 1);
+        assert_eq!(v["examples"]["create"].as_array().unwrap().len(), 1);
+        v["account"] = serde_json::json!("acc");
+        v["changes"] = serde_json::json!(4);
+        v["full"] = serde_json::json!(true);
+        let text = preview_text(&v);
+        assert!(text.contains("create:    2"), "{text}");
+        assert!(text.contains("people/c1 (Ann Lee) -> CRM #7"), "{text}");
+        assert!(!text.contains("people/c2"), "limit 1: {text}");
+        assert!(text.contains("no_name: 1"), "{text}");
+        assert!(text.contains("people/c4 -> CRM #3 [emails]"), "{text}");
+        assert!(text.contains("full listing"), "{text}");
+    }
+
+    #[test]
+    fn status_table_lists_breakdowns() {
+        let a = serde_json::json!({
+            "id": "acc", "provider": "google", "group": "all", "direction": "one-way",
+            "state": "idle", "last_sync": null, "last_error": "boom",
+            "today": {"added": {"to_crm": 3, "to_provider": 1}, "updated": {"in_crm": 2, "in_provider": 0},
+                      "deleted": {"from_provider": 4}, "skipped": {"no_name": 2, "too_many_phones": 0}}
+        });
+        let t = status_table(&[a]);
+        assert!(t.contains("3/1") && t.contains("2/0"), "{t}");
+        assert!(
+            t.contains("skipped: no_name=2") && !t.contains("too_many_phones="),
+            "{t}"
+        );
+        assert!(t.contains("last error: boom"), "{t}");
     }
 }

@@ -28,27 +28,57 @@ pub fn render(st: &ApiState) -> String {
             .map(|r| format!("{}: {}", r.as_str(), m.skipped.get(r).copied().unwrap_or(0)))
             .collect::<Vec<_>>()
             .join(", ");
+        let nonzero: Vec<String> = SkipReason::ALL
+            .iter()
+            .filter_map(|r| {
+                let n = m.skipped.get(r).copied().unwrap_or(0);
+                (n > 0).then(|| format!("{}: {n}", r.as_str()))
+            })
+            .collect();
+        let reasons = if nonzero.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<small class=\"reasons\">{}</small>",
+                esc(&nonzero.join(", "))
+            )
+        };
+        let connect = match a.status.state {
+            AccountState::NotConnected | AccountState::ReauthRequired => format!(
+                " <a class=\"connect\" href=\"/oauth/{prov}/start?account={id}\">{label}</a>",
+                prov = a.config.provider.as_str(),
+                id = url::form_urlencoded::byte_serialize(a.config.id.as_bytes())
+                    .collect::<String>(),
+                label = if a.status.state == AccountState::NotConnected {
+                    "Add account"
+                } else {
+                    "Reconnect"
+                },
+            ),
+            _ => String::new(),
+        };
         let progress = match (&a.status.progress, a.status.state) {
             (Some(p), AccountState::Syncing) => {
-                let pct = p
-                    .total
-                    .filter(|t| *t > 0)
-                    .map(|t| (p.contacts * 100 / t).min(100))
-                    .unwrap_or(0);
-                format!(
-                    "<progress max=\"100\" value=\"{pct}\" title=\"{} contacts, {} pages\"></progress>",
-                    p.contacts, p.pages
-                )
+                let fetched = format!("{} contacts, {} pages fetched", p.contacts, p.pages);
+                match p.total.filter(|t| *t > 0) {
+                    Some(t) => format!(
+                        "<progress max=\"100\" value=\"{}\" title=\"{fetched} of about {t}\"></progress>",
+                        (p.contacts * 100 / t).min(100)
+                    ),
+                    // No announced total (Graph): an indeterminate bar.
+                    None => format!("<progress title=\"{fetched}\"></progress>"),
+                }
             }
+            (None, AccountState::Syncing) => "<progress title=\"starting\"></progress>".into(),
             _ => String::new(),
         };
         rows.push_str(&format!(
             "<tr data-account=\"{id}\"><td>{id}</td><td>{prov}</td><td>{group}</td><td>{dir}</td>\
-             <td class=\"state {state}\">{state}{progress}</td><td>{last}</td>\
+             <td class=\"state {state}\">{state}{connect}{progress}</td><td>{last}</td>\
              <td class=\"metric added\" title=\"Created in the CRM from the provider: {a_crm}&#10;Created in the provider from the CRM: {a_prov}\">{added}</td>\
              <td class=\"metric updated\" title=\"Updated in the CRM: {u_crm}&#10;Updated in the provider: {u_prov}\">{updated}</td>\
-             <td class=\"metric deleted\" title=\"Deleted because {id} deleted them: {d}\">{d}</td>\
-             <td class=\"metric skipped\" title=\"{sk_detail}\">{skipped}</td><td class=\"error\">{err}</td></tr>\n",
+             <td class=\"metric deleted\" title=\"Deleted in the CRM because {prov} account {id} deleted them: {d}\">{d}</td>\
+             <td class=\"metric skipped\" title=\"{sk_detail}\">{skipped}{reasons}</td><td class=\"error\">{err}</td></tr>\n",
             id = esc(&a.config.id),
             prov = a.config.provider.as_str(),
             group = a.config.group.as_str(),
@@ -98,6 +128,9 @@ table {{ border-collapse: collapse; }} td, th {{ padding: .4em .8em; border-bott
 .state.idle {{ color: #176f2c; }} .state.error, .state.reauth_required, .state.limit_exceeded, .state.deletion_held {{ color: #b00020; }}
 .notice {{ background: #fff3cd; border: 1px solid #e0c36c; padding: .6em; }}
 .error {{ color: #b00020; max-width: 30em; }}
+.reasons {{ display: block; font-weight: normal; color: #555; }}
+progress {{ display: block; width: 8em; }}
+a.connect {{ margin-left: .5em; }}
 </style></head><body>
 <h1>contact-sync</h1>
 {notice}

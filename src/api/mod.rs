@@ -4,6 +4,7 @@
 
 pub mod dashboard;
 pub mod metrics;
+pub mod ops;
 
 use std::sync::Arc;
 
@@ -520,6 +521,8 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics::metrics))
             .route("/", web::get().to(dashboard::page))
+            .route("/oauth/{provider}/start", web::get().to(ops::start))
+            .route("/oauth/{provider}/callback", web::get().to(ops::callback))
             .service(
                 web::scope("/api/v1")
                     .wrap_fn(move |req, srv| {
@@ -552,6 +555,8 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/accounts/{id}", web::get().to(get_account))
                     .route("/accounts/{id}/grant", web::put().to(put_grant))
                     .route("/accounts/{id}/grant", web::delete().to(delete_grant))
+                    .route("/accounts/{id}/preview", web::post().to(ops::preview))
+                    .route("/accounts/{id}/revoke", web::post().to(ops::revoke))
                     .route("/sync", web::post().to(sync_now)),
             );
     }

@@ -1,0 +1,446 @@
+//! Operator routes: the dry run (`POST /api/v1/accounts/{id}/preview`), revocation before
+//! `disconnect` (`POST /api/v1/accounts/{id}/revoke`), and the dashboard's "Add account"
+//! flow (`GET /oauth/{provider}/start` and `GET /oauth/{provider}/callback`).
+//!
+//! The two `/oauth` routes are outside `/api` because a browser cannot send the bearer
+//! token. `start` only ever redirects to the provider for an account declared in the
+//! configuration; the callback needs the `state` nonce `start` made (single use, 10
+//! minutes), and the same browser: `start` sets the nonce in an HttpOnly, SameSite=Lax
+//! cookie that the callback compares. A grant stored by the callback is the grant of the
+//! person who consented at the provider.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, ApiState};
+use crate::actors::matcher::PreviewChunk;
+use crate::actors::supervisor::RestartAccount;
+use crate::config::ProviderKind;
+use crate::model::{Change, SkipReason};
+use crate::providers::ProviderError;
+use crate::sync::{Action, PlanContext};
+
+#[derive(Deserialize)]
+pub struct PreviewQuery {
+    limit: Option<usize>,
+}
+
+fn not_configured(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("Account {id} is not configured."),
+    )
+}
+
+fn provider_error(e: ProviderError) -> ApiError {
+    let status = match e {
+        ProviderError::NotConnected(_) | ProviderError::ReauthRequired(_) => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, e.to_string())
+}
+
+/// The kind of an action, as `preview` counts it.
+pub fn action_kind(a: &Action) -> &'static str {
+    match a {
+        Action::Create { .. } => "create",
+        Action::Link { .. } => "link",
+        Action::Update { .. } => "update",
+        Action::Unchanged { .. } => "unchanged",
+        Action::Delete { .. } => "delete",
+        Action::Unlink { .. } => "unlink",
+        Action::Skip { .. } => "skip",
+        Action::Ignore { .. } => "ignore",
+        Action::Push { .. } => "push",
+    }
+}
+
+/// The kinds, in the order `preview` prints them.
+pub const KINDS: [&str; 9] = [
+    "create",
+    "link",
+    "update",
+    "unchanged",
+    "delete",
+    "unlink",
+    "skip",
+    "ignore",
+    "push",
+];
+
+fn action_json(a: &Action, names: &HashMap<String, String>) -> serde_json::Value {
+    let (pid, crm, fields, reason) = match a {
+        Action::Create {
+            provider_id,
+            crm_id,
+        }
+        | Action::Unchanged {
+            provider_id,
+            crm_id,
+        }
+        | Action::Delete {
+            provider_id,
+            crm_id,
+        }
+        | Action::Unlink {
+            provider_id,
+            crm_id,
+        } => (provider_id, Some(*crm_id), vec![], None),
+        Action::Link {
+            provider_id,
+            crm_id,
+            changed,
+            ..
+        }
+        | Action::Update {
+            provider_id,
+            crm_id,
+            changed,
+        } => (provider_id, Some(*crm_id), changed.clone(), None),
+        Action::Push {
+            provider_id,
+            crm_id,
+            fields,
+        } => (provider_id, Some(*crm_id), fields.clone(), None),
+        Action::Skip {
+            provider_id,
+            reason,
+        } => (provider_id, None, vec![], Some(reason.as_str())),
+        Action::Ignore { provider_id } => (provider_id, None, vec![], None),
+    };
+    json!({
+        "provider_id": pid,
+        "crm_id": crm,
+        "name": names.get(pid),
+        "fields": fields,
+        "reason": reason,
+    })
+}
+
+/// Summarises planned actions: counts per kind, skips per reason, the first `limit` of each.
+pub fn summarise(
+    actions: &[Action],
+    names: &HashMap<String, String>,
+    limit: usize,
+) -> serde_json::Value {
+    let mut counts: BTreeMap<&str, u64> = KINDS.iter().map(|k| (*k, 0)).collect();
+    let mut skipped: BTreeMap<&str, u64> =
+        SkipReason::ALL.iter().map(|r| (r.as_str(), 0)).collect();
+    let mut examples: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+    for a in actions {
+        let k = action_kind(a);
+        *counts.entry(k).or_default() += 1;
+        if let Action::Skip { reason, .. } = a {
+            *skipped.entry(reason.as_str()).or_default() += 1;
+        }
+        let list = examples.entry(k).or_default();
+        if list.len() < limit {
+            list.push(action_json(a, names));
+        }
+    }
+    json!({ "counts": counts, "skipped": skipped, "examples": examples })
+}
+
+/// `POST /api/v1/accounts/{id}/preview?limit=N`: fetches a round from the provider from the
+/// stored cursor and plans it, writing nothing (no cursor, no CRM change, no metrics).
+pub async fn preview(
+    st: web::Data<ApiState>,
+    id: web::Path<String>,
+    q: web::Query<PreviewQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let config = st.rt.config();
+    let cfg = config
+        .account(&id)
+        .cloned()
+        .ok_or_else(|| not_configured(&id))?;
+    let sealer = st.sealer.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The token key is not available.",
+        )
+    })?;
+    let provider =
+        crate::providers::build::factory(sealer)(&st.rt, &cfg).map_err(provider_error)?;
+    let cursor = st.rt.db.cursor(&cfg.id)?;
+    let progress: crate::providers::ProgressFn = Box::new(|_| {});
+    let round = provider
+        .fetch_round(cursor.as_deref(), &progress)
+        .await
+        .map_err(provider_error)?;
+    let mut changes = round.changes;
+    // As a real round does: a complete listing, or a vanished scope, reveals deletions.
+    if !round.complete_scopes.is_empty() || !round.gone_scopes.is_empty() {
+        let seen: HashSet<String> = changes
+            .iter()
+            .map(|c| c.provider_id().to_string())
+            .collect();
+        for (pid, link) in st.rt.db.links_of(&cfg.id)? {
+            let missing = round.complete_scopes.contains(&link.scope) && !seen.contains(&pid);
+            if missing || round.gone_scopes.contains(&link.scope) {
+                changes.push(Change::Deleted { provider_id: pid });
+            }
+        }
+    }
+    let names: HashMap<String, String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(pc) => Some((
+                pc.provider_id.clone(),
+                format!("{} {}", pc.fields.first_name, pc.fields.last_name)
+                    .trim()
+                    .to_string(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let projected = crate::sync::projected_links(&st.rt.db, &cfg.id, &changes)?;
+    let limit = config.daemon.contact_limit;
+    let n = changes.len();
+    let ctx = PlanContext {
+        account: cfg.id.clone(),
+        provider: cfg.provider.clone(),
+        direction: cfg.direction,
+        audit_values: false,
+        now: Utc::now(),
+        two_way: crate::actors::account::two_way_accounts(&config),
+    };
+    let actions = st
+        .matcher
+        .send(PreviewChunk { ctx, changes })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "The matcher is gone."))?
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let mut out = summarise(&actions, &names, q.limit.unwrap_or(10).min(1000));
+    out["account"] = json!(cfg.id);
+    out["direction"] = json!(cfg.direction.as_str());
+    out["full"] = json!(round.full || cursor.is_none());
+    out["changes"] = json!(n);
+    out["projected_links"] = json!(projected);
+    out["contact_limit"] = json!(limit);
+    out["over_limit"] = json!(projected as u64 > limit);
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// `POST /api/v1/accounts/{id}/revoke`: revokes the stored grant at the provider where it
+/// can be (Google); `disconnect` then forgets it with `DELETE .../grant`.
+pub async fn revoke(
+    st: web::Data<ApiState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let config = st.rt.config();
+    let cfg = config
+        .account(&id)
+        .cloned()
+        .ok_or_else(|| not_configured(&id))?;
+    let Some(sealed) = st.rt.db.grant(&id)? else {
+        return Ok(HttpResponse::Ok().json(json!({"result": "no grant was stored"})));
+    };
+    let result = match st.sealer.as_ref().map(|s| s.open(&sealed)) {
+        Some(Ok(token)) => match crate::ops::revoke_grant(&config, &cfg, &token).await {
+            Ok(r) => r.to_string(),
+            Err(e) => format!("not revoked ({e})"),
+        },
+        Some(Err(e)) => format!("not revoked ({e})"),
+        None => "not revoked (the token key is not available)".to_string(),
+    };
+    tracing::info!(account = %id, result = %result, "Grant revocation requested.");
+    Ok(HttpResponse::Ok().json(json!({ "result": result })))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn page(status: StatusCode, title: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>contact-sync: {t}</title></head>\
+             <body style=\"font: 14px system-ui, sans-serif; margin: 2em\"><h1>{t}</h1><p class=\"result\">{m}</p>\
+             <p><a href=\"/\">Back to the dashboard</a></p></body></html>",
+            t = esc(title),
+            m = esc(message)
+        ))
+}
+
+/// Name of the cookie that binds a callback to the browser that started the flow.
+pub const STATE_COOKIE: &str = "contact_sync_oauth";
+
+fn provider_of(name: &str) -> Option<ProviderKind> {
+    match name {
+        "google" => Some(ProviderKind::Google),
+        "outlook" => Some(ProviderKind::Outlook),
+        _ => None,
+    }
+}
+
+fn callback_uri(st: &ApiState, provider: &str) -> String {
+    let listen = st.rt.config().daemon.listen;
+    let host = if listen.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
+    };
+    format!("http://{host}/oauth/{provider}/callback")
+}
+
+/// The value of a cookie of the request (actix-web's cookie feature is not built in).
+fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+#[derive(Deserialize)]
+pub struct StartQuery {
+    account: String,
+}
+
+/// `GET /oauth/{provider}/start?account=ID`: redirects to the provider's consent page.
+pub async fn start(
+    st: web::Data<ApiState>,
+    provider: web::Path<String>,
+    q: web::Query<StartQuery>,
+) -> HttpResponse {
+    let config = st.rt.config();
+    let Some(acc) = config.account(&q.account).cloned() else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Unknown account",
+            &format!(
+                "Account {} is not declared in the configuration; add an [[accounts]] entry first.",
+                q.account
+            ),
+        );
+    };
+    if provider_of(&provider) != Some(acc.provider.clone()) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Wrong provider",
+            &format!("Account {} is a {} account.", acc.id, acc.provider.as_str()),
+        );
+    }
+    let pending = crate::oauth_flow::endpoints(&config, &acc)
+        .and_then(|ep| crate::oauth_flow::begin(&ep, &callback_uri(&st, &provider)));
+    match pending {
+        Ok(p) => {
+            let url = p.url.clone();
+            let state = crate::oauth_flow::remember(&acc.id, p);
+            tracing::info!(account = %acc.id, "Authorization started from the dashboard.");
+            HttpResponse::Found()
+                .insert_header(("Location", url))
+                .insert_header(("Cache-Control", "no-store"))
+                .insert_header((
+                    "Set-Cookie",
+                    format!(
+                        "{STATE_COOKIE}={state}; Path=/oauth; Max-Age=600; HttpOnly; SameSite=Lax"
+                    ),
+                ))
+                .finish()
+        }
+        Err(e) => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Cannot start the authorization",
+            &e,
+        ),
+    }
+}
+
+/// `GET /oauth/{provider}/callback`: checks `state`, exchanges the code, stores the sealed
+/// grant and restarts the account.
+pub async fn callback(
+    st: web::Data<ApiState>,
+    provider: web::Path<String>,
+    req: HttpRequest,
+) -> HttpResponse {
+    let q: HashMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect();
+    let state = q.get("state").cloned().unwrap_or_default();
+    let Some(pending) = crate::oauth_flow::take(&state) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            "Unknown or expired authorization request (the state parameter does not match one this daemon started in the last 10 minutes). Start again from the dashboard.",
+        );
+    };
+    let cookie = cookie_value(&req, STATE_COOKIE);
+    if cookie.as_deref() != Some(state.as_str()) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            "This authorization was started in another browser. Start again from the dashboard.",
+        );
+    }
+    let account = pending.account.clone();
+    let config = st.rt.config();
+    let Some(acc) = config.account(&account).cloned() else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Authorization failed",
+            &format!("Account {account} is no longer in the configuration."),
+        );
+    };
+    if provider_of(&provider) != Some(acc.provider.clone()) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            "Wrong provider.",
+        );
+    }
+    let code = match crate::oauth_flow::callback_code(&q, &state) {
+        Ok(c) => c,
+        Err(e) => return page(StatusCode::BAD_REQUEST, "Authorization failed", &e),
+    };
+    let token = match crate::oauth_flow::endpoints(&config, &acc) {
+        Ok(ep) => crate::oauth_flow::finish(&ep, pending.pending, &code).await,
+        Err(e) => Err(e),
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(account = %account, error = %e, "Authorization from the dashboard failed.");
+            return page(StatusCode::BAD_GATEWAY, "Authorization failed", &e);
+        }
+    };
+    let Some(sealer) = st.sealer.as_ref() else {
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Authorization failed",
+            "The token key is not available.",
+        );
+    };
+    let mut b = crate::store::Batch::default();
+    b.push(crate::store::Op::PutGrant {
+        account: account.clone(),
+        sealed: sealer.seal(&token),
+    });
+    if let Err(e) = st.rt.db.commit_durable(&b) {
+        tracing::error!(account = %account, error = %e, "Cannot store the grant.");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Authorization failed",
+            &format!("Cannot store the grant: {e}"),
+        );
+    }
+    st.supervisor.do_send(RestartAccount(account.clone()));
+    tracing::info!(account = %account, "Refresh token stored from the dashboard; account restarting.");
+    page(
+        StatusCode::OK,
+        "Account connected",
+        &format!("{account} is connected; its first sync starts now."),
+    )
+}
