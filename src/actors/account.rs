@@ -275,6 +275,32 @@ impl Handler<Poll> for AccountActor {
     }
 }
 
+/// Adds the deletions a round reveals without naming them: links of the account in a
+/// completely listed scope that the listing did not mention, and every link in a scope the
+/// provider says is gone.
+pub fn with_listing_deletions(
+    db: &crate::store::Db,
+    account: &str,
+    mut changes: Vec<Change>,
+    complete_scopes: &[String],
+    gone_scopes: &[String],
+) -> Result<Vec<Change>, StoreError> {
+    if complete_scopes.is_empty() && gone_scopes.is_empty() {
+        return Ok(changes);
+    }
+    let seen: HashSet<String> = changes
+        .iter()
+        .map(|c| c.provider_id().to_string())
+        .collect();
+    for (pid, link) in db.links_of(account)? {
+        let missing = complete_scopes.contains(&link.scope) && !seen.contains(&pid);
+        if missing || gone_scopes.contains(&link.scope) {
+            changes.push(Change::Deleted { provider_id: pid });
+        }
+    }
+    Ok(changes)
+}
+
 /// The `meta` key recording an operator's approval of an account's held deletions.
 pub fn approval_key(account: &str) -> String {
     format!("approve:{account}")
@@ -310,21 +336,13 @@ async fn run_round(
         .fetch_round(cursor.as_deref(), &progress)
         .await
         .map_err(RoundError::Provider)?;
-    let mut changes = round.changes;
-
-    // A complete listing of a scope, or a vanished scope, reveals deletions.
-    if !round.complete_scopes.is_empty() || !round.gone_scopes.is_empty() {
-        let seen: HashSet<String> = changes
-            .iter()
-            .map(|c| c.provider_id().to_string())
-            .collect();
-        for (pid, link) in rt.db.links_of(&cfg.id)? {
-            let missing = round.complete_scopes.contains(&link.scope) && !seen.contains(&pid);
-            if missing || round.gone_scopes.contains(&link.scope) {
-                changes.push(Change::Deleted { provider_id: pid });
-            }
-        }
-    }
+    let changes = with_listing_deletions(
+        &rt.db,
+        &cfg.id,
+        round.changes,
+        &round.complete_scopes,
+        &round.gone_scopes,
+    )?;
 
     // Deletion guard: a round that would delete a large share of the account's contacts at
     // once is held until an operator approves it.

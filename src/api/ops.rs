@@ -9,7 +9,7 @@
 //! cookie that the callback compares. A grant stored by the callback is the grant of the
 //! person who consented at the provider.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -172,20 +172,14 @@ pub async fn preview(
         .fetch_round(cursor.as_deref(), &progress)
         .await
         .map_err(provider_error)?;
-    let mut changes = round.changes;
     // As a real round does: a complete listing, or a vanished scope, reveals deletions.
-    if !round.complete_scopes.is_empty() || !round.gone_scopes.is_empty() {
-        let seen: HashSet<String> = changes
-            .iter()
-            .map(|c| c.provider_id().to_string())
-            .collect();
-        for (pid, link) in st.rt.db.links_of(&cfg.id)? {
-            let missing = round.complete_scopes.contains(&link.scope) && !seen.contains(&pid);
-            if missing || round.gone_scopes.contains(&link.scope) {
-                changes.push(Change::Deleted { provider_id: pid });
-            }
-        }
-    }
+    let changes = crate::actors::account::with_listing_deletions(
+        &st.rt.db,
+        &cfg.id,
+        round.changes,
+        &round.complete_scopes,
+        &round.gone_scopes,
+    )?;
     let names: HashMap<String, String> = changes
         .iter()
         .filter_map(|c| match c {
