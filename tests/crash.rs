@@ -1,5 +1,8 @@
 //! Crash safety (SPEC §8): SIGKILL the daemon at random moments of an initial sync, restart
 //! it, and find exactly the contacts, links and metric counts of an uninterrupted run.
+//!
+//! The CI sizes are small; `scripts/reliability.sh` runs the same tests at scale through
+//! `CRASH_CONTACTS`, `CRASH_KILLS`, `CRASH_WINDOW_MS`, `CRASH_PUSH` and `CRASH_PUSH_KILLS`.
 
 mod common;
 
@@ -9,10 +12,22 @@ use common::*;
 use contact_sync::sim::{FaultConfig, Provider, SeedUser};
 use rand::{Rng, SeedableRng};
 
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::test]
 async fn sigkill_during_initial_sync_loses_nothing_and_duplicates_nothing() {
     const USER: &str = "crash@example.com";
-    let sim = start_sim(vec![SeedUser::new(USER, 1500, 41)], vec![]).await;
+    let (contacts_n, kills_n, window) = (
+        env("CRASH_CONTACTS", 1500),
+        env("CRASH_KILLS", 8),
+        env("CRASH_WINDOW_MS", 400),
+    );
+    let sim = start_sim(vec![SeedUser::new(USER, contacts_n as usize, 41)], vec![]).await;
     let (eligible, skipped) = expected(&google_changes(&sim, USER));
     // A little latency so that kills land in fetching as well as in committing.
     sim.set_faults(
@@ -36,16 +51,21 @@ async fn sigkill_during_initial_sync_loses_nothing_and_duplicates_nothing() {
         .await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut kills = 0;
-    for _ in 0..8 {
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..400))).await;
+    let mut after_done = 0;
+    for _ in 0..kills_n {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(20..window.max(21)))).await;
         let done = d.account("g").await["last_sync"].is_string();
         d.kill().await;
         kills += 1;
         d.start().await;
         if done {
-            break;
+            after_done += 1;
+            if after_done > 1 {
+                break;
+            }
         }
     }
+    eprintln!("initial sync of {contacts_n}: {kills} kills");
     assert!(kills >= 1);
     let a = d.wait_synced("g", None).await;
     let contacts = d.contacts().await;
@@ -96,6 +116,7 @@ async fn sigkill_during_two_way_push_pushes_each_contact_exactly_once() {
     d.wait_synced("g", None).await;
     // Slow provider: kills land while batches are in flight (the simulator still applies
     // a request whose client died, as a real server would).
+    let (push_n, push_kills) = (env("CRASH_PUSH", 300), env("CRASH_PUSH_KILLS", 6));
     sim.set_faults(
         Provider::Google,
         FaultConfig {
@@ -103,14 +124,14 @@ async fn sigkill_during_two_way_push_pushes_each_contact_exactly_once() {
             ..Default::default()
         },
     );
-    for i in 0..300 {
+    for i in 0..push_n {
         let (s, v) = d
             .api(reqwest::Method::POST, "/api/v1/contacts", Some(serde_json::json!({"first_name": format!("Push{i}"), "last_name": "Once", "emails": [format!("push{i}@example.org")]})))
             .await;
         assert_eq!(s, 201, "{v}");
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-    for _ in 0..6 {
+    for _ in 0..push_kills {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(50..700))).await;
         d.kill().await;
         d.start().await;
@@ -135,13 +156,14 @@ async fn sigkill_during_two_way_push_pushes_each_contact_exactly_once() {
         .iter()
         .filter(|p| p["person"]["names"][0]["familyName"] == "Once")
         .count();
-    assert_eq!(pushed, 300, "each CRM contact exactly once in the provider");
+    let n = push_n as usize;
+    assert_eq!(pushed, n, "each CRM contact exactly once in the provider");
     let contacts = d.contacts().await;
-    assert_eq!(contacts.len(), 300, "no contact came back as a duplicate");
-    assert_eq!(check_no_duplicates(&contacts, "g").len(), 300);
+    assert_eq!(contacts.len(), n, "no contact came back as a duplicate");
+    assert_eq!(check_no_duplicates(&contacts, "g").len(), n);
     assert_eq!(
         today(&a, &["added", "to_provider"]),
-        300,
+        push_n,
         "counted once each"
     );
     assert_eq!(today(&a, &["added", "to_crm"]), 0);
@@ -150,5 +172,7 @@ async fn sigkill_during_two_way_push_pushes_each_contact_exactly_once() {
         .iter()
         .filter(|l| l["reason"] == "creation confirmed by the provider's listing")
         .count();
-    eprintln!("creations adopted after a kill: {adopted}");
+    eprintln!(
+        "two-way push of {push_n}: {push_kills} kills, creations adopted after a kill: {adopted}"
+    );
 }
