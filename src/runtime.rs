@@ -136,5 +136,56 @@ impl Runtime {
 
 /// The date, in `tz`, as `YYYY-MM-DD`.
 pub fn today_in(tz: chrono_tz::Tz) -> String {
-    Utc::now().with_timezone(&tz).format("%Y-%m-%d").to_string()
+    day_of(Utc::now(), tz)
+}
+
+/// The metrics day an instant belongs to: the calendar date in `tz` (SPEC §6).
+pub fn day_of(t: DateTime<Utc>, tz: chrono_tz::Tz) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DayMetrics;
+    use crate::store::{Batch, Op};
+    use chrono::TimeZone;
+
+    #[test]
+    fn metrics_day_boundary_is_midnight_in_the_configured_timezone() {
+        let late = Utc.with_ymd_and_hms(2026, 3, 1, 23, 30, 0).unwrap();
+        assert_eq!(day_of(late, chrono_tz::UTC), "2026-03-01");
+        assert_eq!(day_of(late, chrono_tz::Europe::Berlin), "2026-03-02");
+        assert_eq!(day_of(late, chrono_tz::America::New_York), "2026-03-01");
+        let early = Utc.with_ymd_and_hms(2026, 3, 2, 3, 0, 0).unwrap();
+        assert_eq!(day_of(early, chrono_tz::America::Los_Angeles), "2026-03-01");
+        // Daylight saving: 22:30 UTC on the last Sunday of March is already the next day
+        // in Berlin (UTC+2 from 01:00 UTC that day).
+        let dst = Utc.with_ymd_and_hms(2026, 3, 29, 22, 30, 0).unwrap();
+        assert_eq!(day_of(dst, chrono_tz::Europe::Berlin), "2026-03-30");
+    }
+
+    #[test]
+    fn metrics_restart_at_the_day_boundary() {
+        let db = Db::in_memory(phonenumber::country::Id::US);
+        let delta = DayMetrics {
+            added_to_crm: 3,
+            ..Default::default()
+        };
+        let tz = chrono_tz::Europe::Berlin;
+        let before = Utc.with_ymd_and_hms(2026, 3, 1, 22, 59, 0).unwrap();
+        let after = Utc.with_ymd_and_hms(2026, 3, 1, 23, 1, 0).unwrap();
+        for t in [before, after] {
+            db.commit(&Batch {
+                ops: vec![Op::AddMetrics {
+                    account: "g".into(),
+                    day: day_of(t, tz),
+                    delta: delta.clone(),
+                }],
+            })
+            .unwrap();
+        }
+        assert_eq!(db.metrics("g", "2026-03-01").unwrap().added_to_crm, 3);
+        assert_eq!(db.metrics("g", "2026-03-02").unwrap().added_to_crm, 3);
+    }
 }

@@ -329,7 +329,9 @@ async fn run_round(
     let progress_rt = rt.clone();
     let progress_id = cfg.id.clone();
     let progress: crate::providers::ProgressFn = Box::new(move |p: Progress| {
-        tracing::debug!(account = %progress_id, pages = p.pages, contacts = p.contacts, total = ?p.total, "Fetching.");
+        if p.pages % 5 == 1 {
+            tracing::info!(account = %progress_id, pages = p.pages, contacts = p.contacts, total = ?p.total, "Fetching.");
+        }
         progress_rt.set_progress(&progress_id, p);
     });
     let round = provider
