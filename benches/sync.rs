@@ -36,6 +36,7 @@ use contact_sync::providers::ProgressFn;
 use contact_sync::sim::{Provider, SeedUser, Sim, SimOptions};
 use contact_sync::store::{Batch, Db, Op};
 use contact_sync::sync::{self, Action, PlanContext};
+use futures_util::StreamExt as _;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
@@ -758,8 +759,19 @@ fn put_requests(s: &mut Sample, prefix: &str, c: (usize, usize, usize, usize)) {
     s.put(&format!("{prefix}requests, token"), c.3 as f64);
 }
 
+/// What fetching alone costs, with the daemon's client in this process.
+struct FetchOnly {
+    /// `fetch_round(None, ..)`.
+    round_s: f64,
+    listed: usize,
+    /// The photos the daemon's initial one-way sync asks for (eligible contacts with a
+    /// photo URL), 4 at a time as `actors::account::run_round` does.
+    photos_s: f64,
+    photos_asked: usize,
+}
+
 /// Fetches a full round alone with the daemon's client, in this process.
-async fn fetch_only(sim: &Sim, p: Provider, user: &str) -> Res<(f64, usize)> {
+async fn fetch_only(sim: &Sim, p: Provider, user: &str) -> Res<FetchOnly> {
     let refresh = sim.refresh_token(p, user).ok_or("no refresh token")?;
     let provider: Box<dyn contact_sync::providers::Provider> = match p {
         Provider::Google => {
@@ -801,7 +813,33 @@ async fn fetch_only(sim: &Sim, p: Provider, user: &str) -> Res<(f64, usize)> {
     let progress: ProgressFn = Box::new(|_| {});
     let t = Instant::now();
     let round = provider.fetch_round(None, &progress).await?;
-    Ok((t.elapsed().as_secs_f64(), round.changes.len()))
+    let round_s = t.elapsed().as_secs_f64();
+    let wanted: Vec<&ProviderContact> = round
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(pc)
+                if pc.photo_url.is_some() && sync::eligibility::check(&pc.fields).is_ok() =>
+            {
+                Some(pc)
+            }
+            _ => None,
+        })
+        .collect();
+    let photos_asked = wanted.len();
+    let t = Instant::now();
+    let provider = &provider;
+    let _: Vec<_> = futures_util::stream::iter(wanted)
+        .map(|pc| async move { provider.fetch_photo(pc).await })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    Ok(FetchOnly {
+        round_s,
+        listed: round.changes.len(),
+        photos_s: t.elapsed().as_secs_f64(),
+        photos_asked,
+    })
 }
 
 fn runtime() -> Res<tokio::runtime::Runtime> {
@@ -837,7 +875,8 @@ fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
         for r in 0..runs {
             let mut s = Sample::default();
             sim.clear_requests(p);
-            let (fetch_s, listed) = fetch_only(&sim, p, user).await?;
+            let f = fetch_only(&sim, p, user).await?;
+            let fetch_s = f.round_s;
             let fetch_requests = request_counts(&sim, p);
             sim.clear_requests(p);
             let acct = Acct {
@@ -858,12 +897,18 @@ fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
             );
             s.put("↳ of which boot to /healthz (s)", boot_s);
             s.put("fetch-only time, same client in-process (s)", fetch_s);
+            s.put(
+                "photo-fetch-only time, same client in-process (s)",
+                f.photos_s,
+            );
             s.put("daemon CPU time (s)", d.cpu());
             s.put("daemon peak RSS (MiB)", d.peak_rss_mb());
             s.put("daemon RSS after the sync (MiB)", d.rss_mb());
             put_requests(&mut s, "daemon ", request_counts(&sim, p));
-            s.put("fetch-only requests, all", fetch_requests.0 as f64);
-            s.put("contacts listed", listed as f64);
+            put_requests(&mut s, "fetch-only ", fetch_requests);
+            s.put("fetch + photos alone (s)", f.round_s + f.photos_s);
+            s.put("contacts listed", f.listed as f64);
+            s.put("photos asked for (fetch-only)", f.photos_asked as f64);
             let a = d
                 .api(reqwest::Method::GET, "/api/v1/accounts/acct")
                 .await?;
@@ -885,6 +930,11 @@ fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
                 "initial sync / fetch-only time",
                 "initial sync, daemon start to last_sync (s)",
                 "fetch-only time, same client in-process (s)",
+            )
+            .ratio(
+                "initial sync / (fetch-only + photo-fetch-only time)",
+                "initial sync, daemon start to last_sync (s)",
+                "fetch + photos alone (s)",
             )
             .ratio(
                 "daemon CPU / wall time",
