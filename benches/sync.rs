@@ -1073,6 +1073,12 @@ fn steady(incremental: bool, no_change: bool, runs: usize) -> Res<Vec<Summary>> 
             s.put("daemon CPU time in the round (s)", cpu);
             put_requests(&mut s, "", request_counts(sim, Provider::Google));
             s.put("CRM contacts updated", in_crm - in_crm0);
+            let t = Instant::now();
+            d.api(reqwest::Method::GET, "/api/v1/accounts/acct").await?;
+            s.put(
+                "one GET /api/v1/accounts/{id} after the round (ms)",
+                t.elapsed().as_secs_f64() * 1e3,
+            );
             s.put("daemon RSS after the round (MiB)", d.rss_mb());
             s.put("daemon peak RSS since start (MiB)", d.peak_rss_mb());
             Ok(s)
