@@ -26,7 +26,33 @@ pub fn email_key(s: &str) -> String {
 
 /// A phone number in E.164 when it parses for `region`, else its digits (keeping a leading
 /// `+`). `None` when there is no digit at all.
+///
+/// Parsing is the most expensive step of planning and the same numbers are keyed many
+/// times (cleaning, matching, indexing), so results are memoised per thread.
 pub fn phone_key(raw: &str, region: phonenumber::country::Id) -> Option<String> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static MEMO: RefCell<HashMap<(String, phonenumber::country::Id), Option<String>>> =
+            RefCell::new(HashMap::new());
+    }
+    const MEMO_MAX: usize = 200_000;
+    let key = (raw.to_string(), region);
+    if let Some(hit) = MEMO.with(|m| m.borrow().get(&key).cloned()) {
+        return hit;
+    }
+    let value = phone_key_uncached(raw, region);
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.len() >= MEMO_MAX {
+            m.clear();
+        }
+        m.insert(key, value.clone());
+    });
+    value
+}
+
+fn phone_key_uncached(raw: &str, region: phonenumber::country::Id) -> Option<String> {
     let raw = raw.trim();
     if raw.is_empty() {
         return None;

@@ -131,6 +131,8 @@ fn store_conformance(kv: Arc<dyn Store>) {
     );
     assert_eq!(db.link("g", "people/c1").unwrap().unwrap().contact_id, 10);
     assert_eq!(db.links_of("g").unwrap().len(), 1);
+    assert_eq!(db.link_count("g").unwrap(), 1);
+    assert_eq!(db.link_count("gx").unwrap(), 0);
     assert!(db.links_of("gx").unwrap().is_empty());
     assert_eq!(db.cursor("g").unwrap(), Some(b"tok".to_vec()));
     let m = db.metrics("g", "2026-01-01").unwrap();

@@ -410,10 +410,7 @@ impl Db {
     }
 
     pub fn link_count(&self, account: &str) -> Result<usize, StoreError> {
-        Ok(self
-            .kv
-            .scan_prefix(Tree::Links, &account_prefix(account))?
-            .len())
+        self.kv.count_prefix(Tree::Links, &account_prefix(account))
     }
 
     pub fn skip(&self, account: &str, provider_id: &str) -> Result<Option<SkipMark>, StoreError> {

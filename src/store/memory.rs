@@ -95,6 +95,15 @@ impl Store for MemoryStore {
         Ok(self.lock().get(&tree).map_or(0, |t| t.len()))
     }
 
+    fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, StoreError> {
+        let g = self.lock();
+        Ok(g.get(&tree).map_or(0, |t| {
+            t.range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .count()
+        }))
+    }
+
     fn transaction(&self, f: TxFn<'_>) -> Result<(), StoreError> {
         let mut g = self.lock();
         let writes = {

@@ -119,6 +119,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Entries, StoreError>;
     fn len(&self, tree: Tree) -> Result<usize, StoreError>;
+    /// How many keys start with `prefix`, without copying values out.
+    fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, StoreError>;
     /// Runs `f` atomically: all its writes land, or none.
     fn transaction(&self, f: TxFn<'_>) -> Result<(), StoreError>;
     /// A new unique id, increasing over the life of the store.

@@ -116,6 +116,15 @@ impl Store for SledStore {
         Ok(self.tree(tree).len())
     }
 
+    fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for r in self.tree(tree).scan_prefix(prefix).keys() {
+            r.map_err(io)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn transaction(&self, f: TxFn<'_>) -> Result<(), StoreError> {
         let res = self.trees.as_slice().transaction(|view| {
             CONFLICT.with(|c| c.set(false));
