@@ -422,6 +422,7 @@ fn child_plan_write() -> Res<Value> {
         direction: Direction::OneWay,
         audit_values: false,
         now: Utc::now(),
+        two_way: vec![],
     };
     let (mut created, mut linked, mut ops) = (0, 0, 0);
     let (mut plan_s, mut write_s) = (0.0, 0.0);
