@@ -180,8 +180,22 @@ pub fn today_json(m: &DayMetrics) -> serde_json::Value {
     })
 }
 
+/// An account's status. Its state and last error live in memory, so they are shown even
+/// while the store cannot be read (a full disk); the counts read from the store are then
+/// `null` and `store_error` says why.
 pub fn account_json(rt: &Runtime, a: &AccountRuntime) -> Result<serde_json::Value, StoreError> {
-    let today = rt.db.metrics(&a.config.id, &rt.today())?;
+    let counts = rt
+        .db
+        .metrics(&a.config.id, &rt.today())
+        .and_then(|m| Ok((m, rt.db.link_count(&a.config.id)?)));
+    let (today, linked, store_error) = match counts {
+        Ok((m, n)) => (today_json(&m), json!(n), None),
+        Err(e) => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            Some(e.to_string()),
+        ),
+    };
     Ok(json!({
         "id": a.config.id,
         "provider": a.config.provider.as_str(),
@@ -194,8 +208,9 @@ pub fn account_json(rt: &Runtime, a: &AccountRuntime) -> Result<serde_json::Valu
         "progress": a.status.progress,
         "errors": a.errors,
         "consecutive_errors": a.consecutive_errors,
-        "linked": rt.db.link_count(&a.config.id)?,
-        "today": today_json(&today),
+        "linked": linked,
+        "today": today,
+        "store_error": store_error,
     }))
 }
 
