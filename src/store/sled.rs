@@ -2,6 +2,7 @@
 //! `Transactional` impl for a slice of trees.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ pub struct SledStore {
     inner: RwLock<Option<Arc<Inner>>>,
     /// The I/O error that stopped the current instance, and when we last tried to reopen.
     broken: Mutex<Option<(StoreError, Option<Instant>)>>,
+    /// Whether `broken` is set: keeps the mutex off the path of a healthy store.
+    is_broken: AtomicBool,
 }
 
 struct Inner {
@@ -63,11 +66,17 @@ impl SledStore {
             dir: dir.to_path_buf(),
             inner: RwLock::new(Some(Arc::new(inner))),
             broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
         })
     }
 
     /// The live instance, reopening a stopped one when it is time to try again.
     fn inner(&self) -> Result<Arc<Inner>, StoreError> {
+        if !self.is_broken.load(Ordering::Acquire) {
+            if let Some(inner) = self.inner.read().unwrap_or_else(|p| p.into_inner()).clone() {
+                return Ok(inner);
+            }
+        }
         let mut broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((err, last)) = broken.as_mut() {
             if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
@@ -81,6 +90,7 @@ impl SledStore {
                 Ok(inner) => {
                     tracing::info!(dir = %self.dir.display(), "Store reopened after an I/O error.");
                     *broken = None;
+                    self.is_broken.store(false, Ordering::Release);
                     let inner = Arc::new(inner);
                     *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(inner.clone());
                     return Ok(inner);
@@ -106,6 +116,7 @@ impl SledStore {
             if broken.is_none() {
                 tracing::error!(error = %e, dir = %self.dir.display(), "Store I/O failed; it will be reopened from disk.");
                 *broken = Some((e.clone(), None));
+                self.is_broken.store(true, Ordering::Release);
             }
         }
         r
