@@ -357,7 +357,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
             path: None,
             line,
             key: key_at(text, e.span().map(|s| s.start)),
-            message: e.message().trim().to_string(),
+            // toml leaves the message empty for some errors (a control character).
+            message: match e.message().trim() {
+                "" => "invalid TOML syntax (an unexpected or control character)".to_string(),
+                m => m.to_string(),
+            },
         }
     })?;
     validate(&config).map_err(|(key, message)| ConfigError {
@@ -700,6 +704,13 @@ enabled = false
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("accounts[1].id"));
         assert_eq!(e.line, Some(21), "{e}");
+    }
+
+    #[test]
+    fn control_character_error_has_a_message_and_a_line() {
+        let e = parse("[daemon]\n#\u{0}\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.message.contains("invalid TOML syntax"), "{e}");
     }
 
     #[test]

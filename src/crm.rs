@@ -65,6 +65,14 @@ fn invalid(field: &str, message: impl Into<String>) -> EditError {
     }
 }
 
+fn too_many_emails() -> EditError {
+    invalid("emails", format!("at most {MAX_EMAILS} email addresses"))
+}
+
+fn too_many_phones() -> EditError {
+    invalid("phones", format!("at most {MAX_PHONES} phone numbers"))
+}
+
 fn text(field: &str, v: &str) -> Result<String, EditError> {
     if v.chars().count() > MAX_TEXT {
         return Err(invalid(field, format!("longer than {MAX_TEXT} characters")));
@@ -202,6 +210,7 @@ pub fn plan_edit(db: &Db, edit: CrmEdit, two_way: &[String]) -> Result<PlannedEd
     }
     if let Some(v) = input.emails {
         let mut out: Vec<String> = vec![];
+        let mut keys = std::collections::HashSet::new();
         for (i, e) in v.iter().enumerate() {
             let e = text(&format!("emails[{i}]"), e)?;
             if e.is_empty() {
@@ -213,17 +222,19 @@ pub fn plan_edit(db: &Db, edit: CrmEdit, two_way: &[String]) -> Result<PlannedEd
                     format!("{e:?} is not an email address"),
                 ));
             }
-            if !out
-                .iter()
-                .any(|x| normalize::email_key(x) == normalize::email_key(&e))
-            {
+            if keys.insert(normalize::email_key(&e)) {
                 out.push(e);
+            }
+            // Stop early: the work per request stays bounded however long the list.
+            if out.len() > MAX_EMAILS {
+                return Err(too_many_emails());
             }
         }
         c.emails = out;
     }
     if let Some(v) = input.phones {
         let mut out: Vec<String> = vec![];
+        let mut keys = std::collections::HashSet::new();
         for (i, p) in v.iter().enumerate() {
             let p = text(&format!("phones[{i}]"), p)?;
             if p.is_empty() {
@@ -235,11 +246,11 @@ pub fn plan_edit(db: &Db, edit: CrmEdit, two_way: &[String]) -> Result<PlannedEd
                     format!("{p:?} has no digits"),
                 ));
             };
-            if !out
-                .iter()
-                .any(|x| normalize::phone_key(x, db.region()).as_deref() == Some(&k))
-            {
+            if keys.insert(k) {
                 out.push(p);
+            }
+            if out.len() > MAX_PHONES {
+                return Err(too_many_phones());
             }
         }
         c.phones = out;
@@ -306,16 +317,10 @@ pub fn plan_edit(db: &Db, edit: CrmEdit, two_way: &[String]) -> Result<PlannedEd
         ));
     }
     if c.emails.len() > MAX_EMAILS {
-        return Err(invalid(
-            "emails",
-            format!("at most {MAX_EMAILS} email addresses"),
-        ));
+        return Err(too_many_emails());
     }
     if c.phones.len() > MAX_PHONES {
-        return Err(invalid(
-            "phones",
-            format!("at most {MAX_PHONES} phone numbers"),
-        ));
+        return Err(too_many_phones());
     }
     let created = c.id == 0;
     if created {

@@ -14,3 +14,6 @@ pub mod account;
 pub mod matcher;
 pub mod supervisor;
 pub mod writer;
+
+#[cfg(test)]
+mod storage_fault_tests;

@@ -194,8 +194,22 @@ fn outbox_json(rt: &Runtime, account: &str) -> Result<serde_json::Value, StoreEr
     }))
 }
 
+/// An account's status. Its state and last error live in memory, so they are shown even
+/// while the store cannot be read (a full disk); the counts read from the store are then
+/// `null` and `store_error` says why.
 pub fn account_json(rt: &Runtime, a: &AccountRuntime) -> Result<serde_json::Value, StoreError> {
-    let today = rt.db.metrics(&a.config.id, &rt.today())?;
+    let counts = rt
+        .db
+        .metrics(&a.config.id, &rt.today())
+        .and_then(|m| Ok((m, rt.db.link_count(&a.config.id)?)));
+    let (today, linked, store_error) = match counts {
+        Ok((m, n)) => (today_json(&m), json!(n), None),
+        Err(e) => (
+            serde_json::Value::Null,
+            serde_json::Value::Null,
+            Some(e.to_string()),
+        ),
+    };
     Ok(json!({
         "id": a.config.id,
         "provider": a.config.provider.as_str(),
@@ -208,9 +222,10 @@ pub fn account_json(rt: &Runtime, a: &AccountRuntime) -> Result<serde_json::Valu
         "progress": a.status.progress,
         "errors": a.errors,
         "consecutive_errors": a.consecutive_errors,
-        "linked": rt.db.link_count(&a.config.id)?,
-        "outbox": outbox_json(rt, &a.config.id)?,
-        "today": today_json(&today),
+        "linked": linked,
+        "outbox": outbox_json(rt, &a.config.id).unwrap_or(serde_json::Value::Null),
+        "today": today,
+        "store_error": store_error,
     }))
 }
 

@@ -23,9 +23,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::http::{retry_after, retryable_status, transport_error, RetryPolicy};
+use super::http::{read_capped, retry_after, retryable_status, transport_error, RetryPolicy};
 use super::oauth::TokenSource;
-use super::{Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_PHOTO_BYTES};
+use super::{
+    Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_ERROR_BYTES, MAX_FIELD_BYTES,
+    MAX_PAGE_BYTES, MAX_PHOTO_BYTES,
+};
 use crate::config::Group;
 use crate::model::{Address, Change, Fields, Progress, ProviderContact};
 
@@ -253,8 +256,10 @@ fn primary<T>(items: &[T], meta: impl Fn(&T) -> &Option<FieldMetadataJson>) -> O
     items.iter().find(|i| is_primary(meta(i))).or(items.first())
 }
 
+/// A trimmed, non-empty value; a value longer than [`MAX_FIELD_BYTES`] counts as absent.
 fn clean(s: &Option<String>) -> Option<String> {
     s.as_deref()
+        .filter(|s| s.len() <= MAX_FIELD_BYTES)
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
@@ -481,9 +486,16 @@ impl GoogleClient {
                         continue;
                     }
                     if status.is_success() {
-                        match resp.bytes().await {
-                            Err(e) => transport_error(&e),
-                            Ok(bytes) => match serde_json::from_slice::<T>(
+                        match read_capped(resp, MAX_PAGE_BYTES).await {
+                            Err(e) => e,
+                            // Not retried: the same request gets the same oversized answer.
+                            Ok(None) => {
+                                return Err(CallError::Provider(ProviderError::Transient(format!(
+                                    "Google sent an answer larger than {} MiB for {path}; it was not read.",
+                                    MAX_PAGE_BYTES / (1024 * 1024)
+                                ))))
+                            }
+                            Ok(Some(bytes)) => match serde_json::from_slice::<T>(
                                 if kind == CallKind::EmptyOk && bytes.trim_ascii().is_empty() {
                                     b"{}"
                                 } else {
@@ -515,7 +527,11 @@ impl GoogleClient {
                         wait = ra;
                         err
                     } else {
-                        let bytes = resp.bytes().await.unwrap_or_default();
+                        let bytes = read_capped(resp, MAX_ERROR_BYTES)
+                            .await
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default();
                         let error = serde_json::from_slice::<ErrorEnvelope>(&bytes)
                             .ok()
                             .and_then(|e| e.error)
@@ -2304,6 +2320,46 @@ mod tests {
         let reqs = srv.api_requests();
         assert_eq!(reqs.len(), 5);
         assert!(reqs[1..].iter().all(|r| r.q("pageToken") == Some("page-2")));
+    }
+
+    #[tokio::test]
+    async fn oversized_page_is_a_failed_fetch_and_is_not_read() {
+        let srv = serve(false, |_req: &Req| {
+            // Content-Length announces one byte over the cap; only a few bytes follow.
+            let mut r = Resp::raw(200, &vec![b' '; MAX_PAGE_BYTES + 1]);
+            r.cut = Some(16);
+            r
+        })
+        .await;
+        let gc = client_for(&srv, Group::All);
+        let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::Transient(m) if m.contains("larger than 64 MiB")),
+            "{err:?}"
+        );
+        // The same request would get the same answer: it is not retried inside the round.
+        assert_eq!(srv.api_requests().len(), 1);
+    }
+
+    #[test]
+    fn over_long_values_count_as_absent_and_the_limit_itself_is_kept() {
+        let long = "x".repeat(MAX_FIELD_BYTES + 1);
+        let at_limit = format!("{}@example.org", "a".repeat(MAX_FIELD_BYTES - 12));
+        assert_eq!(at_limit.len(), MAX_FIELD_BYTES);
+        let p = person(json!({
+            "resourceName": "people/c9",
+            "names": [{"givenName": long, "familyName": "Lovelace"}],
+            "emailAddresses": [{"value": format!("{long}@example.org")}, {"value": at_limit}],
+            "phoneNumbers": [{"value": long}],
+            "organizations": [{"name": long, "title": "Countess"}],
+        }));
+        let c = upsert(map_person(&p, Group::All));
+        assert_eq!(c.fields.first_name, "");
+        assert_eq!(c.fields.last_name, "Lovelace");
+        assert_eq!(c.fields.emails, vec![at_limit]);
+        assert!(c.fields.phones.is_empty());
+        assert_eq!(c.fields.organization, None);
+        assert_eq!(c.fields.job_title.as_deref(), Some("Countess"));
     }
 
     #[tokio::test]

@@ -99,6 +99,25 @@ fn without_url(e: &reqwest::Error) -> String {
     s
 }
 
+/// Reads a response body incrementally, `Ok(None)` as soon as it grows past `cap` bytes
+/// (the rest is not read), so a huge or endless body cannot exhaust memory.
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, ProviderError> {
+    if resp.content_length().is_some_and(|n| n > cap as u64) {
+        return Ok(None);
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
+        if buf.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Some(buf))
+}
+
 /// A client with the redirect policy OAuth needs and sane timeouts.
 pub fn client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()

@@ -126,6 +126,19 @@ pub type Jpeg = Vec<u8>;
 /// Largest photo we keep; larger ones are skipped.
 pub const MAX_PHOTO_BYTES: usize = 512 * 1024;
 
+/// Largest JSON answer (a listing page, a contact, a batch answer) a client reads; a larger
+/// one is a failed fetch. Google pages hold at most 1000 people, Graph pages 200 contacts:
+/// real pages are a few MiB at most.
+pub const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest error body read (only to classify the error).
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// Longest text value (a name, an email, a phone, an address line, a company, a title) read
+/// from a provider, in bytes. A longer value is treated as absent: it is never truncated,
+/// since a cut email or phone would be wrong data.
+pub const MAX_FIELD_BYTES: usize = 8 * 1024;
+
 /// Reports fetch progress to the account actor (pages and contacts so far).
 pub type ProgressFn = Box<dyn Fn(Progress) + Send + Sync>;
 

@@ -171,7 +171,7 @@ impl TokenSource {
                     });
                 }
                 Err(RequestTokenError::Request(e)) => {
-                    last = Some(format!("Token refresh failed: {e}."));
+                    last = Some(format!("Token refresh failed: {}.", with_causes(&e)));
                 }
                 Err(RequestTokenError::Parse(e, _)) => {
                     last = Some(format!("Token endpoint sent an unreadable answer: {e}."));
@@ -185,4 +185,20 @@ impl TokenSource {
             last.unwrap_or_else(|| "Token refresh failed.".into()),
         ))
     }
+}
+
+/// An error and its causes, `outer: inner: ...` (oauth2's own message alone is
+/// "client error", which says nothing of a cut-off or refused answer).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = c.source();
+    }
+    out
 }

@@ -36,9 +36,9 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::http::{retry_after, retryable_status, transport_error, RetryPolicy};
+use super::http::{read_capped, retry_after, retryable_status, transport_error, RetryPolicy};
 use super::oauth::TokenSource;
-use super::{Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_PHOTO_BYTES};
+use super::{Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_FIELD_BYTES, MAX_PHOTO_BYTES};
 use crate::model::{Address, Change, Fields, Progress, ProviderContact};
 
 /// The `Prefer` header sent on every request.
@@ -55,7 +55,7 @@ parentFolderId,changeKey";
 const FOLDER_SELECT: &str = "id,displayName,parentFolderId";
 
 /// Largest JSON response we read (a 200-contact page is far below this).
-const MAX_JSON_BYTES: usize = 64 * 1024 * 1024;
+const MAX_JSON_BYTES: usize = super::MAX_PAGE_BYTES;
 
 /// Graph's multi-value limits on write (reference §2.2).
 pub const MAX_EMAILS: usize = 3;
@@ -132,8 +132,10 @@ pub struct GraphContact {
     pub removed: Option<Value>,
 }
 
+/// A trimmed, non-empty value; a value longer than [`MAX_FIELD_BYTES`] counts as absent.
 fn clean(s: &Option<String>) -> Option<String> {
     s.as_deref()
+        .filter(|s| s.len() <= MAX_FIELD_BYTES)
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
@@ -145,12 +147,13 @@ fn clean_list(v: &Option<Vec<Option<String>>>) -> impl Iterator<Item = String> +
 
 fn to_address(a: &Option<GraphAddress>) -> Option<Address> {
     let a = a.as_ref()?;
+    let capped = |v: &Option<String>| v.clone().filter(|s| s.len() <= MAX_FIELD_BYTES);
     Address {
-        street: a.street.clone(),
-        city: a.city.clone(),
-        region: a.state.clone(),
-        postal_code: a.postal_code.clone(),
-        country: a.country_or_region.clone(),
+        street: capped(&a.street),
+        city: capped(&a.city),
+        region: capped(&a.state),
+        postal_code: capped(&a.postal_code),
+        country: capped(&a.country_or_region),
     }
     .non_empty()
 }
@@ -457,13 +460,62 @@ impl<'a> Call<'a> {
 
 /// One page of a delta or folder listing.
 #[derive(Debug, Deserialize)]
-struct Page {
+pub struct Page {
     #[serde(default)]
-    value: Vec<Value>,
+    pub value: Vec<Value>,
     #[serde(rename = "@odata.nextLink")]
-    next_link: Option<String>,
+    pub next_link: Option<String>,
     #[serde(rename = "@odata.deltaLink")]
-    delta_link: Option<String>,
+    pub delta_link: Option<String>,
+}
+
+/// Decodes a listing page; a delta page must end in a next link or a delta link.
+pub fn parse_page(body: &[u8], delta: bool) -> Result<Page, String> {
+    let p: Page = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if delta && p.next_link.is_none() && p.delta_link.is_none() {
+        return Err("a delta page without a next or delta link".into());
+    }
+    Ok(p)
+}
+
+/// What one row of a delta page becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome {
+    Ready(Box<Change>),
+    /// A partial or odd row: fetch the contact with this id in full.
+    Fetch(String),
+    /// A row without an id: ignored.
+    Skip,
+}
+
+/// Reads one delta row (pure; no request is made). A row that is not an object makes the
+/// page malformed.
+pub fn row_outcome(row: Value, folder: &str, api_base: &str) -> Result<RowOutcome, ProviderError> {
+    let Value::Object(map) = row else {
+        return Err(ProviderError::Transient(
+            "Microsoft Graph sent a malformed contact row.".into(),
+        ));
+    };
+    let Some(id) = map.get("id").and_then(Value::as_str).map(str::to_string) else {
+        return Ok(RowOutcome::Skip);
+    };
+    if map.contains_key("@removed") {
+        return Ok(RowOutcome::Ready(Box::new(Change::Deleted {
+            provider_id: id,
+        })));
+    }
+    if is_partial(&map) {
+        return Ok(RowOutcome::Fetch(id));
+    }
+    Ok(
+        match serde_json::from_value::<GraphContact>(Value::Object(map)) {
+            Ok(c) => RowOutcome::Ready(Box::new(Change::Upsert(map_contact_with_base(
+                &c, folder, api_base,
+            )))),
+            // An odd row: fetch it whole rather than guess.
+            Err(_) => RowOutcome::Fetch(id),
+        },
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -642,7 +694,7 @@ impl GraphClient {
                             ))
                         };
                     } else {
-                        let body = read_capped(resp, 64 * 1024)
+                        let body = read_capped(resp, super::MAX_ERROR_BYTES)
                             .await
                             .ok()
                             .flatten()
@@ -689,15 +741,7 @@ impl GraphClient {
         url: &str,
         delta: bool,
     ) -> Result<Result<Page, ApiError>, ProviderError> {
-        let parsed = self
-            .exec(Call::get(url), |b| {
-                let p: Page = serde_json::from_slice(b).map_err(|e| e.to_string())?;
-                if delta && p.next_link.is_none() && p.delta_link.is_none() {
-                    return Err("a delta page without a next or delta link".into());
-                }
-                Ok(p)
-            })
-            .await?;
+        let parsed = self.exec(Call::get(url), |b| parse_page(b, delta)).await?;
         match parsed {
             Reply::Ok(p) => {
                 for l in p.next_link.iter().chain(p.delta_link.iter()) {
@@ -840,31 +884,12 @@ impl GraphClient {
         }
         let mut parsed = Vec::with_capacity(rows.len());
         for row in rows {
-            let Value::Object(map) = row else {
-                return Err(ProviderError::Transient(
-                    "Microsoft Graph sent a malformed contact row.".into(),
-                ));
-            };
-            let Some(id) = map.get("id").and_then(Value::as_str).map(str::to_string) else {
-                tracing::warn!(folder, "Graph sent a contact row without an id; ignored");
-                continue;
-            };
-            if map.contains_key("@removed") {
-                parsed.push(Row::Ready(Box::new(Change::Deleted { provider_id: id })));
-                continue;
-            }
-            if is_partial(&map) {
-                parsed.push(Row::Fetch(id));
-                continue;
-            }
-            match serde_json::from_value::<GraphContact>(Value::Object(map)) {
-                Ok(c) => parsed.push(Row::Ready(Box::new(Change::Upsert(map_contact_with_base(
-                    &c,
-                    folder,
-                    &self.api_base,
-                ))))),
-                // An odd row: fetch it whole rather than guess.
-                Err(_) => parsed.push(Row::Fetch(id)),
+            match row_outcome(row, folder, &self.api_base)? {
+                RowOutcome::Ready(c) => parsed.push(Row::Ready(c)),
+                RowOutcome::Fetch(id) => parsed.push(Row::Fetch(id)),
+                RowOutcome::Skip => {
+                    tracing::warn!(folder, "Graph sent a contact row without an id; ignored")
+                }
             }
         }
         let fetches = parsed.iter().filter(|r| matches!(r, Row::Fetch(_))).count();
@@ -1052,21 +1077,6 @@ impl GraphClient {
             Reply::Api(e) => Err(e.into_provider_error("a contact photo request")),
         }
     }
-}
-
-/// Reads a body, `Ok(None)` when it is longer than `cap`.
-async fn read_capped(
-    mut resp: reqwest::Response,
-    cap: usize,
-) -> Result<Option<Vec<u8>>, ProviderError> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
-        if buf.len() + chunk.len() > cap {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Some(buf))
 }
 
 /// One change per contact id, given `(folder, change)` in listing order. Within a folder

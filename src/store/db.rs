@@ -234,8 +234,25 @@ pub struct Db {
 
 impl Db {
     /// Opens the sled store in `dir`, checking the schema version.
+    ///
+    /// sled reads a damaged log up to the first bad checksum and drops the rest, as it would
+    /// a torn write. When that leaves nothing at all of a store that existed (no schema
+    /// version), opening fails instead of silently starting with an empty CRM.
     pub fn open(dir: &std::path::Path, region: phonenumber::country::Id) -> Result<Db, StoreError> {
-        Db::with_store(Arc::new(super::sled::SledStore::open(dir)?), region)
+        let log = dir.join("store").join("db");
+        let existed = std::fs::metadata(&log).is_ok_and(|m| m.len() > 0);
+        let kv = Arc::new(super::sled::SledStore::open(dir)?);
+        if existed && kv.get(Tree::Meta, b"schema_version")?.is_none() {
+            return Err(StoreError::Corrupt {
+                tree: "meta",
+                message: format!(
+                    "{} exists but holds no readable data (no schema version): the store is damaged. \
+                     Restore the data_dir from a backup, or move it away to start with an empty store",
+                    log.display()
+                ),
+            });
+        }
+        Db::with_store(kv, region)
     }
 
     pub fn in_memory(region: phonenumber::country::Id) -> Db {
@@ -265,13 +282,17 @@ impl Db {
                     });
                 }
             }
-            None => kv.transaction(&|tx| {
-                tx.insert(
-                    Tree::Meta,
-                    b"schema_version",
-                    SCHEMA_VERSION.to_be_bytes().to_vec(),
-                )
-            })?,
+            None => {
+                kv.transaction(&|tx| {
+                    tx.insert(
+                        Tree::Meta,
+                        b"schema_version",
+                        SCHEMA_VERSION.to_be_bytes().to_vec(),
+                    )
+                })?;
+                // A new store is marked at once: a store file without it is a damaged one.
+                kv.flush()?;
+            }
         }
         let db = Db { kv, region };
         db.reindex_if_region_changed()?;

@@ -18,6 +18,63 @@ fn contact(v: Value) -> GraphContact {
     serde_json::from_value(v).expect("fixture parses")
 }
 
+#[test]
+fn over_long_values_count_as_absent() {
+    let long = "x".repeat(crate::providers::MAX_FIELD_BYTES + 1);
+    let c = contact(json!({
+        "id": "AAA1",
+        "givenName": long,
+        "surname": "Hopper",
+        "emailAddresses": [{"address": format!("{long}@example.org")}, {"address": "g@example.org"}],
+        "businessPhones": [long],
+        "mobilePhone": "+1 202 555 0100",
+        "homeAddress": {"street": long, "city": "Arlington"},
+        "companyName": long,
+    }));
+    let pc = map_contact(&c, "f");
+    assert_eq!(pc.fields.first_name, "");
+    assert_eq!(pc.fields.last_name, "Hopper");
+    assert_eq!(pc.fields.emails, vec!["g@example.org".to_string()]);
+    assert_eq!(pc.fields.phones, vec!["+1 202 555 0100".to_string()]);
+    let a = pc.fields.address.expect("city kept");
+    assert_eq!((a.street, a.city.as_deref()), (None, Some("Arlington")));
+    assert_eq!(pc.fields.organization, None);
+}
+
+#[test]
+fn page_rows_are_read_without_requests() {
+    let body = serde_json::to_vec(&json!({
+        "value": [
+            full_row("A1", "Ada", "Lovelace"),
+            {"id": "A2", "@removed": {"reason": "deleted"}},
+            {"id": "A3", "givenName": "Partial"},
+            {"givenName": "No id"},
+        ],
+        "@odata.deltaLink": "https://graph.example/delta?token=x",
+    }))
+    .unwrap();
+    let page = parse_page(&body, true).expect("page");
+    let out: Vec<RowOutcome> = page
+        .value
+        .into_iter()
+        .map(|r| row_outcome(r, "f", DEFAULT_API_BASE).expect("row"))
+        .collect();
+    let RowOutcome::Ready(first) = &out[0] else {
+        panic!("{:?}", out[0]);
+    };
+    assert!(matches!(&**first, Change::Upsert(c) if c.provider_id == "A1"));
+    assert_eq!(
+        out[1],
+        RowOutcome::Ready(Box::new(Change::Deleted {
+            provider_id: "A2".into()
+        }))
+    );
+    assert_eq!(out[2], RowOutcome::Fetch("A3".into()));
+    assert_eq!(out[3], RowOutcome::Skip);
+    assert!(parse_page(br#"{"value": []}"#, true).is_err());
+    assert!(row_outcome(json!(7), "f", DEFAULT_API_BASE).is_err());
+}
+
 /// A full row shaped like Graph's output for the `$select` we send.
 fn full_row(id: &str, given: &str, surname: &str) -> Value {
     json!({
