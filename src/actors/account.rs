@@ -301,6 +301,11 @@ pub fn with_listing_deletions(
     Ok(changes)
 }
 
+/// The `meta` key that asks an account's next round for a full listing (group change).
+pub fn resync_key(account: &str) -> String {
+    format!("resync:{account}")
+}
+
 /// The `meta` key recording an operator's approval of an account's held deletions.
 pub fn approval_key(account: &str) -> String {
     format!("approve:{account}")
@@ -324,7 +329,12 @@ async fn run_round(
     matcher: Addr<Matcher>,
     cfg: AccountConfig,
 ) -> Result<(DayMetrics, bool), RoundError> {
-    let cursor = rt.db.cursor(&cfg.id)?;
+    let resync = rt.db.meta(&resync_key(&cfg.id))?.is_some();
+    let cursor = if resync {
+        None
+    } else {
+        rt.db.cursor(&cfg.id)?
+    };
     let initial = cursor.is_none() && rt.db.link_count(&cfg.id)? == 0;
     let progress_rt = rt.clone();
     let progress_id = cfg.id.clone();
@@ -458,6 +468,14 @@ async fn run_round(
             .map_err(|_| RoundError::Store("the matcher is gone".into()))?
             .map_err(|e| RoundError::Store(e.to_string()))?;
         total.add(&summary.metrics);
+    }
+    if resync {
+        let mut b = Batch::default();
+        b.push(Op::SetMeta {
+            key: resync_key(&cfg.id),
+            value: None,
+        });
+        rt.db.commit_durable(&b)?;
     }
     if approved {
         let mut b = Batch::default();

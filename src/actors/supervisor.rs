@@ -247,6 +247,12 @@ impl Supervisor {
                     account: after.id.clone(),
                     cursor: None,
                 });
+                // A round of the old actor may still be committing its cursor; the flag
+                // makes the next round list in full whatever cursor it finds.
+                b.push(Op::SetMeta {
+                    key: super::account::resync_key(&after.id),
+                    value: Some(b"group changed".to_vec()),
+                });
                 if let Err(e) = self.rt.db.commit_durable(&b) {
                     tracing::error!(account = %after.id, error = %e, "Cannot reset the cursor for the new group.");
                 }
