@@ -41,12 +41,21 @@ fn normalised(contacts: &[Value]) -> Vec<String> {
     out
 }
 
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 async fn run(faults: bool) -> (Vec<String>, Value, Value) {
+    // `FAULT_CONTACTS` sizes each address book (scripts/reliability.sh runs it large).
+    let n = env("FAULT_CONTACTS", 120);
     let sim = Sim::start(SimOptions {
         seed: 5,
-        google_users: vec![SeedUser::new("fg@example.com", 120, 71)],
+        google_users: vec![SeedUser::new("fg@example.com", n, 71)],
         outlook_users: vec![{
-            let mut u = SeedUser::new("fo@example.com", 120, 71);
+            let mut u = SeedUser::new("fo@example.com", n, 71);
             u.child_folders = 1;
             u
         }],
@@ -104,7 +113,7 @@ async fn run(faults: bool) -> (Vec<String>, Value, Value) {
     )
     .await;
     // The API answers while the accounts sync through the faults.
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let deadline = std::time::Instant::now() + Duration::from_secs(240 + n as u64 / 10);
     loop {
         let h = d
             .http
@@ -139,7 +148,8 @@ async fn run(faults: bool) -> (Vec<String>, Value, Value) {
             .chain(sim.requests(Provider::Outlook).iter())
             .filter(|r| r.fault.is_some())
             .count();
-        eprintln!("faults injected: {injected}");
+        let requests = sim.requests(Provider::Google).len() + sim.requests(Provider::Outlook).len();
+        eprintln!("{n} contacts per provider: {requests} requests, faults injected: {injected}");
         assert!(injected > 0);
     }
     let contacts = d.contacts().await;

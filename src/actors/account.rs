@@ -330,11 +330,7 @@ async fn run_round(
     cfg: AccountConfig,
 ) -> Result<(DayMetrics, bool), RoundError> {
     let resync = rt.db.meta(&resync_key(&cfg.id))?.is_some();
-    let cursor = if resync {
-        None
-    } else {
-        rt.db.cursor(&cfg.id)?
-    };
+    let cursor = if resync { None } else { rt.db.cursor(&cfg.id)? };
     let initial = cursor.is_none() && rt.db.link_count(&cfg.id)? == 0;
     let progress_rt = rt.clone();
     let progress_id = cfg.id.clone();
