@@ -108,6 +108,7 @@ fn plan_restore(db: &Db, id: ContactId, two_way: &[String]) -> Result<PlannedEdi
         });
     }
     let t = db.tombstone(id)?.ok_or(EditError::NotFound(id))?;
+    let t_links = t.contact.links.clone();
     let mut c = t.contact;
     let mut live = vec![];
     for l in &c.links {
@@ -122,7 +123,9 @@ fn plan_restore(db: &Db, id: ContactId, two_way: &[String]) -> Result<PlannedEdi
     c.updated_at = now;
     let mut batch = Batch::default();
     batch.push(Op::PutContact(c.clone()));
-    for account in two_way {
+    // Only the two-way accounts the contact was in before its deletion get it back.
+    let before: Vec<String> = t_links.iter().map(|l| l.account.clone()).collect();
+    for account in two_way.iter().filter(|a| before.contains(a)) {
         let pending = db.outbox_entry(account, id)?;
         if c.links.iter().any(|l| &l.account == account) {
             if pending.is_some() {

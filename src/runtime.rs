@@ -32,6 +32,8 @@ pub struct Runtime {
     accounts: RwLock<BTreeMap<String, AccountRuntime>>,
     reload_error: RwLock<Option<String>>,
     pub reload_failures: std::sync::atomic::AtomicU64,
+    /// One lock per account around pushing its outbox (see `actors::account`).
+    push_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -50,8 +52,15 @@ impl Runtime {
             accounts: RwLock::new(BTreeMap::new()),
             reload_error: RwLock::new(None),
             reload_failures: Default::default(),
+            push_locks: Default::default(),
             started_at: Utc::now(),
         })
+    }
+
+    /// The lock held while an account's outbox is pushed and its answers committed.
+    pub fn push_lock(&self, account: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.push_locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(account.to_string()).or_default().clone()
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -14,7 +14,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use futures_util::StreamExt;
 
-use super::matcher::{CommitPush, Matcher, SyncChunk};
+use super::matcher::{CommitPush, MarkSent, Matcher, SyncChunk};
 use crate::audit::{self, AuditEvent};
 use crate::config::{AccountConfig, Direction};
 use crate::model::{AccountState, Change, DayMetrics, Progress};
@@ -301,6 +301,63 @@ pub fn with_listing_deletions(
     Ok(changes)
 }
 
+/// Pushes an account's due outbox entries and commits the answers. Returns the metrics and
+/// whether another round is wanted soon (more entries, or conflicts to merge first).
+async fn push_outbox(
+    rt: Arc<Runtime>,
+    provider: Arc<dyn Provider>,
+    matcher: Addr<Matcher>,
+    cfg: AccountConfig,
+) -> Result<(DayMetrics, bool), RoundError> {
+    let lock = rt.push_lock(&cfg.id);
+    let _held = lock.lock().await;
+    let (items, dropped) = outbox::prepare(&rt.db, &cfg, Utc::now())?;
+    if items.is_empty() && dropped.is_empty() {
+        return Ok((DayMetrics::default(), false));
+    }
+    let gone = |_| RoundError::Store("the matcher is gone".into());
+    // Creations are marked as sent before they leave, so that a creation whose answer is
+    // lost is adopted from the provider's listing rather than sent again.
+    let creates: Vec<_> = items
+        .iter()
+        .filter(|i| matches!(i.op, PushOp::Create { .. }))
+        .map(|i| i.entry.contact_id)
+        .collect();
+    if !creates.is_empty() {
+        matcher
+            .send(MarkSent {
+                account: cfg.id.clone(),
+                contacts: creates,
+            })
+            .await
+            .map_err(gone)?
+            .map_err(|e| RoundError::Store(e.to_string()))?;
+    }
+    let ops: Vec<PushOp> = items.iter().map(|i| i.op.clone()).collect();
+    let results = if ops.is_empty() {
+        vec![]
+    } else {
+        provider.push(&ops).await
+    };
+    let again = items.len() >= outbox::MAX_PUSH
+        || results.iter().any(|r| matches!(r, PushResult::Conflict));
+    let pushed = results.len();
+    let m = matcher
+        .send(CommitPush {
+            account: cfg.clone(),
+            items,
+            results,
+            dropped,
+        })
+        .await
+        .map_err(gone)?
+        .map_err(|e| RoundError::Store(e.to_string()))?;
+    if pushed > 0 {
+        tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, "CRM changes pushed to the provider.");
+    }
+    Ok((m, again))
+}
+
 /// The `meta` key that asks an account's next round for a full listing (group change).
 pub fn resync_key(account: &str) -> String {
     format!("resync:{account}")
@@ -484,30 +541,15 @@ async fn run_round(
     }
     let mut again = false;
     if cfg.direction == Direction::TwoWay {
-        let (items, dropped) = outbox::prepare(&rt.db, &cfg, Utc::now())?;
-        if !items.is_empty() || !dropped.is_empty() {
-            let ops: Vec<PushOp> = items.iter().map(|i| i.op.clone()).collect();
-            let results = if ops.is_empty() {
-                vec![]
-            } else {
-                provider.push(&ops).await
-            };
-            again = items.len() >= outbox::MAX_PUSH
-                || results.iter().any(|r| matches!(r, PushResult::Conflict));
-            let pushed = results.len();
-            let m = matcher
-                .send(CommitPush {
-                    account: cfg.clone(),
-                    items,
-                    results,
-                    dropped,
-                })
-                .await
-                .map_err(|_| RoundError::Store("the matcher is gone".into()))?
-                .map_err(|e| RoundError::Store(e.to_string()))?;
-            tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, "CRM changes pushed to the provider.");
-            total.add(&m);
-        }
+        // The push runs as a task of its own: stopping the account (group change, connect,
+        // approve) must not cut it between the provider's answer and its commit. The
+        // account's lock keeps a restarted actor from pushing the same entries meanwhile.
+        let task = push_outbox(rt.clone(), provider.clone(), matcher.clone(), cfg.clone());
+        let (m, more) = actix::spawn(task)
+            .await
+            .map_err(|e| RoundError::Store(format!("push task failed: {e}")))??;
+        again = more;
+        total.add(&m);
     }
     Ok((total, again))
 }

@@ -151,6 +151,53 @@ impl Handler<CommitPush> for Matcher {
     }
 }
 
+/// Two-way: these accounts' pending creations are about to be sent (`attempts` + 1).
+#[derive(Message)]
+#[rtype(result = "Result<(), SyncFailure>")]
+pub struct MarkSent {
+    pub account: String,
+    pub contacts: Vec<crate::model::ContactId>,
+}
+
+impl Handler<MarkSent> for Matcher {
+    type Result = AtomicResponse<Self, Result<(), SyncFailure>>;
+
+    fn handle(&mut self, msg: MarkSent, _: &mut Self::Context) -> Self::Result {
+        let mut batch = crate::store::Batch::default();
+        let mut failed = None;
+        for c in &msg.contacts {
+            match self.rt.db.outbox_entry(&msg.account, *c) {
+                Ok(Some(mut e)) if e.op == crate::store::OutboxOp::Create => {
+                    e.attempts += 1;
+                    batch.push(Op::PutOutbox(e));
+                }
+                Ok(_) => {}
+                Err(err) => failed = Some(err),
+            }
+        }
+        let writer = self.writer.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                if let Some(e) = failed {
+                    return Err(SyncFailure::Store(e));
+                }
+                writer
+                    .send(CommitPage {
+                        account: None,
+                        batch,
+                        metrics: DayMetrics::default(),
+                        cursor: None,
+                        audit: vec![],
+                    })
+                    .await
+                    .map_err(|_| SyncFailure::Mailbox)??;
+                Ok(())
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
 impl Handler<PreviewChunk> for Matcher {
     type Result = Result<Vec<Action>, SyncFailure>;
 

@@ -327,6 +327,24 @@ pub async fn start(
             &format!("Account {} is a {} account.", acc.id, acc.provider.as_str()),
         );
     }
+    // This route needs no token (a browser follows it), so it must not let whoever reaches
+    // the dashboard replace a working grant with another mailbox's: only accounts without a
+    // grant, or whose grant the provider revoked, can be connected from here.
+    let connected = matches!(st.rt.db.grant(&acc.id), Ok(Some(_)));
+    let reauth = st
+        .rt
+        .account(&acc.id)
+        .is_some_and(|a| a.status.state == crate::model::AccountState::ReauthRequired);
+    if connected && !reauth {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Already connected",
+            &format!(
+                "Account {} is connected. To replace its grant, run `contact-sync connect {}` on the server.",
+                acc.id, acc.id
+            ),
+        );
+    }
     let pending = crate::oauth_flow::endpoints(&config, &acc)
         .and_then(|ep| crate::oauth_flow::begin(&ep, &callback_uri(&st, &provider)));
     match pending {

@@ -254,3 +254,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn changing_default_region_rebuilds_the_phone_index_without_stale_keys() {
+    let kv: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let gb = Db::with_store(kv.clone(), Id::GB).unwrap();
+    gb.commit(&Batch {
+        ops: vec![Op::PutContact(contact(
+            1,
+            "Ann",
+            "a@x.org",
+            "020 7946 0018",
+            None,
+        ))],
+    })
+    .unwrap();
+    let name = crate::normalize::name_key("Ann", "Doe");
+    assert_eq!(
+        gb.candidates(IndexKind::NamePhone, &name, "+442079460018")
+            .unwrap(),
+        vec![1]
+    );
+    let de = Db::with_store(kv, Id::DE).unwrap();
+    assert!(
+        de.candidates(IndexKind::NamePhone, &name, "+442079460018")
+            .unwrap()
+            .is_empty(),
+        "stale GB key removed"
+    );
+    let key = crate::normalize::phone_key("020 7946 0018", Id::DE).unwrap();
+    assert_eq!(
+        de.candidates(IndexKind::NamePhone, &name, &key).unwrap(),
+        vec![1]
+    );
+}

@@ -313,6 +313,10 @@ impl Db {
         if stored.is_some() {
             tracing::info!(region = %code, "Default region changed; rebuilding the phone index.");
         }
+        let old_region: Option<phonenumber::country::Id> = stored
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok());
         let mut after: Option<Vec<u8>> = None;
         loop {
             let rows = self.kv.range_after(Tree::Contacts, after.as_deref(), 500)?;
@@ -327,7 +331,7 @@ impl Db {
             self.kv.transaction(&|tx| {
                 for c in &contacts {
                     // Drop every phone key of this contact (any region), then add fresh ones.
-                    for key in self.index_keys_any_region(c) {
+                    for key in self.phone_keys_for(c, old_region) {
                         tx.remove(Tree::Index, &key)?;
                     }
                     for key in self.index_keys(tx, c)? {
@@ -343,12 +347,12 @@ impl Db {
         })
     }
 
-    fn index_keys_any_region(&self, c: &Contact) -> Vec<Vec<u8>> {
-        // Old keys were computed with an unknown region: remove the forms any region gives.
+    /// The phone index keys a contact had under `old` (the region the index was built with).
+    fn phone_keys_for(&self, c: &Contact, old: Option<phonenumber::country::Id>) -> Vec<Vec<u8>> {
         let name = normalize::name_key(&c.first_name, &c.last_name);
         let mut out = vec![];
         for p in &c.phones {
-            for region in [self.region, phonenumber::country::Id::US] {
+            for region in [Some(self.region), old].into_iter().flatten() {
                 if let Some(v) = normalize::phone_key(p, region) {
                     let mut k = index_prefix(IndexKind::NamePhone, &name, &v);
                     k.extend_from_slice(&c.id.to_be_bytes());

@@ -382,7 +382,9 @@ impl<'a> Planner<'a> {
             Some(s) => s.clone(),
             None => self.db.skip(&self.ctx.account, pid)?,
         };
-        if let Err(reason) = eligibility::check(&pc.fields) {
+        // Eligibility is judged on what would be written: blank and repeated values removed.
+        let provider = merge::clean(&pc.fields, self.db.region());
+        if let Err(reason) = eligibility::check(&provider) {
             let mark = SkipMark {
                 reason,
                 etag: pc.etag.clone(),
@@ -417,7 +419,6 @@ impl<'a> Planner<'a> {
                 provider_id: pid.to_string(),
             });
         }
-        let provider = merge::clean(&pc.fields, self.db.region());
         let link = self.link(pid)?;
         let new_link = |contact_id| LinkRecord {
             contact_id,
@@ -443,7 +444,9 @@ impl<'a> Planner<'a> {
                         });
                         return Ok(());
                     }
-                    return self.create(pid, &provider, new_link, photo);
+                    // Changed since: it comes back, matched like a new contact (another
+                    // account may have brought the same person back already).
+                    return self.unlinked(pid, &provider, new_link, photo);
                 };
                 let base = self.base(pid)?;
                 self.merge_into(
@@ -456,48 +459,61 @@ impl<'a> Planner<'a> {
                     None,
                 )
             }
-            None => match self.find_match(&provider)? {
-                Some((contact, _))
-                    if matches!(
-                        self.outbox_entry(&self.ctx.account, contact.id)?,
-                        Some(OutboxEntry {
-                            op: OutboxOp::Create,
-                            ..
-                        })
-                    ) =>
-                {
-                    // Our own creation, made before a crash or a lost answer: adopt it
-                    // instead of creating the contact in the provider a second time.
-                    self.adopt(pid, contact, &provider, new_link)
+            None => self.unlinked(pid, &provider, new_link, photo),
+        }
+    }
+
+    /// A provider contact with no (live) link: match it, or create a CRM contact.
+    fn unlinked(
+        &mut self,
+        pid: &str,
+        provider: &Fields,
+        new_link: impl Fn(ContactId) -> LinkRecord,
+        photo: Option<&Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        let provider = provider.clone();
+        match self.find_match(&provider)? {
+            Some((contact, _))
+                if matches!(
+                    self.outbox_entry(&self.ctx.account, contact.id)?,
+                    Some(OutboxEntry {
+                        op: OutboxOp::Create,
+                        attempts: 1..,
+                        ..
+                    })
+                ) =>
+            {
+                // Our own creation, made before a crash or a lost answer: adopt it
+                // instead of creating the contact in the provider a second time.
+                self.adopt(pid, contact, &provider, new_link)
+            }
+            Some((contact, others)) => {
+                let id = contact.id;
+                if !others.is_empty() {
+                    let mut e = self
+                        .event(audit::Action::AmbiguousMatch)
+                        .crm_id(id)
+                        .provider_id(pid)
+                        .reason("several CRM contacts match; the oldest was linked");
+                    e.others = others.clone();
+                    self.plan.audit.push(e);
                 }
-                Some((contact, others)) => {
-                    let id = contact.id;
-                    if !others.is_empty() {
-                        let mut e = self
-                            .event(audit::Action::AmbiguousMatch)
-                            .crm_id(id)
-                            .provider_id(pid)
-                            .reason("several CRM contacts match; the oldest was linked");
-                        e.others = others.clone();
-                        self.plan.audit.push(e);
-                    }
-                    let placeholder = LinkRecord {
-                        contact_id: id,
-                        etag: None,
-                        scope: String::new(),
-                    };
-                    self.merge_into(
-                        pid,
-                        contact,
-                        &provider,
-                        None,
-                        new_link(id),
-                        &placeholder,
-                        Some(others),
-                    )
-                }
-                None => self.create(pid, &provider, new_link, photo),
-            },
+                let placeholder = LinkRecord {
+                    contact_id: id,
+                    etag: None,
+                    scope: String::new(),
+                };
+                self.merge_into(
+                    pid,
+                    contact,
+                    &provider,
+                    None,
+                    new_link(id),
+                    &placeholder,
+                    Some(others),
+                )
+            }
+            None => self.create(pid, &provider, new_link, photo),
         }
     }
 
@@ -834,7 +850,12 @@ pub fn projected_links(db: &Db, account: &str, changes: &[Change]) -> Result<usi
         let pid = c.provider_id();
         let linked = db.link(account, pid)?.is_some();
         match c {
-            Change::Upsert(pc) if !linked && eligibility::check(&pc.fields).is_ok() => count += 1,
+            Change::Upsert(pc)
+                if !linked
+                    && eligibility::check(&merge::clean(&pc.fields, db.region())).is_ok() =>
+            {
+                count += 1
+            }
             Change::Deleted { .. } | Change::Left { .. } if linked => count -= 1,
             _ => {}
         }

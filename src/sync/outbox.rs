@@ -271,8 +271,19 @@ pub fn apply_results(
                         });
                         c.links.sort();
                         c.links.dedup();
+                        // Edited while the creation was on its way: send the difference.
+                        let changed = changed_fields(stored, &fields_of(db, &c)?);
                         out.batch.push(Op::PutContact(c));
-                        if let Some(OutboxEntry {
+                        if !changed.is_empty() {
+                            out.batch.push(Op::PutOutbox(OutboxEntry {
+                                op: OutboxOp::Update { fields: changed },
+                                attempts: 0,
+                                not_before: None,
+                                last_error: None,
+                                failed: false,
+                                ..e.clone()
+                            }));
+                        } else if let Some(OutboxEntry {
                             op: OutboxOp::Create,
                             ..
                         }) = current
@@ -349,6 +360,21 @@ pub fn apply_results(
                         account: account.id.clone(),
                         provider_id: provider_id.clone(),
                     });
+                    // Restored while the deletion was on its way: create it again.
+                    if let Some(mut c) = db.contact(e.contact_id)? {
+                        c.links.retain(|l| {
+                            !(l.account == account.id && &l.provider_id == provider_id)
+                        });
+                        out.batch.push(Op::PutContact(c));
+                        out.batch.push(Op::PutOutbox(OutboxEntry {
+                            op: OutboxOp::Create,
+                            attempts: 0,
+                            not_before: None,
+                            last_error: None,
+                            failed: false,
+                            ..e.clone()
+                        }));
+                    }
                     out.audit.push(
                         event(audit::Action::Deleted)
                             .direction(audit::Direction::ToProvider)

@@ -643,15 +643,13 @@ fn a_skipped_contact_is_counted_once_per_version() {
 fn our_own_creation_seen_in_a_listing_is_adopted_not_duplicated() {
     let db = db();
     let id = crm_contact(&db, "Ann", "Lee", &["ann@x.org"], &[], None, 0);
-    let mut b = Batch::default();
-    b.push(outbox::enqueue(
-        None,
-        "g",
-        id,
-        crate::store::OutboxOp::Create,
-        Utc::now(),
-    ));
-    db.commit(&b).unwrap();
+    let mut entry =
+        outbox::coalesce(None, "g", id, crate::store::OutboxOp::Create, Utc::now()).unwrap();
+    entry.attempts = 1; // sent, answer lost
+    db.commit(&Batch {
+        ops: vec![Op::PutOutbox(entry)],
+    })
+    .unwrap();
     let p = run(
         &db,
         "g",
@@ -664,4 +662,94 @@ fn our_own_creation_seen_in_a_listing_is_adopted_not_duplicated() {
         "the pending create is done"
     );
     assert_eq!(db.link("g", "people/c9").unwrap().unwrap().contact_id, id);
+}
+
+#[test]
+fn a_matching_provider_contact_is_merged_not_adopted_when_our_creation_was_never_sent() {
+    let db = db();
+    let id = crm_contact(&db, "Ann", "Lee", &["ann@x.org"], &[], None, 0);
+    let mut b = Batch::default();
+    b.push(outbox::enqueue(
+        None,
+        "g",
+        id,
+        crate::store::OutboxOp::Create,
+        Utc::now(),
+    ));
+    db.commit(&b).unwrap();
+    let mut p1 = pc("people/c9", "Ann", "Lee", &["ann@x.org"], &["+12015550100"]);
+    p1.fields.job_title = Some("CTO".into());
+    let p = run(&db, "g", &[up(p1)]);
+    assert_eq!(p.metrics.added_to_provider, 0);
+    assert_eq!(p.metrics.updated_in_crm, 1, "a real match, merged");
+    let c = db.contact(id).unwrap().unwrap();
+    assert_eq!(c.job_title.as_deref(), Some("CTO"));
+    assert_eq!(c.phones, ["+12015550100"]);
+}
+
+#[test]
+fn eligibility_is_judged_on_cleaned_values() {
+    let db = db();
+    // The only phone has no digit: after cleaning there is neither email nor phone.
+    let p = run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &[], &["n/a"]))],
+    );
+    assert!(matches!(
+        p.actions[0],
+        Action::Skip {
+            reason: SkipReason::NoEmailOrPhone,
+            ..
+        }
+    ));
+    // Eleven emails of which two are the same address: ten distinct, eligible.
+    let mut emails: Vec<String> = (0..10).map(|i| format!("e{i}@x.org")).collect();
+    emails.push("E0@X.org".into());
+    let emails: Vec<&str> = emails.iter().map(|s| s.as_str()).collect();
+    let p = run(&db, "g", &[up(pc("people/c2", "Bo", "Ek", &emails, &[]))]);
+    assert!(matches!(p.actions[0], Action::Create { .. }));
+}
+
+#[test]
+fn a_crm_deleted_contact_that_comes_back_is_matched_not_duplicated() {
+    let db = db();
+    run(
+        &db,
+        "a",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    run(
+        &db,
+        "b",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    let id = all(&db)[0].id;
+    db.commit(&Batch {
+        ops: vec![Op::DeleteContact(id)],
+    })
+    .unwrap();
+    run(
+        &db,
+        "a",
+        &[up(pc(
+            "people/c1",
+            "Ann",
+            "Lee",
+            &["ann@x.org", "a2@x.org"],
+            &[],
+        ))],
+    );
+    run(
+        &db,
+        "b",
+        &[up(pc(
+            "people/c1",
+            "Ann",
+            "Lee",
+            &["ann@x.org", "b2@x.org"],
+            &[],
+        ))],
+    );
+    assert_eq!(all(&db).len(), 1, "one person, one CRM contact");
 }

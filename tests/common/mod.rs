@@ -406,7 +406,9 @@ pub fn expected(
     let mut skipped = std::collections::BTreeMap::new();
     for c in changes {
         if let contact_sync::model::Change::Upsert(pc) = c {
-            match contact_sync::sync::eligibility::check(&pc.fields) {
+            let cleaned =
+                contact_sync::sync::merge::clean(&pc.fields, phonenumber::country::Id::US);
+            match contact_sync::sync::eligibility::check(&cleaned) {
                 Ok(()) => eligible.push(pc.provider_id.clone()),
                 Err(r) => *skipped.entry(r.as_str().to_string()).or_insert(0) += 1,
             }
