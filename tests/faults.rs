@@ -202,15 +202,7 @@ async fn switching_direction_keeps_the_cursor_and_does_not_resync() {
             .unwrap(),
     )
     .await;
-    d.wait_for(
-        "g synced",
-        Duration::from_secs(240 + n as u64 / 10),
-        || async {
-            let a = d.account("g").await;
-            a["state"] == "idle" && a["last_sync"].is_string()
-        },
-    )
-    .await;
+    d.wait_synced("g", None).await;
     // A CRM edit while one-way: not sent, not now and not later.
     let c = d
         .contacts()
