@@ -107,7 +107,7 @@ async fn run(faults: bool) -> (Vec<String>, Value, Value) {
     .await;
     d.wait_for(
         "g synced",
-        Duration::from_secs(240 + n as u64 / 10),
+        Duration::from_secs(240 + n as u64 / 4),
         || async {
             let a = d.account("g").await;
             a["state"] == "idle" && a["last_sync"].is_string()
@@ -121,7 +121,7 @@ async fn run(faults: bool) -> (Vec<String>, Value, Value) {
     )
     .await;
     // The API answers while the accounts sync through the faults.
-    let deadline = std::time::Instant::now() + Duration::from_secs(240 + n as u64 / 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(240 + n as u64 / 4);
     loop {
         let h = d
             .http
