@@ -841,6 +841,7 @@ impl GoogleClient {
                     Ok((provider_id, etag)) => PushResult::Created {
                         provider_id,
                         etag,
+                        scope: String::new(),
                         stored,
                     },
                     Err(e) => PushResult::Failed(e),

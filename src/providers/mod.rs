@@ -97,6 +97,8 @@ pub enum PushResult {
     Created {
         provider_id: String,
         etag: Option<String>,
+        /// Where the provider put it (a Graph folder id; empty for Google).
+        scope: String,
         stored: Fields,
     },
     /// Updated; `stored` is the pushed fields as the provider now holds them.

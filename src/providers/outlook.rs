@@ -1137,6 +1137,8 @@ pub enum WriteResult {
         etag: Option<String>,
         /// Values beyond Graph's multi-value limits, not written (for the audit).
         dropped: Dropped,
+        /// The folder Graph put the contact in (the default folder).
+        folder: Option<String>,
     },
     Updated {
         etag: Option<String>,
@@ -1356,7 +1358,9 @@ impl GraphClient {
             fields: fields.clone(),
         };
         match self.write(std::slice::from_ref(&op)).await.pop() {
-            Some(WriteResult::Created { id, etag, dropped }) => Ok((id, etag, dropped)),
+            Some(WriteResult::Created {
+                id, etag, dropped, ..
+            }) => Ok((id, etag, dropped)),
             Some(WriteResult::Failed(e)) => Err(e),
             other => Err(ProviderError::Transient(format!(
                 "Unexpected answer to a create: {other:?}."
@@ -1433,6 +1437,11 @@ fn item_result(op: &WriteOp, item: &BatchItem, dropped: &Dropped) -> WriteResult
                     id: id.to_string(),
                     etag: item.etag(),
                     dropped: dropped.clone(),
+                    folder: item
+                        .body
+                        .get("parentFolderId")
+                        .and_then(Value::as_str)
+                        .map(String::from),
                 },
                 None => WriteResult::Failed(ProviderError::Transient(
                     "Graph created a contact but did not say its id.".into(),
@@ -1496,9 +1505,15 @@ impl Provider for GraphClient {
                         PushOp::Delete { .. } => Fields::default(),
                     };
                     match r {
-                        WriteResult::Created { id, etag, dropped } => PushResult::Created {
+                        WriteResult::Created {
+                            id,
+                            etag,
+                            dropped,
+                            folder,
+                        } => PushResult::Created {
                             provider_id: id,
                             etag,
+                            scope: folder.unwrap_or_default(),
                             stored: without(&fields, &dropped.emails, &dropped.phones),
                         },
                         WriteResult::Updated { etag, dropped } => PushResult::Updated {

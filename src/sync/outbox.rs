@@ -247,6 +247,7 @@ pub fn apply_results(
             PushResult::Created {
                 provider_id,
                 etag,
+                scope,
                 stored,
             } => {
                 out.batch.push(Op::PutLink {
@@ -255,7 +256,7 @@ pub fn apply_results(
                     link: LinkRecord {
                         contact_id: e.contact_id,
                         etag: etag.clone(),
-                        scope: String::new(),
+                        scope: scope.clone(),
                     },
                 });
                 out.batch.push(Op::PutBase {

@@ -1378,7 +1378,9 @@ async fn writes_go_through_batch_in_chunks_of_twenty_with_if_match_and_conflicts
 
     assert_eq!(results.len(), ops.len());
     match &results[0] {
-        WriteResult::Created { id, etag, dropped } => {
+        WriteResult::Created {
+            id, etag, dropped, ..
+        } => {
             assert_eq!(id, "new-0");
             assert_eq!(etag.as_deref(), Some("W/\"c1\""));
             assert_eq!(dropped.emails, vec!["g3@contoso.com"]);
