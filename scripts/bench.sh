@@ -23,6 +23,17 @@ BENCH_MD="$results" cargo bench --bench sync -- --runs "$runs" \
     plan_write_25k google_initial_25k outlook_initial_25k incremental_1pct no_change_poll
 BENCH_MD="$results" cargo bench --bench sync -- --runs "$ten_runs" ten_accounts_25k
 
+# Two-way push of 1,000 CRM contacts (requests counted in the simulators' logs).
+push="$(cargo test --release --test two_way thousand -- --nocapture 2>&1 | sed -n 's/^1000 CRM creates: //p')"
+{
+    echo "### \`two_way_push_1000\`"
+    echo
+    echo "\`cargo test --release --test two_way thousand -- --nocapture\`"
+    echo
+    echo "- 1,000 contacts created through the API reach Google and Outlook: $push"
+    echo
+} >> "$results"
+
 commit="$(git rev-parse --short HEAD)"
 git diff --quiet HEAD -- src benches Cargo.toml Cargo.lock || commit="$commit + local changes"
 cpu="$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1)"
