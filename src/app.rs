@@ -179,6 +179,11 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
     let token = api_token(&config).map_err(fail(EXIT_CONFIG))?;
     let sealer = Arc::new(load_sealer(&config, &db).map_err(fail(EXIT_CONFIG))?);
     let listen = config.daemon.listen;
+    // Bind before any actor starts, so a taken port is a clean start-up error.
+    tracing::info!(%listen, "Binding the HTTP API.");
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))
+        .map_err(fail(EXIT_UNAVAILABLE))?;
     let rt = Runtime::new(db, config);
     tracing::info!("Starting writer and matcher.");
     let writer = Writer::start(rt.clone());
@@ -208,8 +213,8 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
     .workers(2)
     .shutdown_timeout(8)
     .disable_signals()
-    .bind(listen)
-    .with_context(|| format!("cannot listen on {listen}"))
+    .listen(listener)
+    .with_context(|| format!("cannot serve on {listen}"))
     .map_err(fail(EXIT_UNAVAILABLE))?;
     let addr = server.addrs().first().copied().unwrap_or(listen);
     let server = server.run();

@@ -413,3 +413,23 @@ async fn status_command_reads_the_running_daemon() {
         .unwrap();
     assert_eq!(out.status.code(), Some(69), "daemon down");
 }
+
+#[test]
+fn a_taken_listen_address_is_a_clean_start_up_error() {
+    let d = TestDaemon::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = d.config_text("", "").replace(
+        &format!("127.0.0.1:{}", d.port),
+        &format!("127.0.0.1:{port}"),
+    );
+    d.write_config(&text);
+    let out = std::process::Command::new(bin())
+        .args(["--config", &path_str(&d.config_path()), "run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
