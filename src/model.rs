@@ -100,6 +100,22 @@ pub struct Fields {
     pub birthday: Option<NaiveDate>,
 }
 
+impl Fields {
+    /// A CRM contact's synced fields, given its company's name.
+    pub fn of(c: &Contact, organization: Option<String>) -> Fields {
+        Fields {
+            first_name: c.first_name.clone(),
+            last_name: c.last_name.clone(),
+            emails: c.emails.clone(),
+            phones: c.phones.clone(),
+            address: c.address.clone(),
+            organization,
+            job_title: c.job_title.clone(),
+            birthday: c.birthday,
+        }
+    }
+}
+
 /// Names of the synced fields, as they appear in audit events.
 pub mod field {
     pub const NAME: &str = "name";

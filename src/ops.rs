@@ -51,6 +51,33 @@ impl DaemonApi {
         }
     }
 
+    /// One request; its JSON answer, or the exit code after printing why it failed.
+    fn call(&self, method: reqwest::Method, path: &str) -> Result<serde_json::Value, i32> {
+        let res = runtime().block_on(async {
+            let r = self.req(method, path).send().await?;
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            Ok::<_, reqwest::Error>((status, body))
+        });
+        match res {
+            Ok((s, body)) if s.is_success() => Ok(body),
+            Ok((s, body)) => {
+                eprintln!(
+                    "The daemon answered {s}: {}",
+                    body["error"].as_str().unwrap_or("")
+                );
+                Err(1)
+            }
+            Err(e) => {
+                eprintln!(
+                    "Cannot reach the daemon at {}: {e}. Is `contact-sync run` running?",
+                    self.base
+                );
+                Err(EXIT_UNAVAILABLE)
+            }
+        }
+    }
+
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{}", self.base, path));
         match &self.token {
@@ -388,72 +415,28 @@ pub fn preview(path: &Path, account: &str, limit: usize) -> i32 {
     let mut api = DaemonApi::new(&config);
     // A full listing of a large address book takes a while.
     api.http = crate::providers::http::client(std::time::Duration::from_secs(600));
-    let res = runtime().block_on(async {
-        let resp = api
-            .req(
-                reqwest::Method::POST,
-                &format!("/api/v1/accounts/{account}/preview?limit={limit}"),
-            )
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().await.unwrap_or_default();
-        Ok::<_, reqwest::Error>((status, body))
-    });
-    match res {
-        Ok((s, body)) if s.is_success() => {
+    let url = format!("/api/v1/accounts/{account}/preview?limit={limit}");
+    match api.call(reqwest::Method::POST, &url) {
+        Ok(body) => {
             print!("{}", preview_text(&body));
             0
         }
-        Ok((s, body)) => {
-            eprintln!(
-                "The daemon answered {s}: {}",
-                body["error"].as_str().unwrap_or("")
-            );
-            1
-        }
-        Err(e) => {
-            eprintln!(
-                "Cannot reach the daemon at {}: {e}. `preview` asks the running daemon (`contact-sync run`).",
-                api.base
-            );
-            EXIT_UNAVAILABLE
-        }
+        Err(code) => code,
     }
 }
 
-/// Sends one request to the running daemon and prints its answer.
+/// Sends one request to the running daemon and prints `done` when it succeeds.
 fn daemon_call(path: &Path, method: reqwest::Method, url: &str, done: &str) -> i32 {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let api = DaemonApi::new(&config);
-    let res = runtime().block_on(async {
-        let r = api.req(method, url).send().await?;
-        let status = r.status();
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
-        Ok::<_, reqwest::Error>((status, body))
-    });
-    match res {
-        Ok((s, _)) if s.is_success() => {
+    match DaemonApi::new(&config).call(method, url) {
+        Ok(_) => {
             println!("{done}");
             0
         }
-        Ok((s, body)) => {
-            eprintln!(
-                "The daemon answered {s}: {}",
-                body["error"].as_str().unwrap_or("")
-            );
-            1
-        }
-        Err(e) => {
-            eprintln!(
-                "Cannot reach the daemon at {}: {e}. Is `contact-sync run` running?",
-                api.base
-            );
-            EXIT_UNAVAILABLE
-        }
+        Err(code) => code,
     }
 }
 

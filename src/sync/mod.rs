@@ -181,19 +181,11 @@ impl<'a> Planner<'a> {
 
     /// The CRM contact's synced fields, with its company by name.
     pub fn fields_of(&self, c: &Contact) -> Result<Fields, StoreError> {
-        Ok(Fields {
-            first_name: c.first_name.clone(),
-            last_name: c.last_name.clone(),
-            emails: c.emails.clone(),
-            phones: c.phones.clone(),
-            address: c.address.clone(),
-            organization: match c.company_id {
-                Some(id) => self.company_name(id)?,
-                None => None,
-            },
-            job_title: c.job_title.clone(),
-            birthday: c.birthday,
-        })
+        let organization = match c.company_id {
+            Some(id) => self.company_name(id)?,
+            None => None,
+        };
+        Ok(Fields::of(c, organization))
     }
 
     fn keys_of(&self, f: &Fields) -> Keys {
@@ -471,8 +463,7 @@ impl<'a> Planner<'a> {
         new_link: impl Fn(ContactId) -> LinkRecord,
         photo: Option<&Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let provider = provider.clone();
-        match self.find_match(&provider)? {
+        match self.find_match(provider)? {
             Some((contact, _))
                 if matches!(
                     self.outbox_entry(&self.ctx.account, contact.id)?,
@@ -485,7 +476,7 @@ impl<'a> Planner<'a> {
             {
                 // Our own creation, made before a crash or a lost answer: adopt it
                 // instead of creating the contact in the provider a second time.
-                self.adopt(pid, contact, &provider, new_link)
+                self.adopt(pid, contact, provider, new_link)
             }
             Some((contact, others)) => {
                 let id = contact.id;
@@ -506,14 +497,14 @@ impl<'a> Planner<'a> {
                 self.merge_into(
                     pid,
                     contact,
-                    &provider,
+                    provider,
                     None,
                     new_link(id),
                     &placeholder,
                     Some(others),
                 )
             }
-            None => self.create(pid, &provider, new_link, photo),
+            None => self.create(pid, provider, new_link, photo),
         }
     }
 

@@ -83,19 +83,11 @@ pub fn enqueue(
 
 /// A contact's synced fields, with its company by name.
 pub fn fields_of(db: &Db, c: &Contact) -> Result<Fields, StoreError> {
-    Ok(Fields {
-        first_name: c.first_name.clone(),
-        last_name: c.last_name.clone(),
-        emails: c.emails.clone(),
-        phones: c.phones.clone(),
-        address: c.address.clone(),
-        organization: match c.company_id {
-            Some(id) => db.company(id)?.map(|co| co.name),
-            None => None,
-        },
-        job_title: c.job_title.clone(),
-        birthday: c.birthday,
-    })
+    let organization = match c.company_id {
+        Some(id) => db.company(id)?.map(|co| co.name),
+        None => None,
+    };
+    Ok(Fields::of(c, organization))
 }
 
 /// Names of the fields that differ between two versions of a contact.
