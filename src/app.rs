@@ -13,6 +13,7 @@ use crate::actors::matcher::Matcher;
 use crate::actors::supervisor::{ProviderFactory, Reload, StopAll, Supervisor};
 use crate::actors::writer::Writer;
 use crate::api::{self, ApiState};
+use crate::audit::{Action, AuditEvent, AuditLog};
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config};
 use crate::logging::Logging;
@@ -158,12 +159,6 @@ pub fn load_sealer(config: &Config, db: &Db) -> Result<Sealer, anyhow::Error> {
 /// Starts the daemon: store, secrets, actors, HTTP API, watcher. Returns once it is ready.
 pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
     let config = boot.config;
-    if let Some(l) = boot.logging {
-        tracing::info!(dir = %config.daemon.audit_dir.display(), "Opening the audit log.");
-        l.enable_audit(&config.daemon.audit_dir)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .map_err(fail(EXIT_STORE))?;
-    }
     tracing::info!(dir = %config.daemon.data_dir.display(), "Opening store.");
     let region = crate::normalize::region(&config.daemon.default_region);
     let db = Db::open(&config.daemon.data_dir, region)
@@ -175,6 +170,25 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
             )
         })
         .map_err(fail(EXIT_STORE))?;
+    tracing::info!(dir = %config.daemon.audit_dir.display(), "Opening the audit log.");
+    let audit = AuditLog::new(
+        db.clone(),
+        &config.daemon.audit_dir,
+        config.tz(),
+        config.daemon.audit_retention,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .map_err(fail(EXIT_STORE))?;
+    // Events left in the store by the last run go to the files first.
+    match audit.drain() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(events = n, "Wrote audit events stored by the last run."),
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot write the audit backlog yet; it waits in the store.")
+        }
+    }
+    let audit = audit.install();
+    audit.apply_retention();
     tracing::info!("Reading secrets.");
     let token = api_token(&config).map_err(fail(EXIT_CONFIG))?;
     let sealer = Arc::new(load_sealer(&config, &db).map_err(fail(EXIT_CONFIG))?);
@@ -235,6 +249,12 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
         None => None,
     };
     let n = rt.config().accounts.iter().filter(|a| a.enabled).count();
+    AuditEvent::daemon(Action::Started)
+        .reason(format!(
+            "contact-sync {} started, {n} accounts enabled",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .emit();
     crate::systemd::notify_ready(Some(&format!("{n} accounts enabled")));
     tracing::info!(%addr, accounts = n, "Ready.");
     Ok(Daemon {
@@ -280,6 +300,7 @@ impl Daemon {
         let work = async {
             let _ = self.supervisor.send(StopAll).await;
             self.server.stop(true).await;
+            AuditEvent::daemon(Action::Stopped).emit();
             if let Err(e) = self.rt.db.flush() {
                 tracing::error!(error = %e, "Final store flush failed.");
             }

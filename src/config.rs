@@ -183,6 +183,9 @@ pub struct DaemonConfig {
     /// How long deleted CRM contacts are kept as tombstones for `restore`.
     #[serde(default = "default_retention", with = "humantime_serde")]
     pub tombstone_retention: Duration,
+    /// Daily audit files older than this are removed (whole days); default: kept forever.
+    #[serde(default, with = "humantime_serde")]
+    pub audit_retention: Option<Duration>,
 }
 
 impl Default for DaemonConfig {
@@ -197,6 +200,7 @@ impl Default for DaemonConfig {
             contact_limit: default_limit(),
             default_region: default_region(),
             audit_values: false,
+            audit_retention: None,
             token_key_file: None,
             deletion_guard_share: default_deletion_share(),
             deletion_guard_min: default_deletion_min(),

@@ -135,6 +135,14 @@ pub fn status(path: &Path, account: Option<&str>, json: bool) -> i32 {
         println!("Configuration reload failed (previous configuration in force): {e}\n");
     }
     print!("{}", status_table(&accounts));
+    if let Some(e) = body.get("audit_error").and_then(|e| e.as_str()) {
+        println!(
+            "\nThe audit log cannot be written ({} events wait in the store): {e}",
+            body["audit_backlog"].as_u64().unwrap_or(0)
+        );
+    } else if let Some(n) = body["audit_backlog"].as_u64().filter(|n| *n > 0) {
+        println!("\n{n} audit events wait to be written to the audit files.");
+    }
     0
 }
 
@@ -201,11 +209,20 @@ fn store_grant_offline(config: &Config, account: &str, token: &SecretString) -> 
     )
     .map_err(|e| format!("cannot open the store (is the daemon running elsewhere?): {e}"))?;
     let sealer = crate::app::load_sealer(config, &db).map_err(|e| e.to_string())?;
+    let had_grant = db.grant(account).map_err(|e| e.to_string())?.is_some();
+    let provider = config
+        .account(account)
+        .map(|a| a.provider.as_str())
+        .unwrap_or("");
     let mut b = Batch::default();
     b.push(Op::PutGrant {
         account: account.to_string(),
         sealed: sealer.seal(token),
     });
+    // Written to the audit file by the daemon's drainer when it next starts.
+    b.push(Op::Audit(crate::audit::AuditEvent::grant_stored(
+        account, provider, had_grant,
+    )));
     db.commit_durable(&b).map_err(|e| e.to_string())
 }
 
@@ -349,8 +366,20 @@ fn disconnect_offline(config: &Config, account: &str) -> Result<String, String> 
             (_, None) => "not revoked (the account is no longer in the configuration)".into(),
         };
     }
+    let provider = config
+        .account(account)
+        .map(|a| a.provider.as_str())
+        .unwrap_or("");
     db.commit_durable(&Batch {
-        ops: vec![Op::DeleteGrant(account.to_string())],
+        ops: vec![
+            Op::DeleteGrant(account.to_string()),
+            // Written to the audit file by the daemon's drainer when it next starts.
+            Op::Audit(crate::audit::AuditEvent::new(
+                account,
+                provider,
+                crate::audit::Action::Disconnected,
+            )),
+        ],
     })
     .map_err(|e| e.to_string())?;
     Ok(note)

@@ -40,6 +40,32 @@ pub struct ReloadOutcome {
     pub added: Vec<String>,
     pub removed: Vec<String>,
     pub changed: Vec<String>,
+    /// Whether `[daemon]` or `[providers.*]` settings changed.
+    pub settings_changed: bool,
+}
+
+impl ReloadOutcome {
+    /// One line on what the reload changed, for the audit log.
+    pub fn summary(&self) -> String {
+        let mut parts = vec![];
+        for (what, ids) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("changed", &self.changed),
+        ] {
+            if !ids.is_empty() {
+                parts.push(format!("accounts {what}: {}", ids.join(", ")));
+            }
+        }
+        if self.settings_changed {
+            parts.push("daemon or provider settings changed".into());
+        }
+        if parts.is_empty() {
+            "no change".into()
+        } else {
+            parts.join("; ")
+        }
+    }
 }
 
 /// Restart an account now (after `connect` stored a new grant).
@@ -221,7 +247,10 @@ impl Supervisor {
         let guard_changed = new.daemon.deletion_guard_share != old.daemon.deletion_guard_share
             || new.daemon.deletion_guard_min != old.daemon.deletion_guard_min;
         self.rt.set_config(new.clone());
-        let mut out = ReloadOutcome::default();
+        let mut out = ReloadOutcome {
+            settings_changed: old.daemon != new.daemon || old.providers != new.providers,
+            ..ReloadOutcome::default()
+        };
         for id in &diff.to_remove {
             self.stop(id, ctx);
             match new.account(id) {
@@ -363,6 +392,13 @@ impl Handler<Reload> for Supervisor {
             Ok(o) => {
                 self.rt.set_reload_error(None);
                 tracing::info!(added = ?o.added, removed = ?o.removed, changed = ?o.changed, "Configuration reloaded.");
+                let config = self.rt.config();
+                if let Some(log) = crate::audit::installed() {
+                    log.reconfigure(config.tz(), config.daemon.audit_retention);
+                }
+                crate::audit::AuditEvent::daemon(crate::audit::Action::ConfigReloaded)
+                    .reason(o.summary())
+                    .emit();
             }
             Err(e) => {
                 self.rt.set_reload_error(Some(e.clone()));

@@ -1,7 +1,9 @@
-//! The writer actor: the only place CRM state is written. It owns the durability contract
-//! of SPEC §8: a page's CRM writes, links, base snapshots, metrics and the new cursor are
-//! committed in one store transaction and flushed before the reply; audit events are
-//! emitted only after that. It runs on its own thread (a `SyncArbiter`), since commits and
+//! The writer actor: where sync rounds and API edits commit CRM state (two-way push answers,
+//! status records, grants and approvals are committed by their own owners; see
+//! `docs/architecture.md`). It owns the durability contract of SPEC §8: a page's CRM
+//! writes, links, base snapshots, metrics, the new cursor and the page's audit events are
+//! committed in one store transaction and flushed before the reply; the audit drainer then
+//! writes the events to the daily file. It runs on its own thread (a `SyncArbiter`), since commits and
 //! flushes block.
 
 use std::sync::Arc;
@@ -64,15 +66,18 @@ impl Handler<CommitPage> for Writer {
                 });
             }
         }
+        // The audit events are stored with the change they describe (and get their seq
+        // there); the drainer writes them to the daily file after the commit.
+        for e in &msg.audit {
+            msg.batch.push(Op::Audit(e.clone()));
+        }
         let ops = msg.batch.ops.len();
         self.rt.db.commit_durable(&msg.batch)?;
         // Side effects only after the commit is durable.
         if let Some(account) = &msg.account {
             self.rt.update(account, |a| a.totals.add(&msg.metrics));
         }
-        for e in &msg.audit {
-            e.emit();
-        }
+        crate::audit::committed(&msg.audit);
         Ok(PageCommitted { ops })
     }
 }

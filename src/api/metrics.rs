@@ -196,6 +196,20 @@ pub fn render(st: &ApiState) -> String {
         "Contacts in the CRM.",
         vec![(String::new(), st.rt.db.contact_count().unwrap_or(0) as f64)],
     );
+    if let Some(log) = crate::audit::installed() {
+        family(
+            "contact_sync_audit_backlog",
+            "gauge",
+            "Audit events stored and not yet written to the audit files.",
+            vec![(String::new(), log.backlog() as f64)],
+        );
+        family(
+            "contact_sync_audit_write_errors_total",
+            "counter",
+            "Failed appends to the audit files (each is retried).",
+            vec![(String::new(), log.write_errors() as f64)],
+        );
+    }
     out
 }
 

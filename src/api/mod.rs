@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::actors::matcher::{EditCrm, Matcher};
 use crate::actors::supervisor::{PushSoon, RestartAccount, Supervisor, SyncNow};
+use crate::audit::{self, AuditEvent};
 use crate::crm::{ContactInput, CrmEdit, EditError};
 use crate::model::{Contact, DayMetrics, SkipReason};
 use crate::runtime::{AccountRuntime, Runtime};
@@ -332,7 +333,10 @@ async fn approve_account(
         key: crate::actors::account::approval_key(&id),
         value: Some(chrono::Utc::now().to_rfc3339().into_bytes()),
     });
+    let approved = AuditEvent::new(&id, &provider_name(&st, &id), audit::Action::Approved);
+    b.push(crate::store::Op::Audit(approved.clone()));
     st.rt.db.commit_durable(&b)?;
+    audit::committed(&[approved]);
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Held deletions approved by an operator.");
     Ok(HttpResponse::Accepted()
@@ -377,6 +381,8 @@ async fn list_accounts(st: web::Data<ApiState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(json!({
         "accounts": accounts,
         "config_error": st.rt.reload_error(),
+        "audit_backlog": audit::installed().map(|l| l.backlog()),
+        "audit_error": audit::installed().and_then(|l| l.last_error()),
     })))
 }
 
@@ -431,12 +437,16 @@ async fn put_grant(
         )
     })?;
     let sealed = sealer.seal(&SecretString::from(token.trim().to_string()));
+    let had_grant = st.rt.db.grant(&id)?.is_some();
     let mut b = crate::store::Batch::default();
     b.push(crate::store::Op::PutGrant {
         account: id.to_string(),
         sealed,
     });
+    let event = AuditEvent::grant_stored(&id, &provider_name(&st, &id), had_grant);
+    b.push(crate::store::Op::Audit(event.clone()));
     st.rt.db.commit_durable(&b)?;
+    audit::committed(&[event]);
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Refresh token stored; account restarting.");
     Ok(HttpResponse::NoContent().finish())
@@ -448,10 +458,22 @@ async fn delete_grant(
 ) -> Result<HttpResponse, ApiError> {
     let mut b = crate::store::Batch::default();
     b.push(crate::store::Op::DeleteGrant(id.to_string()));
+    let event = AuditEvent::new(&id, &provider_name(&st, &id), audit::Action::Disconnected);
+    b.push(crate::store::Op::Audit(event.clone()));
     st.rt.db.commit_durable(&b)?;
+    audit::committed(&[event]);
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Grant forgotten; synced contacts stay.");
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The provider of a configured account, for audit events (empty when it is not configured).
+fn provider_name(st: &ApiState, id: &str) -> String {
+    st.rt
+        .config()
+        .account(id)
+        .map(|a| a.provider.as_str().to_string())
+        .unwrap_or_default()
 }
 
 async fn healthz(st: web::Data<ApiState>) -> HttpResponse {

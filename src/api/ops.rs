@@ -435,12 +435,25 @@ pub async fn callback(
             "The token key is not available.",
         );
     };
+    let had_grant = matches!(st.rt.db.grant(&account), Ok(Some(_)));
+    let provider_name = st
+        .rt
+        .config()
+        .account(&account)
+        .map(|a| a.provider.as_str().to_string())
+        .unwrap_or_default();
+    let event = crate::audit::AuditEvent::grant_stored(&account, &provider_name, had_grant);
     let mut b = crate::store::Batch::default();
     b.push(crate::store::Op::PutGrant {
         account: account.clone(),
         sealed: sealer.seal(&token),
     });
-    if let Err(e) = st.rt.db.commit_durable(&b) {
+    b.push(crate::store::Op::Audit(event.clone()));
+    let stored = st.rt.db.commit_durable(&b);
+    if stored.is_ok() {
+        crate::audit::committed(&[event]);
+    }
+    if let Err(e) = stored {
         tracing::error!(account = %account, error = %e, "Cannot store the grant.");
         return page(
             StatusCode::SERVICE_UNAVAILABLE,

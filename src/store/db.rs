@@ -28,6 +28,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// First byte of every stored value: the encoding version of that value.
 const VALUE_V1: u8 = 1;
 
+/// The `meta` key of the last audit `seq` given.
+const AUDIT_SEQ: &[u8] = b"audit_seq";
+
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![VALUE_V1];
     // Serialising our own plain data types into a Vec cannot fail.
@@ -201,6 +204,9 @@ pub enum Op {
         account: String,
         provider_id: String,
     },
+    /// An audit event describing this batch: stored with the next `seq`, for the drainer
+    /// (see [`crate::audit`]).
+    Audit(crate::audit::AuditEvent),
 }
 
 /// Why and in which version a provider contact was last skipped.
@@ -671,12 +677,72 @@ impl Db {
                 provider_id,
                 skip,
             } => tx.insert(Tree::Skips, &pair_key(account, provider_id), enc(skip))?,
+            Op::Audit(event) => {
+                let seq = tx
+                    .get(Tree::Meta, AUDIT_SEQ)?
+                    .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+                    .unwrap_or(0)
+                    + 1;
+                tx.insert(Tree::Meta, AUDIT_SEQ, seq.to_be_bytes().to_vec())?;
+                let mut e = event.clone();
+                e.seq = Some(seq);
+                let mut v = e.time.timestamp_millis().to_be_bytes().to_vec();
+                v.extend_from_slice(e.line().as_bytes());
+                tx.insert(Tree::Audit, &seq.to_be_bytes(), v)?;
+            }
             Op::DeleteSkip {
                 account,
                 provider_id,
             } => tx.remove(Tree::Skips, &pair_key(account, provider_id))?,
         }
         Ok(())
+    }
+
+    /// Up to `limit` stored audit events not yet drained, in `seq` order:
+    /// `(seq, time in Unix milliseconds, JSON line)`.
+    pub fn audit_pending(&self, limit: usize) -> Result<Vec<(u64, i64, Vec<u8>)>, StoreError> {
+        let corrupt = |m: &str| StoreError::Corrupt {
+            tree: Tree::Audit.name(),
+            message: m.to_string(),
+        };
+        self.kv
+            .range_after(Tree::Audit, None, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let seq =
+                    u64::from_be_bytes(k.as_slice().try_into().map_err(|_| corrupt("bad key"))?);
+                if v.len() < 8 {
+                    return Err(corrupt("short value"));
+                }
+                let (t, line) = v.split_at(8);
+                let millis = i64::from_be_bytes(t.try_into().map_err(|_| corrupt("bad time"))?);
+                Ok((seq, millis, line.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Forgets drained audit events. Not flushed: a lost removal only repeats lines.
+    pub fn audit_remove(&self, seqs: &[u64]) -> Result<(), StoreError> {
+        self.kv.transaction(&|tx| {
+            for s in seqs {
+                tx.remove(Tree::Audit, &s.to_be_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// How many audit events wait for the drainer.
+    pub fn audit_backlog(&self) -> Result<usize, StoreError> {
+        self.kv.len(Tree::Audit)
+    }
+
+    /// The last `seq` given to an audit event (0: none yet).
+    pub fn audit_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .kv
+            .get(Tree::Meta, AUDIT_SEQ)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0))
     }
 
     /// Applies every operation of `batch` in one transaction. It is not durable until

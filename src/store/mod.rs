@@ -34,10 +34,12 @@ pub enum Tree {
     Grants,
     Tombstones,
     Skips,
+    /// Audit events not yet written to the daily files, by `seq`.
+    Audit,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 16] = [
         Tree::Meta,
         Tree::Contacts,
         Tree::Companies,
@@ -53,6 +55,7 @@ impl Tree {
         Tree::Grants,
         Tree::Tombstones,
         Tree::Skips,
+        Tree::Audit,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -72,6 +75,7 @@ impl Tree {
             Tree::Grants => "grants",
             Tree::Tombstones => "tombstones",
             Tree::Skips => "skips",
+            Tree::Audit => "audit",
         }
     }
 
