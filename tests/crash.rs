@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
@@ -17,6 +18,50 @@ fn env(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Waits until every stored audit event is in the files, then checks that no `seq` is
+/// missing and returns the lines with one per `seq` (a crash may repeat a line, with its
+/// `seq`).
+async fn audit_by_seq(d: &TestDaemon) -> Vec<serde_json::Value> {
+    d.wait_for(
+        "the audit backlog to drain",
+        Duration::from_secs(60),
+        || async { d.get("/api/v1/accounts").await["audit_backlog"] == 0 },
+    )
+    .await;
+    let mut by_seq = BTreeMap::new();
+    for l in d.audit_lines() {
+        let seq = l["seq"].as_u64().expect("every line has a seq");
+        if let Some(prev) = by_seq.insert(seq, l.clone()) {
+            assert_eq!(prev, l, "a repeated seq repeats the same event");
+        }
+    }
+    let max = by_seq.keys().next_back().copied().unwrap_or(0);
+    assert_eq!(
+        by_seq.len() as u64,
+        max,
+        "no seq is missing from 1 to {max}"
+    );
+    by_seq.into_values().collect()
+}
+
+/// How many distinct events of `action` and `direction` name each CRM id.
+fn events_per_contact(
+    lines: &[serde_json::Value],
+    action: &str,
+    direction: &str,
+) -> BTreeMap<u64, usize> {
+    let mut out = BTreeMap::new();
+    for l in lines
+        .iter()
+        .filter(|l| l["action"] == action && l["direction"] == direction)
+    {
+        if let Some(id) = l["crm_id"].as_u64() {
+            *out.entry(id).or_default() += 1;
+        }
+    }
+    out
 }
 
 #[tokio::test]
@@ -86,6 +131,24 @@ async fn sigkill_during_initial_sync_loses_nothing_and_duplicates_nothing() {
             "skipped {reason} counted once"
         );
     }
+    // The audit trail agrees with the store: one `added` per CRM contact, an `updated`
+    // per counted update, and no seq missing.
+    let lines = audit_by_seq(&d).await;
+    let added_events = events_per_contact(&lines, "added", "to_crm");
+    let ids: BTreeSet<u64> = contacts.iter().filter_map(|c| c["id"].as_u64()).collect();
+    assert_eq!(
+        added_events.keys().copied().collect::<BTreeSet<_>>(),
+        ids,
+        "every CRM contact has an added event"
+    );
+    assert!(
+        added_events.values().all(|n| *n == 1),
+        "exactly one added event per contact"
+    );
+    let updated_events: usize = events_per_contact(&lines, "updated", "to_crm")
+        .values()
+        .sum();
+    assert_eq!(updated_events as u64, updated, "every update has its event");
     // Links point at contacts that link back, and the store reopens cleanly again.
     for (pid, id) in &links {
         let c = d.get(&format!("/api/v1/contacts/{id}")).await;
@@ -167,6 +230,14 @@ async fn sigkill_during_two_way_push_pushes_each_contact_exactly_once() {
         "counted once each"
     );
     assert_eq!(today(&a, &["added", "to_crm"]), 0);
+    // One `added` to the provider per pushed contact, and no seq missing.
+    let lines = audit_by_seq(&d).await;
+    let pushed_events = events_per_contact(&lines, "added", "to_provider");
+    assert_eq!(pushed_events.len(), n, "every push has its event");
+    assert!(
+        pushed_events.values().all(|k| *k == 1),
+        "exactly one added event per pushed contact"
+    );
     let adopted = d
         .audit_lines()
         .iter()
