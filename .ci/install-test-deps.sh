@@ -3,12 +3,14 @@
 # already there. Used by .ci/run; run it once by hand before `cargo test` on a new machine.
 #   chromium  - tests/dashboard_browser.rs loads the dashboard in headless Chromium
 #   promtool  - tests/operators.rs checks /metrics (Debian package: prometheus)
+#   rsyslogd  - tests/audit.rs ships the audit files with rsyslog's imfile (package: rsyslog)
 # With CI set, those tests fail when a tool is missing; without it they print a skip note.
 set -euo pipefail
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -17,6 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   # Chromium's recommended packages bring the fonts the dashboard screenshot needs.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
   command -v promtool >/dev/null
+  [ -x /usr/sbin/rsyslogd ]
   [ -x /usr/bin/chromium ]
 fi
 

@@ -187,6 +187,15 @@ async fn audit_full_disk_grows_a_backlog_that_drains_when_space_returns() {
 // rsyslog's imfile ships every event to a listener.
 // ---------------------------------------------------------------------------------------
 
+/// rsyslogd by its Debian path (root's PATH may lack /usr/sbin), else from PATH.
+fn rsyslogd() -> &'static str {
+    if Path::new("/usr/sbin/rsyslogd").exists() {
+        "/usr/sbin/rsyslogd"
+    } else {
+        "rsyslogd"
+    }
+}
+
 struct Rsyslog {
     child: Option<Child>,
     conf: PathBuf,
@@ -225,7 +234,7 @@ action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp" template="li
     }
 
     fn spawn(&mut self) {
-        let out = Command::new("rsyslogd")
+        let out = Command::new(rsyslogd())
             .arg("-N1")
             .arg("-f")
             .arg(&self.conf)
@@ -237,7 +246,7 @@ action(type="omfwd" target="127.0.0.1" port="{port}" protocol="tcp" template="li
             String::from_utf8_lossy(&out.stderr)
         );
         self.child = Some(
-            Command::new("rsyslogd")
+            Command::new(rsyslogd())
                 .arg("-n")
                 .arg("-f")
                 .arg(&self.conf)
@@ -313,7 +322,7 @@ fn received_seqs(got: &Arc<Mutex<Vec<Value>>>) -> BTreeSet<u64> {
 #[tokio::test]
 async fn audit_rsyslog_imfile_ships_every_event_across_restarts_and_a_new_day_file() {
     const USER: &str = "ship@example.com";
-    if Command::new("rsyslogd").arg("-v").output().is_err() {
+    if Command::new(rsyslogd()).arg("-v").output().is_err() {
         if std::env::var_os("CI").is_some() {
             panic!("rsyslogd is not installed (.ci/install-test-deps.sh installs it)");
         }
