@@ -43,6 +43,7 @@ pub fn run(cli: Cli, logging: Logging) -> i32 {
         Command::Sim(args) => crate::ops::sim(args),
         Command::Approve { account } => crate::ops::approve(&cli.config, &account),
         Command::Restore { contact_id } => crate::ops::restore(&cli.config, contact_id),
+        Command::Explain { query, json } => crate::ops::explain(&cli.config, &query, json),
     }
 }
 

@@ -64,6 +64,8 @@ pub enum Action {
     Started,
     /// The daemon stopped.
     Stopped,
+    /// An operator asked to send a failed CRM change again.
+    RetryRequested,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -209,6 +211,14 @@ fn recent() -> &'static Mutex<VecDeque<AuditEvent>> {
 pub fn recent_events(n: usize) -> Vec<AuditEvent> {
     let r = recent().lock().unwrap_or_else(|p| p.into_inner());
     r.iter().rev().take(n).rev().cloned().collect()
+}
+
+/// The CRM ids an audit line names.
+#[derive(serde::Deserialize)]
+struct Named {
+    crm_id: Option<u64>,
+    #[serde(default)]
+    others: Vec<u64>,
 }
 
 /// The file name of a day's audit log.
@@ -403,6 +413,19 @@ impl AuditLog {
                 break Err(e);
             }
             let seqs: Vec<u64> = pending.iter().map(|(s, _, _)| *s).collect();
+            // Keep each contact's story bounded.
+            let mut named = std::collections::BTreeSet::new();
+            for (_, _, line) in &pending {
+                if let Ok(ids) = serde_json::from_slice::<Named>(line) {
+                    named.extend(ids.crm_id);
+                    named.extend(ids.others);
+                }
+            }
+            for id in named {
+                if let Err(e) = self.db.trim_contact_events(id) {
+                    tracing::warn!(contact = id, error = %e, "Cannot trim a contact's story.");
+                }
+            }
             // Not flushed on purpose: if this removal is lost in a crash, the lines are
             // written again with the same seq (at least once).
             if let Err(e) = self.db.audit_remove(&seqs) {

@@ -62,6 +62,15 @@ pub enum Command {
         /// The CRM contact id.
         contact_id: u64,
     },
+    /// Why a person is or is not in the CRM, and what happened to them: their fields, links,
+    /// base snapshots and every audit event, or the sync that skipped them and why.
+    Explain {
+        /// A CRM contact id, an email address, a phone number or a name.
+        query: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the simulated Google and Microsoft providers alone (tests, benchmarks).
     Sim(crate::sim::SimArgs),
 }

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crm;
+pub mod health;
 pub mod logging;
 pub mod model;
 pub mod normalize;

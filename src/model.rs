@@ -114,6 +114,17 @@ impl Fields {
             birthday: c.birthday,
         }
     }
+
+    /// "First Last", or whichever part there is; "(no name)" when there is none.
+    pub fn display_name(&self) -> String {
+        let name = format!("{} {}", self.first_name.trim(), self.last_name.trim());
+        let name = name.trim();
+        if name.is_empty() {
+            "(no name)".into()
+        } else {
+            name.to_string()
+        }
+    }
 }
 
 /// Names of the synced fields, as they appear in audit events.

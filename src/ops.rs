@@ -134,7 +134,10 @@ pub fn status(path: &Path, account: Option<&str>, json: bool) -> i32 {
     if let Some(e) = body.get("config_error").and_then(|e| e.as_str()) {
         println!("Configuration reload failed (previous configuration in force): {e}\n");
     }
-    print!("{}", status_table(&accounts));
+    print!(
+        "{}",
+        status_table(&accounts, config.tz(), chrono::Utc::now())
+    );
     if let Some(e) = body.get("audit_error").and_then(|e| e.as_str()) {
         println!(
             "\nThe audit log cannot be written ({} events wait in the store): {e}",
@@ -146,44 +149,53 @@ pub fn status(path: &Path, account: Option<&str>, json: bool) -> i32 {
     0
 }
 
-/// The `status` table.
-pub fn status_table(accounts: &[serde_json::Value]) -> String {
+/// The `status` table: one row per account, times in the configured time zone with how long
+/// ago they were, then each account's skip reasons and last error.
+pub fn status_table(
+    accounts: &[serde_json::Value],
+    tz: chrono_tz::Tz,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    use comfy_table::{presets::UTF8_BORDERS_ONLY, CellAlignment, Table};
     use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<16} {:<8} {:<8} {:<8} {:<16} {:<26} {:>16} {:>18} {:>9} {:>8}",
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(vec![
         "ACCOUNT",
         "PROVIDER",
         "GROUP",
-        "DIRECT.",
+        "DIRECTION",
         "STATE",
         "LAST SYNC",
         "ADDED crm/prov",
         "UPDATED crm/prov",
         "DELETED",
-        "SKIPPED"
-    );
+        "SKIPPED",
+    ]);
+    let mut notes = String::new();
     for a in accounts {
         let t = &a["today"];
         let skipped: u64 = t["skipped"]
             .as_object()
             .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
             .unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "{:<16} {:<8} {:<8} {:<8} {:<16} {:<26} {:>16} {:>18} {:>9} {:>8}",
-            a["id"].as_str().unwrap_or(""),
-            a["provider"].as_str().unwrap_or(""),
-            a["group"].as_str().unwrap_or(""),
-            a["direction"].as_str().unwrap_or(""),
-            a["state"].as_str().unwrap_or(""),
-            a["last_sync"].as_str().unwrap_or("never"),
+        let last = a["last_sync"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| crate::health::when(t.with_timezone(&chrono::Utc), tz, now))
+            .unwrap_or_else(|| "never".into());
+        table.add_row(vec![
+            a["id"].as_str().unwrap_or("").to_string(),
+            a["provider"].as_str().unwrap_or("").to_string(),
+            a["group"].as_str().unwrap_or("").to_string(),
+            a["direction"].as_str().unwrap_or("").to_string(),
+            a["state"].as_str().unwrap_or("").to_string(),
+            last,
             format!("{}/{}", t["added"]["to_crm"], t["added"]["to_provider"]),
             format!("{}/{}", t["updated"]["in_crm"], t["updated"]["in_provider"]),
-            t["deleted"]["from_provider"],
-            skipped
-        );
+            t["deleted"]["from_provider"].to_string(),
+            skipped.to_string(),
+        ]);
+        let id = a["id"].as_str().unwrap_or("");
         if let Some(reasons) = t["skipped"].as_object() {
             let nonzero: Vec<String> = reasons
                 .iter()
@@ -191,11 +203,175 @@ pub fn status_table(accounts: &[serde_json::Value]) -> String {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             if !nonzero.is_empty() {
-                let _ = writeln!(out, "{:<16} skipped: {}", "", nonzero.join(", "));
+                let _ = writeln!(notes, "{id}: skipped: {}", nonzero.join(", "));
             }
         }
         if let Some(e) = a["last_error"].as_str() {
-            let _ = writeln!(out, "{:<16} last error: {e}", "");
+            let _ = writeln!(notes, "{id}: last error: {e}");
+        }
+    }
+    for i in 6..10 {
+        if let Some(c) = table.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    let mut out = table.to_string();
+    out.push('\n');
+    if !notes.is_empty() {
+        out.push('\n');
+        out.push_str(&notes);
+    }
+    out
+}
+
+/// `explain CONTACT|EMAIL|PHONE`: why a person is or is not in the CRM, and what happened
+/// to them, from the running daemon.
+pub fn explain(path: &Path, query: &str, json: bool) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let api = DaemonApi::new(&config);
+    let q: String = url::form_urlencoded::byte_serialize(query.as_bytes()).collect();
+    let found = match api.call(reqwest::Method::GET, &format!("/api/v1/search?q={q}")) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let empty = vec![];
+    let contacts = found["contacts"].as_array().unwrap_or(&empty);
+    let skipped = found["skipped"].as_array().unwrap_or(&empty);
+    let story = if contacts.len() == 1 {
+        match api.call(
+            reqwest::Method::GET,
+            &format!("/api/v1/contacts/{}/history", contacts[0]["id"]),
+        ) {
+            Ok(v) => Some(v),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
+    if json {
+        let out = serde_json::json!({"search": found, "story": story});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return 0;
+    }
+    print!(
+        "{}",
+        explain_text(query, contacts, skipped, story.as_ref(), config.tz())
+    );
+    if contacts.is_empty() && skipped.is_empty() {
+        1
+    } else {
+        0
+    }
+}
+
+/// The text `explain` prints.
+pub fn explain_text(
+    query: &str,
+    contacts: &[serde_json::Value],
+    skipped: &[serde_json::Value],
+    story: Option<&serde_json::Value>,
+    tz: chrono_tz::Tz,
+) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let list = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    if contacts.is_empty() {
+        let _ = writeln!(out, "No CRM contact matches \"{query}\".");
+    } else if contacts.len() > 1 {
+        let _ = writeln!(
+            out,
+            "{} CRM contacts match \"{query}\"; explain one by its id:",
+            contacts.len()
+        );
+        for c in contacts {
+            let _ = writeln!(
+                out,
+                "  #{}  {}  {}",
+                c["id"],
+                c["name"].as_str().unwrap_or(""),
+                list(&c["emails"])
+            );
+        }
+    }
+    if let Some(s) = story {
+        let c = &s["contact"];
+        let _ = writeln!(
+            out,
+            "{} (CRM #{}){}",
+            s["name"].as_str().unwrap_or(""),
+            s["id"],
+            if s["deleted"] == true {
+                " — deleted from the CRM"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(out, "  emails:  {}", list(&c["emails"]));
+        let _ = writeln!(out, "  phones:  {}", list(&c["phones"]));
+        if let Some(co) = c["company"].as_str() {
+            let _ = writeln!(out, "  company: {co}");
+        }
+        for l in s["links"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  linked to {} as {}",
+                l["account"].as_str().unwrap_or(""),
+                l["provider_id"].as_str().unwrap_or("")
+            );
+        }
+        let _ = writeln!(out, "History:");
+        for e in s["events"].as_array().into_iter().flatten() {
+            let when = e["time"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| {
+                    t.with_timezone(&tz)
+                        .format("%Y-%m-%d %H:%M:%S %Z")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let mut line = format!(
+                "  {when}  {:<16} {}",
+                e["action"].as_str().unwrap_or(""),
+                e["account"].as_str().unwrap_or("")
+            );
+            if let Some(d) = e["direction"].as_str() {
+                let _ = write!(line, " ({d})");
+            }
+            let fields = list(&e["fields"]);
+            if !fields.is_empty() {
+                let _ = write!(line, " fields: {fields}");
+            }
+            if let Some(r) = e["reason"].as_str() {
+                let _ = write!(line, " — {r}");
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(out, "Not synced into the CRM (skipped):");
+        for r in skipped {
+            let _ = writeln!(
+                out,
+                "  {}: {} — account {}, provider id {} {}",
+                r["reason"].as_str().unwrap_or(""),
+                r["name"].as_str().unwrap_or(""),
+                r["account"].as_str().unwrap_or(""),
+                r["provider_id"].as_str().unwrap_or(""),
+                list(&r["emails"])
+            );
         }
     }
     out
@@ -883,12 +1059,56 @@ mod tests {
             "today": {"added": {"to_crm": 3, "to_provider": 1}, "updated": {"in_crm": 2, "in_provider": 0},
                       "deleted": {"from_provider": 4}, "skipped": {"no_name": 2, "too_many_phones": 0}}
         });
-        let t = status_table(&[a]);
+        let t = status_table(&[a], chrono_tz::UTC, chrono::Utc::now());
         assert!(t.contains("3/1") && t.contains("2/0"), "{t}");
         assert!(
             t.contains("skipped: no_name=2") && !t.contains("too_many_phones="),
             "{t}"
         );
         assert!(t.contains("last error: boom"), "{t}");
+    }
+
+    #[test]
+    fn status_table_prints_times_in_the_timezone_with_how_long_ago_and_aligns_long_ids() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-29T15:07:05Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let row = |id: &str| {
+            serde_json::json!({
+                "id": id, "provider": "google", "group": "all", "direction": "one-way",
+                "state": "idle", "last_sync": "2026-11-29T15:04:04.114602794+00:00",
+                "today": {"added": {"to_crm": 3, "to_provider": 1}, "updated": {"in_crm": 2, "in_provider": 0},
+                          "deleted": {"from_provider": 4}, "skipped": {}}
+            })
+        };
+        let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let t = status_table(
+            &[row("a"), row("a-very-long-account-id-for-the-sales-team")],
+            berlin,
+            now,
+        );
+        assert!(t.contains("2026-11-29 16:04:04 CET (3 min ago)"), "{t}");
+        assert!(!t.contains(".114602794"), "{t}");
+        // Every row of the table is as wide as the header: the columns line up.
+        let widths: std::collections::BTreeSet<usize> = t
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.chars().count())
+            .collect();
+        assert_eq!(widths.len(), 1, "{t}");
+    }
+
+    #[test]
+    fn explain_says_why_a_person_is_not_in_the_crm() {
+        let skipped = vec![serde_json::json!({
+            "account": "sales", "provider_id": "people/c1", "reason": "no_email_or_phone",
+            "name": "Jane Doe", "emails": [], "phones": []
+        })];
+        let t = explain_text("Jane Doe", &[], &skipped, None, chrono_tz::UTC);
+        assert!(t.contains("No CRM contact matches \"Jane Doe\""), "{t}");
+        assert!(
+            t.contains("no_email_or_phone: Jane Doe — account sales"),
+            "{t}"
+        );
     }
 }

@@ -364,6 +364,21 @@ pub fn resync_key(account: &str) -> String {
 }
 
 /// The `meta` key recording an operator's approval of an account's held deletions.
+/// The `meta` key of the deletions the guard holds for an account: JSON
+/// `[[provider_id, crm_id], …]`.
+pub fn held_key(account: &str) -> String {
+    format!("held_deletions/{account}")
+}
+
+/// The deletions the guard holds for an account: `(provider id, CRM id)`.
+pub fn held_deletions(db: &crate::store::Db, account: &str) -> Vec<(String, u64)> {
+    db.meta(&held_key(account))
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_slice(&v).ok())
+        .unwrap_or_default()
+}
+
 pub fn approval_key(account: &str) -> String {
     format!("approve:{account}")
 }
@@ -414,11 +429,15 @@ async fn run_round(
     let config = rt.config();
     let approval_key = approval_key(&cfg.id);
     let approved = rt.db.meta(&approval_key)?.is_some();
-    let deletions = sync::collapse(&changes)
+    let doomed: Vec<(String, u64)> = sync::collapse(&changes)
         .iter()
         .filter(|c| matches!(c, Change::Deleted { .. }))
-        .filter(|c| matches!(rt.db.link(&cfg.id, c.provider_id()), Ok(Some(_))))
-        .count();
+        .filter_map(|c| match rt.db.link(&cfg.id, c.provider_id()) {
+            Ok(Some(l)) => Some((c.provider_id().to_string(), l.contact_id)),
+            _ => None,
+        })
+        .collect();
+    let deletions = doomed.len();
     let linked = rt.db.link_count(&cfg.id)?;
     let share = config.daemon.deletion_guard_share;
     if !approved
@@ -430,10 +449,27 @@ async fn run_round(
             share * 100.0,
             cfg.id
         );
+        // What is held, for the sync-health view (replaced by every held round).
+        let mut b = Batch::default();
+        b.push(Op::SetMeta {
+            key: held_key(&cfg.id),
+            value: Some(serde_json::to_vec(&doomed).unwrap_or_default()),
+        });
+        rt.db.commit_durable(&b)?;
         AuditEvent::new(&cfg.id, cfg.provider.as_str(), audit::Action::DeletionHeld)
             .reason(format!("{deletions} deletions of {linked}"))
             .emit();
         return Err(RoundError::Held(msg));
+    }
+
+    if rt.db.meta(&held_key(&cfg.id))?.is_some() {
+        // This round passed the guard: nothing is held any more.
+        let mut b = Batch::default();
+        b.push(Op::SetMeta {
+            key: held_key(&cfg.id),
+            value: None,
+        });
+        rt.db.commit_durable(&b)?;
     }
 
     // SPEC §5: a round that would take the account over its limit writes nothing.

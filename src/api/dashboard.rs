@@ -95,15 +95,28 @@ pub fn render(st: &ApiState) -> String {
         ));
     }
     let mut events = String::new();
+    let tz = st.rt.config().tz();
     for e in crate::audit::recent_events(20).iter().rev() {
+        // Names, not only ids: the contact (or its tombstone) by CRM id, else the skip label.
+        let who = e.crm_id.map(|id| {
+            let name = contact_name(st, id);
+            format!("<a href=\"/contacts/{id}\">{}</a> (CRM #{id}) ", esc(&name))
+        });
+        let who = who.unwrap_or_else(|| {
+            e.provider_id
+                .as_deref()
+                .and_then(|pid| skip_name(st, &e.account, pid))
+                .map(|n| format!("{} ", esc(&n)))
+                .unwrap_or_default()
+        });
         events.push_str(&format!(
             "<li><time>{}</time> <b>{}</b> {} {}{}{}</li>\n",
-            e.time.format("%H:%M:%S"),
+            e.time.with_timezone(&tz).format("%H:%M:%S"),
             esc(&serde_json::to_string(&e.action)
                 .unwrap_or_default()
                 .replace('"', "")),
             esc(&e.account),
-            e.crm_id.map(|i| format!("CRM #{i} ")).unwrap_or_default(),
+            who,
             esc(e.provider_id.as_deref().unwrap_or("")),
             e.reason
                 .as_deref()
@@ -111,6 +124,7 @@ pub fn render(st: &ApiState) -> String {
                 .unwrap_or_default(),
         ));
     }
+    let charts = charts(st);
     let notice = st
         .rt
         .reload_error()
@@ -131,6 +145,8 @@ table {{ border-collapse: collapse; }} td, th {{ padding: .4em .8em; border-bott
 .reasons {{ display: block; font-weight: normal; color: #555; }}
 progress {{ display: block; width: 8em; }}
 a.connect {{ margin-left: .5em; }}
+.chart {{ display: block; margin: .3em 0 1.2em; }} .health a {{ margin-right: 1em; }}
+form.search {{ margin: 1em 0; }}
 </style></head><body>
 <h1>contact-sync</h1>
 {notice}
@@ -139,6 +155,10 @@ a.connect {{ margin-left: .5em; }}
 <th>Added Today</th><th>Updated Today</th><th>Deleted Today</th><th>Skipped Today</th><th>Last error</th></tr></thead>
 <tbody>
 {rows}</tbody></table>
+<form class="search" method="get" action="/search"><label>Find a contact (name, email or phone)
+<input type="search" name="q" required></label> <button>Find</button></form>
+<h2>Last 30 days</h2>
+{charts}
 <h2>Recent events</h2>
 <ul class="events">
 {events}</ul>
@@ -151,4 +171,378 @@ pub async fn page(st: web::Data<ApiState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(render(&st))
+}
+
+/// A CRM contact's name by id, from the contact or its tombstone.
+fn contact_name(st: &ApiState, id: u64) -> String {
+    let c = match st.rt.db.contact(id) {
+        Ok(Some(c)) => Some(c),
+        _ => st.rt.db.tombstone(id).ok().flatten().map(|t| t.contact),
+    };
+    c.map(|c| crate::model::Fields::of(&c, None).display_name())
+        .unwrap_or_else(|| format!("contact {id}"))
+}
+
+/// A skipped provider contact's name.
+fn skip_name(st: &ApiState, account: &str, provider_id: &str) -> Option<String> {
+    st.rt
+        .db
+        .skipped_of(account)
+        .ok()?
+        .into_iter()
+        .find(|s| s.provider_id == provider_id)
+        .and_then(|s| s.label.map(|l| l.name))
+}
+
+/// One chart of the last 30 days per account, with links to its excluded, failing and held
+/// records.
+fn charts(st: &ApiState) -> String {
+    let config = st.rt.config();
+    let now = chrono::Utc::now();
+    let mut out = String::new();
+    for a in st.rt.accounts() {
+        let id = &a.config.id;
+        let Ok(days) = crate::health::history(&st.rt.db, id, config.tz(), 30, now) else {
+            continue;
+        };
+        let unusual = crate::health::unusual_deletions(&days);
+        let count = |p: Result<crate::health::Page, crate::store::StoreError>| {
+            p.map(|p| p.total).unwrap_or(0)
+        };
+        let skipped = count(crate::health::skipped(&st.rt.db, id, "", 0, 1));
+        let failing = count(crate::health::failing(&st.rt.db, id, "", 0, 1));
+        let held = count(crate::health::held(&st.rt.db, id, 0, 1));
+        let href = format!("/accounts/{}/health", enc(id));
+        out.push_str(&format!(
+            "<section class=\"account-health\" data-account=\"{eid}\"><h3>{eid}</h3>\n{svg}\n\
+             <p class=\"health\"><a href=\"{href}#excluded\">Excluded: {skipped}</a>\
+             <a href=\"{href}#failing\">Failing: {failing}</a><a href=\"{href}#held\">Held deletions: {held}</a></p></section>\n",
+            eid = esc(id),
+            svg = super::chart::svg(id, &days, &unusual),
+        ));
+    }
+    out
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn shell(title: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{t} · contact-sync</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-bottom: 1em; }} td, th {{ padding: .3em .7em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }}
+.reason {{ font-family: ui-monospace, monospace; }} .error {{ color: #b00020; }}
+form.inline {{ display: inline; }} pre {{ background: #f6f6f6; padding: .5em; white-space: pre-wrap; }}
+</style></head><body>
+<p><a href="/">← Dashboard</a></p>
+<h1>{t}</h1>
+{body}
+</body></html>
+"#,
+        t = esc(title)
+    )
+}
+
+#[derive(serde::Deserialize)]
+pub struct HealthQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    offset: usize,
+}
+
+const PAGE: usize = 50;
+
+fn pager(base: &str, q: &str, offset: usize, total: usize) -> String {
+    let mut out = format!(
+        "<p>{}–{} of {total}. ",
+        (offset + 1).min(total),
+        (offset + PAGE).min(total)
+    );
+    if offset > 0 {
+        out.push_str(&format!(
+            "<a href=\"{base}?q={}&offset={}\">Previous</a> ",
+            enc(q),
+            offset.saturating_sub(PAGE)
+        ));
+    }
+    if offset + PAGE < total {
+        out.push_str(&format!(
+            "<a href=\"{base}?q={}&offset={}\">Next</a>",
+            enc(q),
+            offset + PAGE
+        ));
+    }
+    out.push_str("</p>");
+    out
+}
+
+/// `/accounts/{id}/health`: excluded, failing and held records of one account, by name.
+pub async fn account_health(
+    st: web::Data<ApiState>,
+    id: web::Path<String>,
+    q: web::Query<HealthQuery>,
+) -> HttpResponse {
+    let id = id.into_inner();
+    if st.rt.config().account(&id).is_none() {
+        return HttpResponse::NotFound()
+            .content_type("text/html; charset=utf-8")
+            .body(shell(
+                "Not found",
+                &format!("<p>Account {} is not configured.</p>", esc(&id)),
+            ));
+    }
+    let db = &st.rt.db;
+    let base = format!("/accounts/{}/health", enc(&id));
+    let mut body = format!(
+        "<form method=\"get\" action=\"{base}\"><label>Search by name or email <input type=\"search\" name=\"q\" value=\"{}\"></label> <button>Search</button></form>\n",
+        esc(&q.q)
+    );
+    let render = |title: &str,
+                  anchor: &str,
+                  page: Result<crate::health::Page, crate::store::StoreError>,
+                  row: &dyn Fn(&serde_json::Value) -> String|
+     -> String {
+        match page {
+            Ok(p) => {
+                let rows: String = p.items.iter().map(row).collect();
+                format!(
+                    "<h2 id=\"{anchor}\">{title} ({})</h2>\n<table class=\"{anchor}\"><tbody>\n{rows}</tbody></table>\n{}",
+                    p.total,
+                    pager(&base, &q.q, p.offset, p.total)
+                )
+            }
+            Err(e) => format!(
+                "<h2 id=\"{anchor}\">{title}</h2><p class=\"error\">{}</p>",
+                esc(&e.to_string())
+            ),
+        }
+    };
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let list = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    body.push_str(&render(
+        "Excluded (skipped)",
+        "excluded",
+        crate::health::skipped(db, &id, &q.q, q.offset, PAGE),
+        &|r| {
+            format!(
+                "<tr><td class=\"reason\">{}: {}</td><td>{}</td><td>{}</td><td><small>{}</small></td></tr>\n",
+                esc(&s(&r["reason"])),
+                esc(&s(&r["name"])),
+                esc(&list(&r["emails"])),
+                esc(&list(&r["phones"])),
+                esc(&s(&r["provider_id"]))
+            )
+        },
+    ));
+    let account = id.clone();
+    body.push_str(&render(
+        "Failing pushes",
+        "failing",
+        crate::health::failing(db, &id, &q.q, q.offset, PAGE),
+        &|r| {
+            let crm = r["crm_id"].as_u64().unwrap_or(0);
+            format!(
+                "<tr><td><a href=\"/contacts/{crm}\">{}</a></td><td>{}</td><td class=\"error\">{}</td><td>{} attempts</td>\
+                 <td><form class=\"inline\" method=\"post\" action=\"/accounts/{}/outbox/{crm}/retry\"><button>Retry</button></form></td></tr>\n",
+                esc(&s(&r["name"])),
+                esc(&s(&r["op"])),
+                esc(&s(&r["error"])),
+                r["attempts"],
+                enc(&account)
+            )
+        },
+    ));
+    body.push_str(&render(
+        "Held by the deletion guard",
+        "held",
+        crate::health::held(db, &id, q.offset, PAGE),
+        &|r| {
+            let crm = r["crm_id"].as_u64().unwrap_or(0);
+            format!(
+                "<tr><td><a href=\"/contacts/{crm}\">{}</a></td><td><small>{}</small></td></tr>\n",
+                esc(&s(&r["name"])),
+                esc(&s(&r["provider_id"]))
+            )
+        },
+    ));
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(shell(&format!("Sync health of {id}"), &body))
+}
+
+/// `POST /accounts/{id}/outbox/{contact}/retry` from the dashboard: retry, then back.
+pub async fn retry(st: web::Data<ApiState>, path: web::Path<(String, u64)>) -> HttpResponse {
+    let (account, contact) = path.into_inner();
+    match super::health::retry_entry(&st, &account, contact) {
+        Ok(()) => HttpResponse::SeeOther()
+            .insert_header((
+                actix_web::http::header::LOCATION,
+                format!("/accounts/{}/health#failing", enc(&account)),
+            ))
+            .finish(),
+        Err(e) => HttpResponse::build(actix_web::ResponseError::status_code(&e))
+            .content_type("text/html; charset=utf-8")
+            .body(shell(
+                "Retry failed",
+                &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+            )),
+    }
+}
+
+/// `/search?q=`: CRM contacts and excluded provider contacts matching a name, email or phone.
+pub async fn search(st: web::Data<ApiState>, q: web::Query<HealthQuery>) -> HttpResponse {
+    let accounts: Vec<String> = st
+        .rt
+        .accounts()
+        .iter()
+        .map(|a| a.config.id.clone())
+        .collect();
+    let found = match crate::health::search(&st.rt.db, &accounts, &q.q, 50) {
+        Ok(f) => f,
+        Err(e) => {
+            return HttpResponse::ServiceUnavailable()
+                .content_type("text/html; charset=utf-8")
+                .body(shell(
+                    "Search",
+                    &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+                ))
+        }
+    };
+    let mut body = format!(
+        "<form method=\"get\" action=\"/search\"><input type=\"search\" name=\"q\" value=\"{}\"> <button>Find</button></form>\n<h2>In the CRM</h2>\n<ul class=\"found\">",
+        esc(&q.q)
+    );
+    let empty = Vec::new();
+    let contacts = found["contacts"].as_array().unwrap_or(&empty);
+    for c in contacts {
+        body.push_str(&format!(
+            "<li><a href=\"/contacts/{id}\">{}</a> (CRM #{id}) {}</li>\n",
+            esc(c["name"].as_str().unwrap_or("")),
+            esc(&c["emails"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()),
+            id = c["id"]
+        ));
+    }
+    if contacts.is_empty() {
+        body.push_str("<li>No CRM contact matches.</li>");
+    }
+    body.push_str("</ul>\n<h2>Excluded by a sync (not in the CRM)</h2>\n<ul class=\"excluded\">");
+    let skipped = found["skipped"].as_array().unwrap_or(&empty);
+    for r in skipped {
+        body.push_str(&format!(
+            "<li><span class=\"reason\">{}: {}</span> — account {} ({})</li>\n",
+            esc(r["reason"].as_str().unwrap_or("")),
+            esc(r["name"].as_str().unwrap_or("")),
+            esc(r["account"].as_str().unwrap_or("")),
+            esc(r["provider_id"].as_str().unwrap_or(""))
+        ));
+    }
+    if skipped.is_empty() {
+        body.push_str("<li>No skipped provider contact matches.</li>");
+    }
+    body.push_str("</ul>");
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(shell(&format!("Find “{}”", q.q), &body))
+}
+
+/// `/contacts/{id}`: the story of one CRM contact.
+pub async fn contact(st: web::Data<ApiState>, id: web::Path<u64>) -> HttpResponse {
+    let story = match crate::health::story(&st.rt.db, *id) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return HttpResponse::NotFound()
+                .content_type("text/html; charset=utf-8")
+                .body(shell("Not found", &format!("<p>No contact {id}.</p>")))
+        }
+        Err(e) => {
+            return HttpResponse::ServiceUnavailable()
+                .content_type("text/html; charset=utf-8")
+                .body(shell(
+                    "Contact",
+                    &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+                ))
+        }
+    };
+    let tz = st.rt.config().tz();
+    let name = story["name"].as_str().unwrap_or("(deleted)").to_string();
+    let pretty = |v: &serde_json::Value| esc(&serde_json::to_string_pretty(v).unwrap_or_default());
+    let mut body = String::new();
+    if story["deleted"] == true {
+        body.push_str(&format!(
+            "<p class=\"error\">Deleted from the CRM{}.</p>",
+            story["deleted_at"]
+                .as_str()
+                .map(|t| format!(" at {t}"))
+                .unwrap_or_default()
+        ));
+    }
+    body.push_str(&format!(
+        "<h2>Fields</h2>\n<pre class=\"fields\">{}</pre>\n",
+        pretty(&story["contact"])
+    ));
+    body.push_str("<h2>Links</h2>\n<table class=\"links\"><thead><tr><th>Account</th><th>Provider id</th><th>Base snapshot (last agreed values)</th></tr></thead><tbody>\n");
+    for l in story["links"].as_array().into_iter().flatten() {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>\n",
+            esc(l["account"].as_str().unwrap_or("")),
+            esc(l["provider_id"].as_str().unwrap_or("")),
+            pretty(&l["base"])
+        ));
+    }
+    body.push_str("</tbody></table>\n<h2>What happened</h2>\n<table class=\"story\"><thead><tr><th>When</th><th>Action</th><th>Account</th><th>Fields</th><th>Reason</th></tr></thead><tbody>\n");
+    for e in story["events"].as_array().into_iter().flatten() {
+        let when = e["time"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| {
+                t.with_timezone(&tz)
+                    .format("%Y-%m-%d %H:%M:%S %Z")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let fields = e["fields"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        body.push_str(&format!(
+            "<tr data-seq=\"{}\"><td>{}</td><td><b>{}</b>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            e["seq"],
+            esc(&when),
+            esc(e["action"].as_str().unwrap_or("")),
+            e["direction"].as_str().map(|d| format!(" <small>{}</small>", esc(d))).unwrap_or_default(),
+            esc(e["account"].as_str().unwrap_or("")),
+            esc(&fields),
+            esc(e["reason"].as_str().unwrap_or(""))
+        ));
+    }
+    body.push_str("</tbody></table>");
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(shell(&format!("{name} (CRM #{id})"), &body))
 }

@@ -2,7 +2,9 @@
 //! Prometheus `/metrics`, `/healthz` and the dashboard. Everything under `/api` needs
 //! `Authorization: Bearer <token from api_token_file>`, compared in constant time.
 
+pub mod chart;
 pub mod dashboard;
+pub mod health;
 pub mod metrics;
 pub mod ops;
 
@@ -558,6 +560,16 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics::metrics))
             .route("/", web::get().to(dashboard::page))
+            .route(
+                "/accounts/{id}/health",
+                web::get().to(dashboard::account_health),
+            )
+            .route(
+                "/accounts/{id}/outbox/{contact}/retry",
+                web::post().to(dashboard::retry),
+            )
+            .route("/contacts/{id}", web::get().to(dashboard::contact))
+            .route("/search", web::get().to(dashboard::search))
             .route("/oauth/{provider}/start", web::get().to(ops::start))
             .route("/oauth/{provider}/callback", web::get().to(ops::callback))
             .service(
@@ -586,6 +598,19 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
                     .route("/contacts/{id}/photo", web::get().to(get_photo))
                     .route("/contacts/{id}/restore", web::post().to(restore_contact))
                     .route("/accounts/{id}/approve", web::post().to(approve_account))
+                    .route("/accounts/{id}/history", web::get().to(health::history))
+                    .route("/accounts/{id}/skipped", web::get().to(health::skipped))
+                    .route("/accounts/{id}/failing", web::get().to(health::failing))
+                    .route("/accounts/{id}/held", web::get().to(health::held))
+                    .route(
+                        "/accounts/{id}/outbox/{contact}/retry",
+                        web::post().to(health::retry),
+                    )
+                    .route(
+                        "/contacts/{id}/history",
+                        web::get().to(health::contact_history),
+                    )
+                    .route("/search", web::get().to(health::search))
                     .route("/companies", web::get().to(list_companies))
                     .route("/companies/{id}", web::get().to(get_company))
                     .route("/accounts", web::get().to(list_accounts))

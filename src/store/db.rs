@@ -205,9 +205,34 @@ pub enum Op {
         provider_id: String,
     },
     /// An audit event describing this batch: stored with the next `seq`, for the drainer
-    /// (see [`crate::audit`]).
+    /// (see [`crate::audit`]), and in the story of the CRM contact it names.
     Audit(crate::audit::AuditEvent),
+    /// Who a skipped provider contact is (removed with its skip mark).
+    PutSkipLabel {
+        account: String,
+        provider_id: String,
+        label: SkipLabel,
+    },
 }
+
+/// Who a skipped provider contact is, so an operator can find it by name or email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipLabel {
+    pub name: String,
+    pub emails: Vec<String>,
+    pub phones: Vec<String>,
+}
+
+/// A skipped provider contact as the sync-health view lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SkippedContact {
+    pub provider_id: String,
+    pub mark: SkipMark,
+    pub label: Option<SkipLabel>,
+}
+
+/// Events of a contact's story kept at the most (older ones are dropped by the drainer).
+pub const CONTACT_EVENTS_KEPT: usize = 500;
 
 /// Why and in which version a provider contact was last skipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -677,6 +702,15 @@ impl Db {
                 provider_id,
                 skip,
             } => tx.insert(Tree::Skips, &pair_key(account, provider_id), enc(skip))?,
+            Op::PutSkipLabel {
+                account,
+                provider_id,
+                label,
+            } => tx.insert(
+                Tree::SkipLabels,
+                &pair_key(account, provider_id),
+                enc(label),
+            )?,
             Op::Audit(event) => {
                 let seq = tx
                     .get(Tree::Meta, AUDIT_SEQ)?
@@ -688,14 +722,104 @@ impl Db {
                 e.seq = Some(seq);
                 let mut v = e.time.timestamp_millis().to_be_bytes().to_vec();
                 v.extend_from_slice(e.line().as_bytes());
+                if let Some(id) = e.crm_id {
+                    let mut k = id.to_be_bytes().to_vec();
+                    k.extend_from_slice(&seq.to_be_bytes());
+                    tx.insert(Tree::ContactEvents, &k, v[8..].to_vec())?;
+                }
+                for other in &e.others {
+                    let mut k = other.to_be_bytes().to_vec();
+                    k.extend_from_slice(&seq.to_be_bytes());
+                    tx.insert(Tree::ContactEvents, &k, v[8..].to_vec())?;
+                }
                 tx.insert(Tree::Audit, &seq.to_be_bytes(), v)?;
             }
             Op::DeleteSkip {
                 account,
                 provider_id,
-            } => tx.remove(Tree::Skips, &pair_key(account, provider_id))?,
+            } => {
+                tx.remove(Tree::Skips, &pair_key(account, provider_id))?;
+                tx.remove(Tree::SkipLabels, &pair_key(account, provider_id))?;
+            }
         }
         Ok(())
+    }
+
+    /// Every provider contact of `account` skipped in its current version, with who it is.
+    pub fn skipped_of(&self, account: &str) -> Result<Vec<SkippedContact>, StoreError> {
+        let prefix = account_prefix(account);
+        let labels: std::collections::HashMap<Vec<u8>, Vec<u8>> = self
+            .kv
+            .scan_prefix(Tree::SkipLabels, &prefix)?
+            .into_iter()
+            .collect();
+        self.kv
+            .scan_prefix(Tree::Skips, &prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok(SkippedContact {
+                    provider_id: String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                    mark: dec(Tree::Skips, &v)?,
+                    label: labels
+                        .get(&k)
+                        .map(|l| dec(Tree::SkipLabels, l))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Metrics of `account` for each day from `from` to `to` (inclusive, `YYYY-MM-DD`) that
+    /// has any.
+    pub fn metrics_range(
+        &self,
+        account: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<(String, DayMetrics)>, StoreError> {
+        let prefix = account_prefix(account);
+        self.kv
+            .scan_prefix(Tree::Metrics, &prefix)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let day = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                (day.as_str() >= from && day.as_str() <= to).then_some((day, v))
+            })
+            .map(|(day, v)| Ok((day, dec(Tree::Metrics, &v)?)))
+            .collect()
+    }
+
+    /// The audit events that named `contact`, oldest first (JSON lines with their `seq`).
+    pub fn contact_events(&self, contact: ContactId) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .kv
+            .scan_prefix(Tree::ContactEvents, &contact.to_be_bytes())?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Drops the oldest story events of `contact` beyond [`CONTACT_EVENTS_KEPT`].
+    pub fn trim_contact_events(&self, contact: ContactId) -> Result<(), StoreError> {
+        let n = self
+            .kv
+            .count_prefix(Tree::ContactEvents, &contact.to_be_bytes())?;
+        if n <= CONTACT_EVENTS_KEPT {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = self
+            .kv
+            .scan_prefix(Tree::ContactEvents, &contact.to_be_bytes())?
+            .into_iter()
+            .take(n - CONTACT_EVENTS_KEPT)
+            .map(|(k, _)| k)
+            .collect();
+        self.kv.transaction(&|tx| {
+            for k in &keys {
+                tx.remove(Tree::ContactEvents, k)?;
+            }
+            Ok(())
+        })
     }
 
     /// Up to `limit` stored audit events not yet drained, in `seq` order:

@@ -14,7 +14,7 @@ pub mod sled;
 #[cfg(test)]
 mod conformance;
 
-pub use db::{Batch, Db, IndexKind, Op, OutboxEntry, OutboxOp, SkipMark, Tombstone};
+pub use db::{Batch, Db, IndexKind, Op, OutboxEntry, OutboxOp, SkipLabel, SkipMark, Tombstone};
 
 /// The trees (key spaces) of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,10 +36,14 @@ pub enum Tree {
     Skips,
     /// Audit events not yet written to the daily files, by `seq`.
     Audit,
+    /// Who a skipped provider contact is (name, emails, phones), for the sync-health view.
+    SkipLabels,
+    /// Audit events that name a CRM contact, by contact and `seq` (its story).
+    ContactEvents,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 16] = [
+    pub const ALL: [Tree; 18] = [
         Tree::Meta,
         Tree::Contacts,
         Tree::Companies,
@@ -56,6 +60,8 @@ impl Tree {
         Tree::Tombstones,
         Tree::Skips,
         Tree::Audit,
+        Tree::SkipLabels,
+        Tree::ContactEvents,
     ];
 
     pub fn name(&self) -> &'static str {
@@ -76,6 +82,8 @@ impl Tree {
             Tree::Tombstones => "tombstones",
             Tree::Skips => "skips",
             Tree::Audit => "audit",
+            Tree::SkipLabels => "skip_labels",
+            Tree::ContactEvents => "contact_events",
         }
     }
 

@@ -25,7 +25,9 @@ use crate::model::{
     ProviderContact, SkipReason,
 };
 use crate::normalize;
-use crate::store::{Batch, Db, IndexKind, Op, OutboxEntry, OutboxOp, SkipMark, StoreError};
+use crate::store::{
+    Batch, Db, IndexKind, Op, OutboxEntry, OutboxOp, SkipLabel, SkipMark, StoreError,
+};
 
 /// What the planner decided for one provider change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -396,6 +398,15 @@ impl<'a> Planner<'a> {
                     account: self.ctx.account.clone(),
                     provider_id: pid.to_string(),
                     skip: mark,
+                });
+                self.plan.batch.push(Op::PutSkipLabel {
+                    account: self.ctx.account.clone(),
+                    provider_id: pid.to_string(),
+                    label: SkipLabel {
+                        name: pc.fields.display_name(),
+                        emails: pc.fields.emails.iter().take(10).cloned().collect(),
+                        phones: pc.fields.phones.iter().take(10).cloned().collect(),
+                    },
                 });
             }
             self.plan.actions.push(Action::Skip {
