@@ -1,0 +1,281 @@
+//! Sync health against the real binary and the simulator: an operator answers "why is X not
+//! in the CRM?" and "what happened to X?" from the API and `contact-sync explain`, reads a
+//! known history with an unusual day of deletions, and retries a failed push.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use contact_sync::model::{Contact, DayMetrics};
+use contact_sync::sim::{Provider, SeedUser};
+use contact_sync::store::{Batch, Db, Op, OutboxEntry, OutboxOp};
+use serde_json::{json, Value};
+
+const USER: &str = "health@example.com";
+
+fn explain(d: &TestDaemon, query: &str) -> (i32, String) {
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(d.config_path())
+        .args(["explain", query])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn day(n: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::days(n))
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Before the daemon starts: 20 days of ordinary history with one day of mass deletions,
+/// and a CRM contact whose push to the provider failed.
+fn seed_store(d: &TestDaemon) -> u64 {
+    let db = Db::open(&d.data_dir(), contact_sync::normalize::region("US")).unwrap();
+    let mut b = Batch::default();
+    for n in 1..=20 {
+        b.push(Op::AddMetrics {
+            account: "g".into(),
+            day: day(n),
+            delta: DayMetrics {
+                added_to_crm: 3,
+                updated_in_crm: 2,
+                deleted_from_provider: if n == 4 { 140 } else { n as u64 % 3 },
+                ..Default::default()
+            },
+        });
+    }
+    let id = db.next_id().unwrap();
+    let now = chrono::Utc::now();
+    b.push(Op::PutContact(Contact {
+        id,
+        first_name: "Retry".into(),
+        last_name: "Me".into(),
+        emails: vec!["retry.me@example.org".into()],
+        phones: vec![],
+        address: None,
+        company_id: None,
+        job_title: None,
+        birthday: None,
+        has_photo: false,
+        links: vec![],
+        created_at: now,
+        updated_at: now,
+    }));
+    b.push(Op::PutOutbox(OutboxEntry {
+        account: "g".into(),
+        contact_id: id,
+        op: OutboxOp::Create,
+        attempts: 3,
+        not_before: None,
+        last_error: Some("The provider refused the contact.".into()),
+        failed: true,
+        created_at: now,
+    }));
+    db.commit_durable(&b).unwrap();
+    id
+}
+
+#[tokio::test]
+async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_one() {
+    let sim = start_sim(vec![SeedUser::new(USER, 20, 17)], vec![]).await;
+    // Jane Doe has no email and no phone: she is skipped.
+    let (s, _) = sim.control(
+        Provider::Google,
+        "POST",
+        &format!("/_sim/users/{USER}/contacts"),
+        Some(
+            json!({"names": [{"givenName": "Jane", "familyName": "Doe"}],
+                    "organizations": [{"name": "Acme"}]}),
+        ),
+    );
+    assert_eq!(s, 201);
+    let (s, bob) = sim.control(
+        Provider::Google,
+        "POST",
+        &format!("/_sim/users/{USER}/contacts"),
+        Some(
+            json!({"names": [{"givenName": "Bob", "familyName": "Story"}],
+                    "emailAddresses": [{"value": "bob.story@example.org"}]}),
+        ),
+    );
+    assert_eq!(s, 201);
+    let bob_id = bob["id"].as_str().unwrap().to_string();
+
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            account_toml("g", "google", "all", "two-way")
+        ),
+    ));
+    let retry_id = seed_store(&d);
+    d.start().await;
+    d.connect("g", &sim.refresh_token(Provider::Google, USER).unwrap())
+        .await;
+    d.wait_synced("g", None).await;
+
+    // Why is Jane Doe not in the CRM? The excluded list finds her by name.
+    let skipped = d.get("/api/v1/accounts/g/skipped?q=jane").await;
+    assert_eq!(skipped["total"], 1, "{skipped}");
+    assert_eq!(skipped["items"][0]["name"], "Jane Doe");
+    assert_eq!(skipped["items"][0]["reason"], "no_email_or_phone");
+    let (code, text) = explain(&d, "Jane Doe");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("No CRM contact matches") && text.contains("no_email_or_phone: Jane Doe"),
+        "{text}"
+    );
+
+    // What happened to Bob? He was added, then his job title changed in Google.
+    let (s, _) = sim.control(
+        Provider::Google,
+        "PATCH",
+        &format!("/_sim/users/{USER}/contacts/{bob_id}"),
+        Some(json!({"organizations": [{"name": "Initech", "title": "Engineer"}]})),
+    );
+    assert_eq!(s, 200);
+    d.sync_now("g").await;
+    let found = d.get("/api/v1/search?q=bob.story%40example.org").await;
+    assert_eq!(found["contacts"].as_array().unwrap().len(), 1, "{found}");
+    let id = found["contacts"][0]["id"].as_u64().unwrap();
+    let story = d.get(&format!("/api/v1/contacts/{id}/history")).await;
+    assert_eq!(story["name"], "Bob Story");
+    assert_eq!(story["links"][0]["account"], "g");
+    assert_eq!(story["links"][0]["base"]["job_title"], "Engineer");
+    let actions: Vec<&str> = story["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, vec!["added", "updated"], "{story}");
+    let updated = &story["events"][1];
+    assert!(updated["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "job_title"));
+    // The story agrees with the audit files, event for event.
+    let from_files: Vec<Value> = d
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["crm_id"] == id)
+        .collect();
+    assert_eq!(&from_files, story["events"].as_array().unwrap());
+    let (code, text) = explain(&d, "bob.story@example.org");
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("Bob Story (CRM #"), "{text}");
+    assert!(
+        text.contains("added") && text.contains("fields: ") && text.contains("job_title"),
+        "{text}"
+    );
+
+    // A known history: 20 ordinary days and one with 140 deletions that stands out.
+    let h = d.get("/api/v1/accounts/g/history?days=30").await;
+    let days = h["days"].as_array().unwrap();
+    assert_eq!(days.len(), 30);
+    let mass = days.iter().find(|x| x["date"] == day(4)).unwrap();
+    assert_eq!(mass["deleted"]["from_provider"], 140);
+    assert_eq!(mass["unusual_deletions"], true);
+    assert_eq!(
+        days.iter()
+            .filter(|x| x["unusual_deletions"] == true)
+            .count(),
+        1
+    );
+    assert_eq!(
+        days.last().unwrap()["added"],
+        d.account("g").await["today"]["added"],
+        "today's entry equals today's metrics"
+    );
+    let (s, v) = d
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/accounts/g/history?days=0",
+            None,
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    // A failed push is listed by name, and a retry sends it.
+    let failing = d.get("/api/v1/accounts/g/failing?q=retry").await;
+    assert_eq!(failing["total"], 1, "{failing}");
+    assert_eq!(failing["items"][0]["name"], "Retry Me");
+    let (s, v) = d
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/v1/accounts/g/outbox/{retry_id}/retry"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    d.wait_for(
+        "the retried push",
+        std::time::Duration::from_secs(30),
+        || async {
+            d.get("/api/v1/accounts/g/failing").await["total"] == 0
+                && d.account("g").await["outbox"]["pending"] == 0
+        },
+    )
+    .await;
+    let people = sim
+        .control(
+            Provider::Google,
+            "GET",
+            &format!("/_sim/users/{USER}/contacts"),
+            None,
+        )
+        .1;
+    assert!(
+        people
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["person"]["names"][0]["familyName"] == "Me"),
+        "the retried contact reached Google"
+    );
+    let retry_story = d.get(&format!("/api/v1/contacts/{retry_id}/history")).await;
+    let actions: Vec<&str> = retry_story["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"retry_requested"), "{retry_story}");
+    assert!(actions.contains(&"added"), "{retry_story}");
+
+    // The dashboard shows the chart, the counts by name, and the stories.
+    let page = d
+        .http
+        .get(format!("{}/accounts/g/health?q=jane", d.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("no_email_or_phone: Jane Doe"), "{page}");
+    let story_page = d
+        .http
+        .get(format!("{}/contacts/{id}", d.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(story_page.contains("Bob Story"), "{story_page}");
+    assert!(story_page.contains("job_title"), "{story_page}");
+}
