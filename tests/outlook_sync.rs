@@ -298,3 +298,103 @@ async fn contact_in_google_and_outlook_ends_as_one_crm_contact_and_provider_dele
         "an unlink is not a deletion"
     );
 }
+
+/// Graph's delta documentation: an updated item carries *at least* the properties that
+/// changed. A property the row does not carry is unchanged, never cleared; one Graph sends
+/// as `null` is cleared.
+#[tokio::test]
+async fn outlook_partial_delta_row_keeps_unsent_properties_and_explicit_null_clears() {
+    let sim = start_sim(vec![], vec![user(10, 31)]).await;
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{USER}/contacts"),
+        Some(json!({
+            "givenName": "Grace", "surname": "Hopper",
+            "emailAddresses": [{"name": "Grace", "address": "grace.partial@example.com"}],
+            "mobilePhone": "+1 202 555 0142",
+            "homeAddress": {"street": "1 Navy Way", "city": "Arlington", "postalCode": "22201"},
+            "companyName": "US Navy", "jobTitle": "Rear Admiral",
+            "birthday": "1906-12-09T11:59:00Z"
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let pid = v["id"].as_str().unwrap().to_string();
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "one-way")).await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    d.wait_synced("o", None).await;
+    let find = |cs: &[serde_json::Value]| {
+        cs.iter()
+            .find(|c| {
+                c["links"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["provider_id"] == pid.as_str())
+            })
+            .cloned()
+            .expect("the contact is synced")
+    };
+    let before = find(&d.contacts().await);
+    assert_eq!(before["first_name"], "Grace");
+    assert_eq!(before["company"]["name"], "US Navy");
+    assert_eq!(before["birthday"], "1906-12-09");
+    assert_eq!(before["address"]["city"], "Arlington");
+
+    // From now on delta sends only what changed: the row carries surname, displayName,
+    // emailAddresses, mobilePhone and jobTitle, as in the report.
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/options"),
+        Some(json!({"partialDelta": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/contacts/{pid}"),
+        Some(json!({
+            "surname": "Hopper-Murray",
+            "emailAddresses": [{"name": "Grace", "address": "grace.partial@example.com"}],
+            "mobilePhone": "+1 202 555 0143",
+            "jobTitle": "Commodore"
+        })),
+    );
+    assert_eq!(s, 200, "{v}");
+    sim.clear_requests(Provider::Outlook);
+    d.sync_now("o").await;
+    let after = find(&d.contacts().await);
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(after["last_name"], "Hopper-Murray");
+    assert_eq!(after["job_title"], "Commodore");
+    assert_eq!(after["first_name"], "Grace", "{after}");
+    assert_eq!(after["company"]["name"], "US Navy", "{after}");
+    assert_eq!(after["birthday"], "1906-12-09", "{after}");
+    assert_eq!(after["address"], before["address"], "{after}");
+    // The partial row was fetched whole by id.
+    let reqs = sim.requests(Provider::Outlook);
+    assert!(
+        reqs.iter()
+            .any(|r| r.method == "GET" && r.path.starts_with("/v1.0/me/contacts/AAMk")),
+        "no GET by id: {:?}",
+        reqs.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+
+    // An explicit null is a real clearing of a non-mandatory field.
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/contacts/{pid}"),
+        Some(json!({"companyName": null, "birthday": null})),
+    );
+    assert_eq!(s, 200, "{v}");
+    d.sync_now("o").await;
+    let cleared = find(&d.contacts().await);
+    assert!(cleared["company"].is_null(), "{cleared}");
+    assert!(cleared["birthday"].is_null(), "{cleared}");
+    assert_eq!(cleared["first_name"], "Grace");
+    assert_eq!(cleared["job_title"], "Commodore");
+    assert_eq!(cleared["address"], before["address"]);
+}

@@ -248,13 +248,15 @@ fn seg(s: &str) -> String {
     out
 }
 
-/// Whether a delta row lacks whole property groups we need (delta may send only the
-/// changed properties): no name property at all, no `emailAddresses`, or no phone property.
+/// Whether a delta row lacks any property of [`SELECT`]. Graph documents that an updated
+/// item in a delta response carries "at least the properties that have been updated", so
+/// a missing property means "not sent", never "cleared"; only a property sent as `null`,
+/// `[]` or `{}` is cleared. A partial row is fetched whole before it is mapped.
 pub fn is_partial(item: &serde_json::Map<String, Value>) -> bool {
-    let has_any = |keys: &[&str]| keys.iter().any(|k| item.contains_key(*k));
-    !has_any(&["givenName", "surname", "displayName"])
-        || !has_any(&["emailAddresses"])
-        || !has_any(&["businessPhones", "homePhones", "mobilePhone"])
+    SELECT
+        .split(',')
+        .filter(|p| *p != "id")
+        .any(|p| !item.contains_key(p))
 }
 
 /// Values that could not be written to Graph because of its multi-value limits.

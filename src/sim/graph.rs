@@ -99,6 +99,12 @@ pub(crate) struct MContact {
     pub created: DateTime<Utc>,
     pub modified: DateTime<Utc>,
     pub photo: bool,
+    /// Sequence at creation: a delta round that began before it sends the contact whole.
+    pub created_seq: u64,
+    /// Sequence of each property's last change (for partial delta rows).
+    pub prop_seq: BTreeMap<String, u64>,
+    /// Properties changed since the last `touch`.
+    dirty: Vec<String>,
 }
 
 impl MContact {
@@ -129,6 +135,10 @@ pub(crate) struct MUser {
     salt: u64,
     counter: u64,
     login: String,
+    /// Delta rows of changed contacts carry only the properties that changed (plus `id`,
+    /// `@odata.etag`, `changeKey` and `parentFolderId`), as Graph's documentation allows
+    /// ("at least the properties that have been updated"). Off by default.
+    pub partial_delta: bool,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -149,6 +159,7 @@ impl MUser {
             salt: salt ^ mix(id_seed),
             counter: 0,
             login: u.user.clone(),
+            partial_delta: false,
         };
         m.root_id = m.new_id("AQMkAD");
         m.default_id = m.new_id("AQMkAD");
@@ -219,6 +230,9 @@ impl MUser {
                 created: now,
                 modified: now,
                 photo,
+                created_seq: self.seq,
+                prop_seq: BTreeMap::new(),
+                dirty: Vec::new(),
             },
         );
         id
@@ -230,6 +244,9 @@ impl MUser {
         if let Some(c) = self.contacts.get_mut(id) {
             c.seq = s;
             c.modified = now;
+            for p in std::mem::take(&mut c.dirty) {
+                c.prop_seq.insert(p, s);
+            }
         }
     }
 
@@ -801,6 +818,7 @@ fn merge(c: &mut MContact, patch: Map<String, Value>) {
     let name_changed = patch.contains_key("givenName") || patch.contains_key("surname");
     let has_display = patch.contains_key("displayName");
     for (k, v) in patch {
+        c.dirty.push(k.clone());
         if v.is_null() {
             c.fields.remove(&k);
         } else {
@@ -820,6 +838,7 @@ fn merge(c: &mut MContact, patch: Map<String, Value>) {
             .unwrap_or("");
         let dn = format!("{g} {s}").trim().to_string();
         c.fields.insert("displayName".into(), json!(dn));
+        c.dirty.push("displayName".into());
     }
 }
 
@@ -835,6 +854,7 @@ fn create(u: &mut MUser, r: &Req, folder: &str, ctx: &Ctx, base: &str) -> Resp {
     let id = u.insert(folder, Map::new(), false, ctx.now);
     if let Some(c) = u.contacts.get_mut(&id) {
         merge(c, fields.clone());
+        c.dirty.clear();
         if !fields.contains_key("displayName") && !c.fields.contains_key("displayName") {
             c.fields.insert("displayName".into(), json!(""));
         }
@@ -940,6 +960,15 @@ fn item(u: &mut MUser, r: &Req, id: &str, folder: Option<&str>, ctx: &Ctx, base:
         ),
     }
 }
+
+/// What a partial delta row always carries.
+const ALWAYS_IN_DELTA: &[&str] = &[
+    "@odata.type",
+    "@odata.etag",
+    "id",
+    "changeKey",
+    "parentFolderId",
+];
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct DeltaState {
@@ -1048,6 +1077,14 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
                             let mut out = Map::new();
                             out.insert("@odata.type".into(), json!("#microsoft.graph.contact"));
                             out.extend(std::mem::take(m));
+                            if let Some(from) =
+                                st.from.filter(|f| u.partial_delta && c.created_seq <= *f)
+                            {
+                                out.retain(|k, _| {
+                                    ALWAYS_IN_DELTA.contains(&k.as_str())
+                                        || c.prop_seq.get(k).is_some_and(|s| *s > from)
+                                });
+                            }
                             o = Value::Object(out);
                         }
                         o
@@ -1516,6 +1553,16 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 .collect();
             Resp::json(200, &Value::Array(v))
         }
+        ("PATCH", ["options"]) => {
+            let body = r.json().unwrap_or(Value::Null);
+            match body.get("partialDelta").and_then(Value::as_bool) {
+                Some(b) => {
+                    u.partial_delta = b;
+                    Resp::json(200, &json!({"partialDelta": u.partial_delta}))
+                }
+                None => control_err(400, "body must be {\"partialDelta\": true|false}"),
+            }
+        }
         ("GET", ["folders"]) => {
             let v: Vec<Value> = u.folders.values().map(folder_json).collect();
             Resp::json(200, &json!({"default": u.default_id, "folders": v}))
@@ -1551,6 +1598,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             let id = u.insert(&fid, Map::new(), photo, now);
             if let Some(c) = u.contacts.get_mut(&id) {
                 merge(c, fields);
+                c.dirty.clear();
             }
             match u.contacts.get(&id) {
                 Some(c) => Resp::json(
