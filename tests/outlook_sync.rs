@@ -398,3 +398,84 @@ async fn outlook_partial_delta_row_keeps_unsent_properties_and_explicit_null_cle
     assert_eq!(cleared["job_title"], "Commodore");
     assert_eq!(cleared["address"], before["address"]);
 }
+
+fn graph_api_requests(sim: &contact_sync::sim::Sim) -> usize {
+    sim.requests(Provider::Outlook)
+        .iter()
+        .filter(|r| r.path.starts_with("/v1.0/"))
+        .count()
+}
+
+/// A permanent provider error (Graph: 404 `MailboxNotEnabledForRESTAPI`) is a terminal
+/// `error` state with the message in `last_error`: no restart loop. An operator's sync-now,
+/// or a config change, tries again.
+#[tokio::test]
+async fn permanent_error_is_terminal_until_sync_now_or_config_change() {
+    let sim = start_sim(vec![], vec![user(20, 32)]).await;
+    let accounts = account_toml("o", "outlook", "all", "one-way");
+    let d = daemon_for(&sim, "", &accounts).await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    d.wait_synced("o", None).await;
+    let disable = |on: bool| {
+        let (s, v) = sim.control(
+            Provider::Outlook,
+            "PATCH",
+            &format!("/_sim/users/{USER}/options"),
+            Some(json!({"mailboxDisabled": on})),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    disable(true);
+    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    assert_eq!(s, 202);
+    let a = d.wait_state("o", "error").await;
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MailboxNotEnabledForRESTAPI"),
+        "{a}"
+    );
+    // No restart loop: with the fast test backoff (at most 1 s) a transient error would
+    // have been retried several times in 4 s.
+    sim.clear_requests(Provider::Outlook);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(graph_api_requests(&sim), 0, "the account kept retrying");
+    let a = d.account("o").await;
+    assert_eq!(a["state"], "error");
+    assert!(a["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("MailboxNotEnabledForRESTAPI"));
+
+    // The mailbox is fixed: nothing happens by itself…
+    disable(false);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(d.account("o").await["state"], "error");
+    // …until an operator asks for a sync.
+    let a = d.sync_now("o").await;
+    assert_eq!(a["state"], "idle");
+    assert!(a["last_error"].is_null(), "{a}");
+
+    // Again broken; this time a config change starts it again.
+    disable(true);
+    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    assert_eq!(s, 202);
+    d.wait_state("o", "error").await;
+    disable(false);
+    let before = d.account("o").await["last_sync"].clone();
+    d.write_config(&d.config_text(
+        "contact_limit = 40000",
+        &format!("{}{accounts}", providers_for(&sim)),
+    ));
+    d.wait_for(
+        "a round after the config change",
+        std::time::Duration::from_secs(30),
+        || async {
+            let a = d.account("o").await;
+            a["state"] == "idle" && a["last_sync"] != before
+        },
+    )
+    .await;
+}

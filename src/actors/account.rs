@@ -38,6 +38,10 @@ pub enum ExitReason {
     DeletionHeld(String),
     /// Worth another try later.
     Transient(String),
+    /// Retrying will not fix it (the provider refused a request we built, a mailbox the
+    /// API cannot reach, a setting the provider rejects): the account stays in `error`
+    /// until its configuration changes or an operator asks for a sync.
+    Permanent(String),
 }
 
 #[derive(Message, Debug, Clone)]
@@ -78,7 +82,6 @@ pub struct AccountActor {
     matcher: Addr<Matcher>,
     supervisor: Recipient<AccountExit>,
     busy: bool,
-    quiet_stop: bool,
     /// Another round is wanted as soon as this one ends.
     again: bool,
     soon: Option<SpawnHandle>,
@@ -100,7 +103,6 @@ impl AccountActor {
             matcher,
             supervisor,
             busy: false,
-            quiet_stop: false,
             again: false,
             soon: None,
             next_poll: None,
@@ -121,7 +123,6 @@ impl AccountActor {
     }
 
     fn exit(&mut self, ctx: &mut Context<Self>, reason: ExitReason) {
-        self.quiet_stop = true;
         self.supervisor.do_send(AccountExit {
             account: self.cfg.id.clone(),
             reason,
@@ -168,7 +169,6 @@ impl Handler<PollSoon> for AccountActor {
 impl Handler<StopAccount> for AccountActor {
     type Result = ();
     fn handle(&mut self, _: StopAccount, ctx: &mut Self::Context) {
-        self.quiet_stop = true;
         ctx.stop();
     }
 }
@@ -246,6 +246,9 @@ impl Handler<Poll> for AccountActor {
                         RoundError::Held(m) => {
                             (AccountState::DeletionHeld, ExitReason::DeletionHeld(m))
                         }
+                        RoundError::Provider(e @ ProviderError::Permanent(_)) => {
+                            (AccountState::Error, ExitReason::Permanent(e.to_string()))
+                        }
                         RoundError::Provider(e) => {
                             if matches!(e, ProviderError::Throttled { .. }) {
                                 act.rt.update(&act.cfg.id, |a| a.throttled += 1);
@@ -262,7 +265,8 @@ impl Handler<Poll> for AccountActor {
                         | ExitReason::NotConnected(m)
                         | ExitReason::LimitExceeded(m)
                         | ExitReason::DeletionHeld(m)
-                        | ExitReason::Transient(m) => m.clone(),
+                        | ExitReason::Transient(m)
+                        | ExitReason::Permanent(m) => m.clone(),
                         ExitReason::Removed => String::new(),
                     };
                     act.rt.set_state(&act.cfg.id, state, Some(message.clone()));

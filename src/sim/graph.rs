@@ -139,6 +139,10 @@ pub(crate) struct MUser {
     /// `@odata.etag`, `changeKey` and `parentFolderId`), as Graph's documentation allows
     /// ("at least the properties that have been updated"). Off by default.
     pub partial_delta: bool,
+    /// The mailbox cannot be reached through the API (no Exchange Online licence, a
+    /// soft-deleted or on-premises mailbox): every `/me` request gets 404
+    /// `MailboxNotEnabledForRESTAPI`, as Graph answers. Retrying does not help.
+    pub mailbox_disabled: bool,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -160,6 +164,7 @@ impl MUser {
             counter: 0,
             login: u.user.clone(),
             partial_delta: false,
+            mailbox_disabled: false,
         };
         m.root_id = m.new_id("AQMkAD");
         m.default_id = m.new_id("AQMkAD");
@@ -547,6 +552,14 @@ pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
             let Some(u) = st.users.get_mut(&user) else {
                 return unauthorized(r, "Lifetime validation failed, the token is expired.");
             };
+            if u.mailbox_disabled {
+                return error(
+                    404,
+                    "MailboxNotEnabledForRESTAPI",
+                    "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+                    r.header("client-request-id"),
+                );
+            }
             if rest == ["$batch"] && m == "POST" {
                 return batch(u, r, &ctx, &base);
             }
@@ -1555,13 +1568,31 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
         }
         ("PATCH", ["options"]) => {
             let body = r.json().unwrap_or(Value::Null);
-            match body.get("partialDelta").and_then(Value::as_bool) {
-                Some(b) => {
-                    u.partial_delta = b;
-                    Resp::json(200, &json!({"partialDelta": u.partial_delta}))
-                }
-                None => control_err(400, "body must be {\"partialDelta\": true|false}"),
+            let (Some(o), true) = (
+                body.as_object(),
+                body.as_object().is_some_and(|o| {
+                    !o.is_empty()
+                        && o.iter().all(|(k, v)| {
+                            matches!(k.as_str(), "partialDelta" | "mailboxDisabled")
+                                && v.is_boolean()
+                        })
+                }),
+            ) else {
+                return Some(control_err(
+                    400,
+                    "body must set partialDelta and/or mailboxDisabled to true or false",
+                ));
+            };
+            if let Some(b) = o.get("partialDelta").and_then(Value::as_bool) {
+                u.partial_delta = b;
             }
+            if let Some(b) = o.get("mailboxDisabled").and_then(Value::as_bool) {
+                u.mailbox_disabled = b;
+            }
+            Resp::json(
+                200,
+                &json!({"partialDelta": u.partial_delta, "mailboxDisabled": u.mailbox_disabled}),
+            )
         }
         ("GET", ["folders"]) => {
             let v: Vec<Value> = u.folders.values().map(folder_json).collect();
