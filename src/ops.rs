@@ -206,6 +206,11 @@ fn store_grant_offline(config: &Config, account: &str, token: &SecretString) -> 
         account: account.to_string(),
         sealed: sealer.seal(token),
     });
+    for op in
+        crate::sync::outbox::requeue_after_new_grant(&db, account).map_err(|e| e.to_string())?
+    {
+        b.push(op);
+    }
     db.commit_durable(&b).map_err(|e| e.to_string())
 }
 

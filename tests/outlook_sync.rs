@@ -479,3 +479,94 @@ async fn permanent_error_is_terminal_until_sync_now_or_config_change() {
     )
     .await;
 }
+
+fn graph_grant(sim: &contact_sync::sim::Sim, scope: &str) -> String {
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{USER}/grants"),
+        Some(json!({"scope": scope})),
+    );
+    assert_eq!(s, 201, "{v}");
+    v["refresh_token"].as_str().unwrap().to_string()
+}
+
+/// One-way → two-way rebuilds the client with the two-way scope. A grant made for one-way
+/// (Contacts.Read) cannot write: the account asks for a new grant, naming the scope, and
+/// the CRM edits made meanwhile reach Outlook once the new grant is in.
+#[tokio::test]
+async fn outlook_one_way_to_two_way_asks_for_contacts_readwrite_and_pushes_waiting_edits_after_connect(
+) {
+    let sim = start_sim(vec![], vec![user(20, 33)]).await;
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "one-way")).await;
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.Read"),
+    )
+    .await;
+    d.wait_synced("o", None).await;
+    let contacts = d.contacts().await;
+    let links = check_no_duplicates(&contacts, "o");
+    let (pid, id) = links.iter().next().map(|(p, i)| (p.clone(), *i)).unwrap();
+
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            account_toml("o", "outlook", "all", "two-way")
+        ),
+    ));
+    let a = d.wait_state("o", "reauth_required").await;
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Contacts.ReadWrite"),
+        "{a}"
+    );
+    // A token refresh of the two-way client asked for Contacts.ReadWrite.
+    assert!(d.log().contains("Direction changed"), "{}", d.log());
+
+    let (s, v) = d
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/contacts/{id}"),
+            Some(json!({"job_title": "Scope Tester"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let a = d.account("o").await;
+    assert_eq!(a["outbox"]["pending"], 1, "{a}");
+    assert_eq!(a["outbox"]["failed"], json!([]), "{a}");
+
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.ReadWrite"),
+    )
+    .await;
+    d.wait_for(
+        "the edit pushed",
+        std::time::Duration::from_secs(60),
+        || async {
+            let a = d.account("o").await;
+            a["state"] == "idle" && a["outbox"]["pending"] == 0
+        },
+    )
+    .await;
+    let a = d.account("o").await;
+    assert_eq!(a["outbox"]["failed"], json!([]), "{a}");
+    let (_, all) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/contacts"),
+        None,
+    );
+    let c = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == pid.as_str())
+        .unwrap();
+    assert_eq!(c["contact"]["jobTitle"], "Scope Tester", "{c}");
+}

@@ -65,11 +65,6 @@ pub struct PollSoon;
 /// How long a burst of CRM edits may grow before it is pushed.
 pub const PUSH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Apply changed account settings that keep the cursor (direction).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reconfigure(pub AccountConfig);
-
 /// Stop now; the supervisor is not told (it asked).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -141,14 +136,6 @@ impl Actor for AccountActor {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         tracing::info!(account = %self.cfg.id, "Account stopped.");
-    }
-}
-
-impl Handler<Reconfigure> for AccountActor {
-    type Result = ();
-    fn handle(&mut self, msg: Reconfigure, _: &mut Self::Context) {
-        tracing::info!(account = %self.cfg.id, direction = msg.0.direction.as_str(), "Account reconfigured in place; cursor kept.");
-        self.cfg = msg.0;
     }
 }
 
@@ -345,6 +332,12 @@ async fn push_outbox(
     };
     let again = items.len() >= outbox::MAX_PUSH
         || results.iter().any(|r| matches!(r, PushResult::Conflict));
+    // A write refused for want of a permission stops the account until a new grant; the
+    // entries stay queued (see `outbox::apply_results`).
+    let reauth = results.iter().find_map(|r| match r {
+        PushResult::Failed(e @ ProviderError::ReauthRequired(_)) => Some(e.clone()),
+        _ => None,
+    });
     let pushed = results.len();
     let m = matcher
         .send(CommitPush {
@@ -358,6 +351,9 @@ async fn push_outbox(
         .map_err(|e| RoundError::Store(e.to_string()))?;
     if pushed > 0 {
         tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, "CRM changes pushed to the provider.");
+    }
+    if let Some(e) = reauth {
+        return Err(RoundError::Provider(e));
     }
     Ok((m, again))
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::Rng;
 
-use super::account::{AccountActor, AccountExit, ExitReason, Reconfigure, StopAccount};
+use super::account::{AccountActor, AccountExit, ExitReason, StopAccount};
 use super::matcher::Matcher;
 use crate::config::{self, AccountConfig, Config};
 use crate::model::AccountState;
@@ -265,12 +265,13 @@ impl Supervisor {
                     tracing::error!(account = %after.id, error = %e, "Cannot reset the cursor for the new group.");
                 }
                 self.spawn(after, ctx);
-            } else if let Some(Child {
-                addr: Some(addr), ..
-            }) = self.children.get(&after.id)
-            {
-                addr.do_send(Reconfigure(after.clone()));
             } else {
+                // A new direction needs a new client: its OAuth scopes (and what it may
+                // write) depend on it. The cursor is kept; the actor's push task, if one
+                // runs, finishes under the account's push lock.
+                if before.direction != after.direction {
+                    tracing::info!(account = %after.id, from = before.direction.as_str(), to = after.direction.as_str(), "Direction changed; rebuilding the account's client, cursor kept.");
+                }
                 self.spawn(after, ctx);
             }
             out.changed.push(after.id.clone());

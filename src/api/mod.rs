@@ -436,6 +436,9 @@ async fn put_grant(
         account: id.to_string(),
         sealed,
     });
+    for op in crate::sync::outbox::requeue_after_new_grant(&st.rt.db, &id)? {
+        b.push(op);
+    }
     st.rt.db.commit_durable(&b)?;
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Refresh token stored; account restarting.");

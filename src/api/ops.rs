@@ -440,6 +440,16 @@ pub async fn callback(
         account: account.clone(),
         sealed: sealer.seal(&token),
     });
+    match crate::sync::outbox::requeue_after_new_grant(&st.rt.db, &account) {
+        Ok(ops) => {
+            for op in ops {
+                b.push(op);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(account = %account, error = %e, "Cannot requeue refused CRM changes.")
+        }
+    }
     if let Err(e) = st.rt.db.commit_durable(&b) {
         tracing::error!(account = %account, error = %e, "Cannot store the grant.");
         return page(

@@ -62,6 +62,9 @@ pub const MAX_EMAILS: usize = 3;
 pub const MAX_BUSINESS_PHONES: usize = 2;
 pub const MAX_HOME_PHONES: usize = 2;
 
+/// The delegated permission two-way sync needs to write contacts.
+pub const WRITE_SCOPE: &str = "Contacts.ReadWrite";
+
 /// Most requests in one `$batch`.
 pub const MAX_BATCH: usize = 20;
 
@@ -1458,6 +1461,13 @@ fn item_result(op: &WriteOp, item: &BatchItem, dropped: &Dropped) -> WriteResult
         412 => WriteResult::Conflict,
         409 if api.has_code("ErrorIrresolvableConflict") => WriteResult::Conflict,
         404 if !matches!(op, WriteOp::Create { .. }) => WriteResult::NotFound,
+        // The token was granted without write permission (an account connected one-way
+        // and switched to two-way): only a new grant helps.
+        403 if api.has_code("ErrorAccessDenied") => {
+            WriteResult::Failed(ProviderError::ReauthRequired(format!(
+                "Microsoft Graph refused a contact write with 403 ErrorAccessDenied: the grant lacks the {WRITE_SCOPE} scope that two-way sync needs"
+            )))
+        }
         _ => WriteResult::Failed(api.into_provider_error("a contact write")),
     }
 }

@@ -342,6 +342,8 @@ pub struct LogEntry {
 pub(crate) struct AccessTok {
     pub user: String,
     pub expires: DateTime<Utc>,
+    /// The scopes granted (space-separated; empty where the provider does not model them).
+    pub scope: String,
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +397,18 @@ impl Auth {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> String {
+        self.issue_access_scoped(prefix, user, now, ttl, "")
+    }
+
+    /// An access token that carries the scopes it was granted.
+    pub fn issue_access_scoped(
+        &mut self,
+        prefix: &str,
+        user: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+        scope: &str,
+    ) -> String {
         let tok = format!("{prefix}{}", random_token());
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
         self.access.insert(
@@ -402,6 +416,7 @@ impl Auth {
             AccessTok {
                 user: user.to_string(),
                 expires: now + ttl,
+                scope: scope.to_string(),
             },
         );
         tok
@@ -422,6 +437,11 @@ impl Auth {
     }
 
     /// The user of a valid, unexpired access token.
+    /// The scopes of a live access token.
+    pub fn scope_of(&self, tok: Option<&str>) -> Option<&str> {
+        self.access.get(tok?).map(|t| t.scope.as_str())
+    }
+
     pub fn user_of(&self, tok: Option<&str>, now: DateTime<Utc>) -> Option<String> {
         let t = self.access.get(tok?)?;
         (t.expires > now).then(|| t.user.clone())

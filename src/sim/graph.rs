@@ -549,6 +549,7 @@ pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
                 },
             };
             let base = st.base.clone();
+            let write_ok = st.auth.scope_of(r.bearer()).is_some_and(can_write);
             let Some(u) = st.users.get_mut(&user) else {
                 return unauthorized(r, "Lifetime validation failed, the token is expired.");
             };
@@ -561,17 +562,26 @@ pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
                 );
             }
             if rest == ["$batch"] && m == "POST" {
-                return batch(u, r, &ctx, &base);
+                return batch(u, r, &ctx, &base, write_ok);
             }
-            api(u, r, rest, &ctx, &base)
+            api(u, r, rest, &ctx, &base, write_ok)
         }
         _ => bad(r, "BadRequest", "Invalid version."),
     }
 }
 
-fn api(u: &mut MUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
+fn api(u: &mut MUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str, write_ok: bool) -> Resp {
     let p = prefs(r);
     let m = r.method.as_str();
+    if m != "GET" && !write_ok {
+        // A token granted Contacts.Read only.
+        return error(
+            403,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+            r.header("client-request-id"),
+        );
+    }
     // Normalise `contactfolders('id')` to `contactFolders`, `id`.
     let mut norm: Vec<String> = Vec::new();
     for s in segs {
@@ -1138,7 +1148,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
     apply_prefs(Resp::json(200, &out), p, p.maxpagesize.is_some())
 }
 
-fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
+fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp {
     let body = match r.json() {
         Ok(b) => b,
         Err(_) => return bad(r, "BadRequest", "Invalid batch payload format."),
@@ -1212,7 +1222,7 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             let rel = rel.strip_prefix("v1.0/").unwrap_or(rel);
             let inner = Req::new(method, &format!("/v1.0/{rel}"), headers, body.into());
             let segs: Vec<&str> = inner.segs.iter().skip(1).map(String::as_str).collect();
-            api(u, &inner, &segs, ctx, base)
+            api(u, &inner, &segs, ctx, base, write_ok)
         };
         statuses.insert(id.clone(), resp.status);
         let mut hdrs = Map::new();
@@ -1313,8 +1323,20 @@ fn authorize(st: &mut ProvState<MUser>, r: &Req, ctx: &Ctx) -> Resp {
     Resp::redirect(loc.as_str())
 }
 
+/// Whether a space-separated scope list allows contact writes (`Contacts.ReadWrite`, with
+/// or without the `https://graph.microsoft.com/` prefix).
+pub(crate) fn can_write(scope: &str) -> bool {
+    scope.split_whitespace().any(|s| {
+        s.rsplit('/')
+            .next()
+            .is_some_and(|n| n.eq_ignore_ascii_case("Contacts.ReadWrite"))
+    })
+}
+
 fn grant(st: &mut ProvState<MUser>, user: &str, scope: &str, ctx: &Ctx) -> Resp {
-    let access = st.auth.issue_access("EwB.sim-", user, ctx.now, ctx.ttl);
+    let access = st
+        .auth
+        .issue_access_scoped("EwB.sim-", user, ctx.now, ctx.ttl, scope);
     let mut v = json!({
         "token_type": "Bearer", "scope": scope, "expires_in": ctx.ttl.as_secs(),
         "ext_expires_in": ctx.ttl.as_secs(), "access_token": access,
@@ -1405,7 +1427,11 @@ fn token(st: &mut ProvState<MUser>, r: &Req, ctx: &Ctx) -> Resp {
                     ctx,
                 ),
                 Some(t) => {
-                    let scope = form.get("scope").cloned().unwrap_or(t.scope.clone());
+                    // The new tokens carry what the user consented to when the grant was
+                    // made, whatever the refresh asks for: a grant for Contacts.Read does
+                    // not become Contacts.ReadWrite by asking (the response's `scope` says
+                    // what was granted).
+                    let scope = t.scope.clone();
                     // Rotation: a new refresh token every time. The old one is not revoked
                     // (Microsoft documents that used refresh tokens stay valid).
                     let scope = if scope.split_whitespace().any(|s| s == "offline_access") {
@@ -1565,6 +1591,22 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 })
                 .collect();
             Resp::json(200, &Value::Array(v))
+        }
+        ("POST", ["grants"]) => {
+            let body = r.json().unwrap_or(Value::Null);
+            let Some(scope) = body.get("scope").and_then(Value::as_str) else {
+                return Some(control_err(400, "scope is required"));
+            };
+            let scope = if scope.split_whitespace().any(|s| s == "offline_access") {
+                scope.to_string()
+            } else {
+                format!("{scope} offline_access")
+            };
+            let tok = st.auth.issue_refresh("M.C5-sim-", &user, &scope);
+            return Some(Resp::json(
+                201,
+                &json!({"refresh_token": tok, "scope": scope}),
+            ));
         }
         ("PATCH", ["options"]) => {
             let body = r.json().unwrap_or(Value::Null);
