@@ -272,24 +272,46 @@ impl Handler<Poll> for AccountActor {
 pub fn with_listing_deletions(
     db: &crate::store::Db,
     account: &str,
-    mut changes: Vec<Change>,
+    changes: Vec<Change>,
     complete_scopes: &[String],
     gone_scopes: &[String],
 ) -> Result<Vec<Change>, StoreError> {
     if complete_scopes.is_empty() && gone_scopes.is_empty() {
         return Ok(changes);
     }
+    Ok(with_listing_deletions_among(
+        &db.links_of(account)?,
+        changes,
+        complete_scopes,
+        gone_scopes,
+    ))
+}
+
+/// [`with_listing_deletions`] among `links`: the account's links as they were when the
+/// listing started. A link made while the listing ran (a push of this account committed
+/// meanwhile) is not in the listing's view, so it can never be read as a deletion.
+pub fn with_listing_deletions_among(
+    links: &[(String, crate::model::LinkRecord)],
+    mut changes: Vec<Change>,
+    complete_scopes: &[String],
+    gone_scopes: &[String],
+) -> Vec<Change> {
+    if complete_scopes.is_empty() && gone_scopes.is_empty() {
+        return changes;
+    }
     let seen: HashSet<String> = changes
         .iter()
         .map(|c| c.provider_id().to_string())
         .collect();
-    for (pid, link) in db.links_of(account)? {
-        let missing = complete_scopes.contains(&link.scope) && !seen.contains(&pid);
+    for (pid, link) in links {
+        let missing = complete_scopes.contains(&link.scope) && !seen.contains(pid);
         if missing || gone_scopes.contains(&link.scope) {
-            changes.push(Change::Deleted { provider_id: pid });
+            changes.push(Change::Deleted {
+                provider_id: pid.clone(),
+            });
         }
     }
-    Ok(changes)
+    changes
 }
 
 /// Pushes an account's due outbox entries and commits the answers. Returns the metrics and
@@ -397,17 +419,22 @@ async fn run_round(
         }
         progress_rt.set_progress(&progress_id, p);
     });
+    // The links as they are before the listing starts: a push of this account (the old
+    // actor's, after a restart) may commit links while the listing runs, and the listing
+    // cannot have seen those contacts. Only links older than the listing can be missing
+    // from it.
+    let links_before = rt.db.links_of(&cfg.id)?;
     let round = provider
         .fetch_round(cursor.as_deref(), &progress)
         .await
         .map_err(RoundError::Provider)?;
-    let changes = with_listing_deletions(
-        &rt.db,
-        &cfg.id,
+    let changes = with_listing_deletions_among(
+        &links_before,
         round.changes,
         &round.complete_scopes,
         &round.gone_scopes,
-    )?;
+    );
+    drop(links_before);
 
     // Deletion guard: a round that would delete a large share of the account's contacts at
     // once is held until an operator approves it.
