@@ -570,3 +570,92 @@ async fn outlook_one_way_to_two_way_asks_for_contacts_readwrite_and_pushes_waiti
         .unwrap();
     assert_eq!(c["contact"]["jobTitle"], "Scope Tester", "{c}");
 }
+
+/// Deleting a contact folder in Outlook moves it to Deleted Items: it leaves the tree under
+/// the default Contacts folder, though Graph still finds it by id. Its contacts count as
+/// deleted from Outlook, and the deletion guard still holds a large share of them.
+#[tokio::test]
+async fn outlook_folder_moved_to_deleted_items_counts_as_deleted_and_the_guard_applies() {
+    let sim = start_sim(vec![], vec![user(90, 34)]).await;
+    let d = daemon_for(
+        &sim,
+        "deletion_guard_min = 5",
+        &account_toml("o", "outlook", "all", "one-way"),
+    )
+    .await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    d.wait_synced("o", None).await;
+    let links = check_no_duplicates(&d.contacts().await, "o");
+    let (_, f) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/folders"),
+        None,
+    );
+    let default = f["default"].as_str().unwrap().to_string();
+    let child = f["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .find(|id| *id != default)
+        .unwrap();
+    let (_, all) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/contacts"),
+        None,
+    );
+    let linked_in_child: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["folderId"] == child.as_str())
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .filter(|p| links.contains_key(p))
+        .collect();
+    assert!(linked_in_child.len() >= 5, "{}", linked_in_child.len());
+
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{USER}/folders/{child}/move-to-deleted-items"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    // Graph still finds the folder by id, outside the default folder's tree.
+    assert_ne!(v["parentFolderId"], default.as_str());
+
+    // A third of the account at once: held by the guard, nothing deleted yet.
+    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    assert_eq!(s, 202);
+    d.wait_state("o", "deletion_held").await;
+    let held = check_no_duplicates(&d.contacts().await, "o");
+    assert!(linked_in_child.iter().all(|p| held.contains_key(p)));
+
+    let (s, v) = d
+        .api(Method::POST, "/api/v1/accounts/o/approve", None)
+        .await;
+    assert!(s < 300, "{v}");
+    d.wait_for(
+        "the approved round",
+        std::time::Duration::from_secs(30),
+        || async { d.account("o").await["state"] == "idle" },
+    )
+    .await;
+    let after = check_no_duplicates(&d.contacts().await, "o");
+    for p in &linked_in_child {
+        assert!(
+            !after.contains_key(p),
+            "{p} from the folder in Deleted Items is still linked"
+        );
+    }
+    assert_eq!(after.len(), links.len() - linked_in_child.len());
+    // And it stays so: the folder's contacts are not picked up again.
+    d.sync_now("o").await;
+    assert_eq!(
+        check_no_duplicates(&d.contacts().await, "o").len(),
+        after.len()
+    );
+}

@@ -848,13 +848,23 @@ impl GraphClient {
         Ok(out)
     }
 
-    /// Whether a folder that discovery did not list still exists. `Ok(false)` only on a 404
-    /// `ErrorItemNotFound`.
-    async fn folder_exists(&self, id: &str) -> Result<bool, ProviderError> {
-        let url = format!("{}/me/contactFolders/{}?$select=id", self.api_base, seg(id));
+    /// Looks up a folder that discovery did not find below the default folder: `Some(parent
+    /// id)` when it still exists elsewhere (a folder the user deleted sits in Deleted
+    /// Items), `None` on a 404 `ErrorItemNotFound`. Any other answer fails the round.
+    async fn folder_parent(&self, id: &str) -> Result<Option<String>, ProviderError> {
+        let url = format!(
+            "{}/me/contactFolders/{}?$select=id,parentFolderId",
+            self.api_base,
+            seg(id)
+        );
         match self.get_json::<Value>(&url).await? {
-            Ok(_) => Ok(true),
-            Err(e) if e.item_not_found() => Ok(false),
+            Ok(v) => Ok(Some(
+                v.get("parentFolderId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            )),
+            Err(e) if e.item_not_found() => Ok(None),
             Err(e) => Err(e.into_provider_error("a contact folder lookup")),
         }
     }
@@ -974,7 +984,7 @@ impl GraphClient {
                 GraphCursor::default()
             }),
         };
-        let mut folders = self.discover_folders().await?;
+        let folders = self.discover_folders().await?;
         let listed: HashSet<&String> = folders.iter().collect();
         let missing: Vec<String> = stored
             .folders
@@ -982,15 +992,19 @@ impl GraphClient {
             .filter(|f| !listed.contains(f))
             .cloned()
             .collect();
+        // A folder that left the tree under the default Contacts folder was deleted by the
+        // user: Outlook moves a deleted folder to Deleted Items, where a lookup by id still
+        // finds it. Either way its contacts are gone from the synced set (the deletion guard
+        // still applies to what that means for the CRM).
         let mut gone = Vec::new();
         for f in missing {
-            if self.folder_exists(&f).await? {
-                tracing::info!(folder = %f, "folder not found below the default folder but still exists; kept");
-                folders.push(f);
-            } else {
-                tracing::info!(folder = %f, "contact folder is gone");
-                gone.push(f);
+            match self.folder_parent(&f).await? {
+                Some(parent) => {
+                    tracing::info!(folder = %f, parent = %parent, "contact folder left the default Contacts folder (deleted to Deleted Items, or moved out); its contacts count as deleted")
+                }
+                None => tracing::info!(folder = %f, "contact folder is gone"),
             }
+            gone.push(f);
         }
 
         let mut counters = Progress::default();

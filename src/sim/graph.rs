@@ -279,6 +279,30 @@ impl MUser {
         self.folders.contains_key(r).then(|| r.to_string())
     }
 
+    /// The id of the mailbox's Deleted Items folder (a mail folder, so never listed as a
+    /// contact folder).
+    pub fn deleted_items_id(&self) -> String {
+        format!("AQMkADdi{:016x}AAA=", mix(self.salt))
+    }
+
+    /// Deletes a folder the way Outlook does when the user deletes it: it moves, with its
+    /// subfolders and contacts, to Deleted Items. It leaves the tree under the default
+    /// folder, but a lookup by id still finds it (parent: Deleted Items), and its contacts
+    /// and their delta are unchanged. The default folder stays.
+    pub fn move_folder_to_deleted_items(&mut self, id: &str) -> bool {
+        if id == self.default_id {
+            return false;
+        }
+        let di = self.deleted_items_id();
+        match self.folders.get_mut(id) {
+            Some(f) => {
+                f.parent = di;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Deletes a folder, its descendants and their contacts. The default folder stays.
     pub fn delete_folder(&mut self, id: &str) -> bool {
         if id == self.default_id || !self.folders.contains_key(id) {
@@ -1730,6 +1754,16 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 201,
                 &json!({"id": id, "displayName": name, "parentFolderId": parent}),
             )
+        }
+        ("POST", ["folders", id, "move-to-deleted-items"]) => {
+            if u.move_folder_to_deleted_items(id) {
+                match u.folders.get(*id) {
+                    Some(f) => Resp::json(200, &folder_json(f)),
+                    None => control_err(404, "no such folder"),
+                }
+            } else {
+                control_err(404, "no such folder (or the default folder)")
+            }
         }
         ("DELETE", ["folders", id]) => {
             if u.delete_folder(id) {

@@ -928,6 +928,29 @@ async fn vanished_folder_confirmed_by_404_item_not_found_is_a_gone_scope() {
 }
 
 #[tokio::test]
+async fn folder_found_by_id_outside_the_default_tree_is_a_gone_scope() {
+    // Outlook moves a folder the user deletes to Deleted Items; Graph still finds it.
+    let (client, _, srv) = lazy_server(vanished_folder_mailbox(Resp::json(
+        200,
+        json!({"id": "OLD", "displayName": "Old", "parentFolderId": "DELETEDITEMS"}),
+    )))
+    .await;
+    let round = client
+        .fetch_round(Some(&cursor_with_old_folder(&srv.base)), &no_progress())
+        .await
+        .unwrap();
+    assert_eq!(round.gone_scopes, vec!["OLD"]);
+    assert!(!GraphCursor::decode(&round.cursor)
+        .unwrap()
+        .folders
+        .contains_key("OLD"));
+    assert!(srv
+        .graph_requests()
+        .iter()
+        .all(|r| !r.path().starts_with("/v1.0/me/contactFolders/OLD/")));
+}
+
+#[tokio::test]
 async fn vanished_folder_whose_lookup_fails_with_500_fails_the_round() {
     let (client, _, srv) = lazy_server(vanished_folder_mailbox(Resp::json(
         500,
