@@ -503,4 +503,31 @@ async fn config_watcher_is_recreated_after_its_directory_is_replaced_and_edits_s
         .matches("Configuration file changed; reloading.")
         .count();
     assert!(reloads >= 1, "{}", d.log());
+
+    // A deployment that swaps the directory by renames: a new directory is prepared next
+    // to it and moved into place.
+    let recreated = d.log().matches("config watcher re-created").count();
+    let staged = d.dir.path().join("conf.new");
+    std::fs::create_dir(&staged).unwrap();
+    std::fs::write(staged.join("config.toml"), &v2).unwrap();
+    std::fs::rename(&conf, d.dir.path().join("conf.old")).unwrap();
+    std::fs::rename(&staged, &conf).unwrap();
+    d.wait_for(
+        "the watcher re-created again",
+        Duration::from_secs(15),
+        || async { d.log().matches("config watcher re-created").count() > recreated },
+    )
+    .await;
+    let v3 = format!("{head}{}", account("c", "google", "starred", "one-way"));
+    std::fs::write(&tmp, &v3).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    d.wait_for(
+        "the edit after the swap applied",
+        Duration::from_secs(15),
+        || async {
+            let a = accounts(&d).await;
+            a.len() == 1 && a[0]["id"] == "c"
+        },
+    )
+    .await;
 }
