@@ -659,3 +659,81 @@ async fn outlook_folder_moved_to_deleted_items_counts_as_deleted_and_the_guard_a
         after.len()
     );
 }
+
+/// When the token answer does not say which scopes were granted, Graph's 403
+/// `ErrorAccessDenied` on a write is how a missing Contacts.ReadWrite shows: the account
+/// goes to `reauth_required` naming the scope, the edit stays queued (not failed), and it
+/// reaches Outlook once a grant with the scope is connected.
+#[tokio::test]
+async fn outlook_write_refused_403_for_want_of_contacts_readwrite_is_reauth_and_retried_after_connect(
+) {
+    let sim = start_sim(vec![], vec![user(20, 35)]).await;
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/options"),
+        Some(json!({"omitTokenScope": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "two-way")).await;
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.Read"),
+    )
+    .await;
+    d.wait_synced("o", None).await;
+    let links = check_no_duplicates(&d.contacts().await, "o");
+    let (pid, id) = links.iter().next().map(|(p, i)| (p.clone(), *i)).unwrap();
+
+    let (s, v) = d
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/contacts/{id}"),
+            Some(json!({"job_title": "Refused Then Pushed"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let a = d.wait_state("o", "reauth_required").await;
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Contacts.ReadWrite"),
+        "{a}"
+    );
+    assert!(sim
+        .requests(Provider::Outlook)
+        .iter()
+        .any(|r| r.path == "/v1.0/$batch"));
+    assert_eq!(a["outbox"]["pending"], 1, "{a}");
+    assert_eq!(a["outbox"]["failed"], json!([]), "{a}");
+
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.ReadWrite"),
+    )
+    .await;
+    d.wait_for(
+        "the edit pushed",
+        std::time::Duration::from_secs(60),
+        || async {
+            let a = d.account("o").await;
+            a["state"] == "idle" && a["outbox"]["pending"] == 0
+        },
+    )
+    .await;
+    assert_eq!(d.account("o").await["outbox"]["failed"], json!([]));
+    let (_, all) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/contacts"),
+        None,
+    );
+    let c = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == pid.as_str())
+        .unwrap();
+    assert_eq!(c["contact"]["jobTitle"], "Refused Then Pushed", "{c}");
+}

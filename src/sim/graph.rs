@@ -143,6 +143,9 @@ pub(crate) struct MUser {
     /// soft-deleted or on-premises mailbox): every `/me` request gets 404
     /// `MailboxNotEnabledForRESTAPI`, as Graph answers. Retrying does not help.
     pub mailbox_disabled: bool,
+    /// Token answers leave out `scope` (RFC 6749 allows it when the scope is the one
+    /// requested), so a client learns of a missing permission only from a 403.
+    pub omit_token_scope: bool,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -165,6 +168,7 @@ impl MUser {
             login: u.user.clone(),
             partial_delta: false,
             mailbox_disabled: false,
+            omit_token_scope: false,
         };
         m.root_id = m.new_id("AQMkAD");
         m.default_id = m.new_id("AQMkAD");
@@ -1371,6 +1375,11 @@ fn grant(st: &mut ProvState<MUser>, user: &str, scope: &str, ctx: &Ctx) -> Resp 
     {
         v["refresh_token"] = json!(st.auth.issue_refresh("M.C5-sim-", user, scope));
     }
+    if st.users.get(user).is_some_and(|u| u.omit_token_scope) {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("scope");
+        }
+    }
     Resp::json(200, &v)
 }
 
@@ -1639,14 +1648,16 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 body.as_object().is_some_and(|o| {
                     !o.is_empty()
                         && o.iter().all(|(k, v)| {
-                            matches!(k.as_str(), "partialDelta" | "mailboxDisabled")
-                                && v.is_boolean()
+                            matches!(
+                                k.as_str(),
+                                "partialDelta" | "mailboxDisabled" | "omitTokenScope"
+                            ) && v.is_boolean()
                         })
                 }),
             ) else {
                 return Some(control_err(
                     400,
-                    "body must set partialDelta and/or mailboxDisabled to true or false",
+                    "body must set partialDelta, mailboxDisabled or omitTokenScope to true or false",
                 ));
             };
             if let Some(b) = o.get("partialDelta").and_then(Value::as_bool) {
@@ -1655,9 +1666,13 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             if let Some(b) = o.get("mailboxDisabled").and_then(Value::as_bool) {
                 u.mailbox_disabled = b;
             }
+            if let Some(b) = o.get("omitTokenScope").and_then(Value::as_bool) {
+                u.omit_token_scope = b;
+            }
             Resp::json(
                 200,
-                &json!({"partialDelta": u.partial_delta, "mailboxDisabled": u.mailbox_disabled}),
+                &json!({"partialDelta": u.partial_delta, "mailboxDisabled": u.mailbox_disabled,
+                        "omitTokenScope": u.omit_token_scope}),
             )
         }
         ("GET", ["folders"]) => {
