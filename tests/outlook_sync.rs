@@ -737,3 +737,125 @@ async fn outlook_write_refused_403_for_want_of_contacts_readwrite_is_reauth_and_
         .unwrap();
     assert_eq!(c["contact"]["jobTitle"], "Refused Then Pushed", "{c}");
 }
+
+/// A push of the account's old actor (still running after a restart) commits a link while
+/// the new actor's full listing runs. The listing passed that contact's folder before the
+/// contact was created, so the contact is not in it; it must not be read as deleted from
+/// Outlook (it would come back later under a new CRM id). The simulator's gates order the
+/// two clients' requests.
+#[tokio::test]
+async fn link_committed_by_a_push_during_a_full_listing_is_not_read_as_a_deletion() {
+    let sim = start_sim(vec![], vec![user(20, 36)]).await;
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "two-way")).await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    let first = d.wait_synced("o", None).await;
+    let (_, f) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/folders"),
+        None,
+    );
+    let default = f["default"].as_str().unwrap().to_string();
+    let child = f["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .find(|id| *id != default)
+        .unwrap();
+    let gate = |contains: serde_json::Value| -> u64 {
+        let (s, v) = sim.control(
+            Provider::Outlook,
+            "POST",
+            "/_sim/gates",
+            Some(json!({ "contains": contains })),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_u64().unwrap()
+    };
+    let held = |id: u64| -> u64 {
+        let (s, v) = sim.control(Provider::Outlook, "GET", &format!("/_sim/gates/{id}"), None);
+        assert_eq!(s, 200, "{v}");
+        v["held"].as_u64().unwrap()
+    };
+    let open = |id: u64| {
+        let (s, v) = sim.control(
+            Provider::Outlook,
+            "DELETE",
+            &format!("/_sim/gates/{id}"),
+            None,
+        );
+        assert_eq!(s, 204, "{v}");
+    };
+
+    // The push of a new CRM contact waits at the gate, before it reaches Graph.
+    let push_gate = gate(json!("$batch"));
+    let (s, created) = d
+        .api(
+            Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"first_name": "Pushed", "last_name": "Meanwhile", "emails": ["pushed.meanwhile@example.org"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let crm_id = created["id"].as_u64().unwrap();
+    d.wait_for(
+        "the push at the gate",
+        std::time::Duration::from_secs(30),
+        || async { held(push_gate) >= 1 },
+    )
+    .await;
+
+    // The account restarts (a direction change) with expired delta links: the new actor
+    // lists every folder in full. It lists the default folder, then waits at a child.
+    assert!(sim.expire_cursors(Provider::Outlook, USER));
+    let child_part = child.trim_end_matches('=').to_string();
+    let listing_gate = gate(json!([child_part, "/contacts/delta"]));
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            account_toml("o", "outlook", "all", "one-way")
+        ),
+    ));
+    d.wait_for(
+        "the listing at the gate",
+        std::time::Duration::from_secs(30),
+        || async { held(listing_gate) >= 1 },
+    )
+    .await;
+
+    // The old push reaches Graph (the contact lands in the default folder, already listed)
+    // and commits its link while the listing still runs.
+    open(push_gate);
+    let linked = || async {
+        let c = d.get(&format!("/api/v1/contacts/{crm_id}")).await;
+        c["links"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l["account"] == "o"))
+    };
+    d.wait_for(
+        "the pushed link",
+        std::time::Duration::from_secs(30),
+        linked,
+    )
+    .await;
+    open(listing_gate);
+    let a = d.wait_synced("o", first["last_sync"].as_str()).await;
+    assert_eq!(today(&a, &["deleted", "from_provider"]), 0, "{a}");
+    let (s, c) = d
+        .api(Method::GET, &format!("/api/v1/contacts/{crm_id}"), None)
+        .await;
+    assert_eq!(s, 200, "the pushed contact was deleted: {c}");
+    assert!(linked().await, "the pushed contact lost its link: {c}");
+
+    // The next round sees the contact in Outlook and keeps it under the same CRM id.
+    d.sync_now("o").await;
+    let all = d.contacts().await;
+    check_no_duplicates(&all, "o");
+    let pushed: Vec<_> = all.iter().filter(|c| c["first_name"] == "Pushed").collect();
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0]["id"], crm_id);
+}
