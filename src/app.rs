@@ -131,7 +131,7 @@ pub struct Daemon {
     pub supervisor: Addr<Supervisor>,
     pub server: actix_web::dev::ServerHandle,
     pub addr: std::net::SocketAddr,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<crate::watch::ConfigWatcher>,
 }
 
 /// Reads the API bearer token, if one is configured.

@@ -395,6 +395,11 @@ fn store_grant_offline(config: &Config, account: &str, token: &SecretString) -> 
         account: account.to_string(),
         sealed: sealer.seal(token),
     });
+    for op in
+        crate::sync::outbox::requeue_after_new_grant(&db, account).map_err(|e| e.to_string())?
+    {
+        b.push(op);
+    }
     // Written to the audit file by the daemon's drainer when it next starts.
     b.push(Op::Audit(crate::audit::AuditEvent::grant_stored(
         account, provider, had_grant,

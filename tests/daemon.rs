@@ -433,3 +433,101 @@ fn a_taken_listen_address_is_a_clean_start_up_error() {
     assert!(err.contains("cannot listen on"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The config watcher survives its directory being replaced: after the directory holding
+/// the file is removed and created again, it is re-created (and says so in the log), and a
+/// later edit is still applied without SIGHUP.
+#[tokio::test]
+async fn config_watcher_is_recreated_after_its_directory_is_replaced_and_edits_still_apply() {
+    let mut d = TestDaemon::new();
+    let conf = d.dir.path().join("conf");
+    std::fs::create_dir(&conf).unwrap();
+    let path = conf.join("config.toml");
+    let head = d.config_text("", GOOGLE);
+    let v1 = format!("{head}{}", account("a", "google", "all", "one-way"));
+    std::fs::write(&path, &v1).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.dir.path().join("daemon.log"))
+        .unwrap();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("--config")
+        .arg(&path)
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .env("RUST_LOG", "info,contact_sync=debug");
+    for (k, v) in &d.env {
+        cmd.env(k, v);
+    }
+    d.child = Some(cmd.spawn().unwrap());
+    d.wait_for("healthz", Duration::from_secs(30), || async {
+        d.http
+            .get(format!("{}/healthz", d.base()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    assert_eq!(accounts(&d).await.len(), 1);
+
+    // The directory is replaced: removed, then created again with the same file.
+    std::fs::remove_dir_all(&conf).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::create_dir(&conf).unwrap();
+    std::fs::write(&path, &v1).unwrap();
+    d.wait_for(
+        "the watcher re-created",
+        Duration::from_secs(15),
+        || async { d.log().contains("config watcher re-created") },
+    )
+    .await;
+
+    // An edit in the new directory, saved the way editors do, is applied.
+    let v2 = format!(
+        "{head}{}{}",
+        account("a", "google", "all", "one-way"),
+        account("b", "outlook", "all", "one-way")
+    );
+    let tmp = conf.join(".config.toml.tmp");
+    std::fs::write(&tmp, &v2).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    d.wait_for("the edit applied", Duration::from_secs(15), || async {
+        accounts(&d).await.len() == 2
+    })
+    .await;
+    let reloads = d
+        .log()
+        .matches("Configuration file changed; reloading.")
+        .count();
+    assert!(reloads >= 1, "{}", d.log());
+
+    // A deployment that swaps the directory by renames: a new directory is prepared next
+    // to it and moved into place.
+    let recreated = d.log().matches("config watcher re-created").count();
+    let staged = d.dir.path().join("conf.new");
+    std::fs::create_dir(&staged).unwrap();
+    std::fs::write(staged.join("config.toml"), &v2).unwrap();
+    std::fs::rename(&conf, d.dir.path().join("conf.old")).unwrap();
+    std::fs::rename(&staged, &conf).unwrap();
+    d.wait_for(
+        "the watcher re-created again",
+        Duration::from_secs(15),
+        || async { d.log().matches("config watcher re-created").count() > recreated },
+    )
+    .await;
+    let v3 = format!("{head}{}", account("c", "google", "starred", "one-way"));
+    std::fs::write(&tmp, &v3).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    d.wait_for(
+        "the edit after the swap applied",
+        Duration::from_secs(15),
+        || async {
+            let a = accounts(&d).await;
+            a.len() == 1 && a[0]["id"] == "c"
+        },
+    )
+    .await;
+}

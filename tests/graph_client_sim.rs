@@ -304,3 +304,98 @@ async fn bench_initial_listing_of_25000_contacts() {
     assert_eq!(refetches, 0, "full rows are never refetched");
     sim.stop().await;
 }
+
+/// A client (and grant) for `scopes`, with a refresh token the simulator issued for
+/// `granted`.
+fn scoped_client(sim: &Sim, scopes: &[&str], granted: &str) -> GraphClient {
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{OLGA}/grants"),
+        Some(serde_json::json!({"scope": granted})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let sink: GrantSink = Arc::new(|_: &SecretString| Ok(()));
+    let tokens = TokenSource::new(
+        OAuthClient {
+            client_id: "cid".into(),
+            client_secret: None,
+            token_url: format!("{}/common/oauth2/v2.0/token", sim.graph_base),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        },
+        SecretString::from(v["refresh_token"].as_str().unwrap().to_string()),
+        sink,
+    );
+    GraphClient::new(
+        format!("{}/v1.0", sim.graph_base),
+        Arc::new(tokens),
+        RetryPolicy::fast(),
+    )
+}
+
+#[tokio::test]
+async fn write_with_a_read_only_grant_is_reauth_required_naming_contacts_readwrite() {
+    let sim = sim_with(3, 0).await;
+    // The client of a one-way account, still in use for writes (the old bug).
+    let client = scoped_client(
+        &sim,
+        &[
+            "offline_access",
+            "https://graph.microsoft.com/Contacts.Read",
+        ],
+        "https://graph.microsoft.com/Contacts.Read",
+    );
+    let round = client
+        .fetch_round(None, &quiet())
+        .await
+        .expect("reads work");
+    let c = upserts(&round)[0].clone();
+    let out = client
+        .write(&[contact_sync::providers::outlook::WriteOp::Update {
+            id: c.provider_id.clone(),
+            etag: c.etag.clone(),
+            fields: c.fields.clone(),
+            changed: vec!["job_title".into()],
+        }])
+        .await;
+    match &out[0] {
+        WriteResult::Failed(ProviderError::ReauthRequired(m)) => {
+            assert!(m.contains("Contacts.ReadWrite"), "{m}")
+        }
+        other => panic!("expected reauth, got {other:?}"),
+    }
+    assert!(sim
+        .requests(Provider::Outlook)
+        .iter()
+        .any(|r| r.path == "/v1.0/$batch"));
+}
+
+#[tokio::test]
+async fn token_scope_without_contacts_readwrite_is_reauth_required_for_a_two_way_client() {
+    let sim = sim_with(3, 0).await;
+    let client = scoped_client(
+        &sim,
+        &[
+            "offline_access",
+            "https://graph.microsoft.com/Contacts.ReadWrite",
+        ],
+        "https://graph.microsoft.com/Contacts.Read",
+    );
+    match client.fetch_round(None, &quiet()).await {
+        Err(ProviderError::ReauthRequired(m)) => assert!(m.contains("Contacts.ReadWrite"), "{m}"),
+        other => panic!("expected reauth, got {other:?}"),
+    }
+    // A grant with Contacts.ReadWrite also covers a one-way client's Contacts.Read.
+    let client = scoped_client(
+        &sim,
+        &[
+            "offline_access",
+            "https://graph.microsoft.com/Contacts.Read",
+        ],
+        "https://graph.microsoft.com/Contacts.ReadWrite",
+    );
+    client
+        .fetch_round(None, &quiet())
+        .await
+        .expect("read with a read-write grant");
+}

@@ -298,3 +298,564 @@ async fn contact_in_google_and_outlook_ends_as_one_crm_contact_and_provider_dele
         "an unlink is not a deletion"
     );
 }
+
+/// Graph's delta documentation: an updated item carries *at least* the properties that
+/// changed. A property the row does not carry is unchanged, never cleared; one Graph sends
+/// as `null` is cleared.
+#[tokio::test]
+async fn outlook_partial_delta_row_keeps_unsent_properties_and_explicit_null_clears() {
+    let sim = start_sim(vec![], vec![user(10, 31)]).await;
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{USER}/contacts"),
+        Some(json!({
+            "givenName": "Grace", "surname": "Hopper",
+            "emailAddresses": [{"name": "Grace", "address": "grace.partial@example.com"}],
+            "mobilePhone": "+1 202 555 0142",
+            "homeAddress": {"street": "1 Navy Way", "city": "Arlington", "postalCode": "22201"},
+            "companyName": "US Navy", "jobTitle": "Rear Admiral",
+            "birthday": "1906-12-09T11:59:00Z"
+        })),
+    );
+    assert_eq!(s, 201, "{v}");
+    let pid = v["id"].as_str().unwrap().to_string();
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "one-way")).await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    d.wait_synced("o", None).await;
+    let find = |cs: &[serde_json::Value]| {
+        cs.iter()
+            .find(|c| {
+                c["links"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l["provider_id"] == pid.as_str())
+            })
+            .cloned()
+            .expect("the contact is synced")
+    };
+    let before = find(&d.contacts().await);
+    assert_eq!(before["first_name"], "Grace");
+    assert_eq!(before["company"]["name"], "US Navy");
+    assert_eq!(before["birthday"], "1906-12-09");
+    assert_eq!(before["address"]["city"], "Arlington");
+
+    // From now on delta sends only what changed: the row carries surname, displayName,
+    // emailAddresses, mobilePhone and jobTitle, as in the report.
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/options"),
+        Some(json!({"partialDelta": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/contacts/{pid}"),
+        Some(json!({
+            "surname": "Hopper-Murray",
+            "emailAddresses": [{"name": "Grace", "address": "grace.partial@example.com"}],
+            "mobilePhone": "+1 202 555 0143",
+            "jobTitle": "Commodore"
+        })),
+    );
+    assert_eq!(s, 200, "{v}");
+    sim.clear_requests(Provider::Outlook);
+    d.sync_now("o").await;
+    let after = find(&d.contacts().await);
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(after["last_name"], "Hopper-Murray");
+    assert_eq!(after["job_title"], "Commodore");
+    assert_eq!(after["first_name"], "Grace", "{after}");
+    assert_eq!(after["company"]["name"], "US Navy", "{after}");
+    assert_eq!(after["birthday"], "1906-12-09", "{after}");
+    assert_eq!(after["address"], before["address"], "{after}");
+    // The partial row was fetched whole by id.
+    let reqs = sim.requests(Provider::Outlook);
+    assert!(
+        reqs.iter()
+            .any(|r| r.method == "GET" && r.path.starts_with("/v1.0/me/contacts/AAMk")),
+        "no GET by id: {:?}",
+        reqs.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+
+    // An explicit null is a real clearing of a non-mandatory field.
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/contacts/{pid}"),
+        Some(json!({"companyName": null, "birthday": null})),
+    );
+    assert_eq!(s, 200, "{v}");
+    d.sync_now("o").await;
+    let cleared = find(&d.contacts().await);
+    assert!(cleared["company"].is_null(), "{cleared}");
+    assert!(cleared["birthday"].is_null(), "{cleared}");
+    assert_eq!(cleared["first_name"], "Grace");
+    assert_eq!(cleared["job_title"], "Commodore");
+    assert_eq!(cleared["address"], before["address"]);
+}
+
+fn graph_api_requests(sim: &contact_sync::sim::Sim) -> usize {
+    sim.requests(Provider::Outlook)
+        .iter()
+        .filter(|r| r.path.starts_with("/v1.0/"))
+        .count()
+}
+
+/// A permanent provider error (Graph: 404 `MailboxNotEnabledForRESTAPI`) is a terminal
+/// `error` state with the message in `last_error`: no restart loop. An operator's sync-now,
+/// or a config change, tries again.
+#[tokio::test]
+async fn permanent_error_is_terminal_until_sync_now_or_config_change() {
+    let sim = start_sim(vec![], vec![user(20, 32)]).await;
+    let accounts = account_toml("o", "outlook", "all", "one-way");
+    let d = daemon_for(&sim, "", &accounts).await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    d.wait_synced("o", None).await;
+    let disable = |on: bool| {
+        let (s, v) = sim.control(
+            Provider::Outlook,
+            "PATCH",
+            &format!("/_sim/users/{USER}/options"),
+            Some(json!({"mailboxDisabled": on})),
+        );
+        assert_eq!(s, 200, "{v}");
+    };
+    disable(true);
+    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    assert_eq!(s, 202);
+    let a = d.wait_state("o", "error").await;
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MailboxNotEnabledForRESTAPI"),
+        "{a}"
+    );
+    // No restart loop: with the fast test backoff (at most 1 s) a transient error would
+    // have been retried several times in 4 s.
+    sim.clear_requests(Provider::Outlook);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(graph_api_requests(&sim), 0, "the account kept retrying");
+    let a = d.account("o").await;
+    assert_eq!(a["state"], "error");
+    assert!(a["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("MailboxNotEnabledForRESTAPI"));
+
+    // The mailbox is fixed: nothing happens by itself…
+    disable(false);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(d.account("o").await["state"], "error");
+    // …until an operator asks for a sync.
+    let a = d.sync_now("o").await;
+    assert_eq!(a["state"], "idle");
+    assert!(a["last_error"].is_null(), "{a}");
+
+    // Again broken; this time a config change starts it again.
+    disable(true);
+    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    assert_eq!(s, 202);
+    d.wait_state("o", "error").await;
+    disable(false);
+    let before = d.account("o").await["last_sync"].clone();
+    d.write_config(&d.config_text(
+        "contact_limit = 40000",
+        &format!("{}{accounts}", providers_for(&sim)),
+    ));
+    d.wait_for(
+        "a round after the config change",
+        std::time::Duration::from_secs(30),
+        || async {
+            let a = d.account("o").await;
+            a["state"] == "idle" && a["last_sync"] != before
+        },
+    )
+    .await;
+}
+
+fn graph_grant(sim: &contact_sync::sim::Sim, scope: &str) -> String {
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{USER}/grants"),
+        Some(json!({"scope": scope})),
+    );
+    assert_eq!(s, 201, "{v}");
+    v["refresh_token"].as_str().unwrap().to_string()
+}
+
+/// One-way → two-way rebuilds the client with the two-way scope. A grant made for one-way
+/// (Contacts.Read) cannot write: the account asks for a new grant, naming the scope, and
+/// the CRM edits made meanwhile reach Outlook once the new grant is in.
+#[tokio::test]
+async fn outlook_one_way_to_two_way_asks_for_contacts_readwrite_and_pushes_waiting_edits_after_connect(
+) {
+    let sim = start_sim(vec![], vec![user(20, 33)]).await;
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "one-way")).await;
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.Read"),
+    )
+    .await;
+    d.wait_synced("o", None).await;
+    let contacts = d.contacts().await;
+    let links = check_no_duplicates(&contacts, "o");
+    let (pid, id) = links.iter().next().map(|(p, i)| (p.clone(), *i)).unwrap();
+
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            account_toml("o", "outlook", "all", "two-way")
+        ),
+    ));
+    let a = d.wait_state("o", "reauth_required").await;
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Contacts.ReadWrite"),
+        "{a}"
+    );
+    // A token refresh of the two-way client asked for Contacts.ReadWrite.
+    assert!(d.log().contains("Direction changed"), "{}", d.log());
+
+    let (s, v) = d
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/contacts/{id}"),
+            Some(json!({"job_title": "Scope Tester"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let a = d.account("o").await;
+    assert_eq!(a["outbox"]["pending"], 1, "{a}");
+    assert_eq!(a["outbox"]["failed"], json!([]), "{a}");
+
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.ReadWrite"),
+    )
+    .await;
+    d.wait_for(
+        "the edit pushed",
+        std::time::Duration::from_secs(60),
+        || async {
+            let a = d.account("o").await;
+            a["state"] == "idle" && a["outbox"]["pending"] == 0
+        },
+    )
+    .await;
+    let a = d.account("o").await;
+    assert_eq!(a["outbox"]["failed"], json!([]), "{a}");
+    let (_, all) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/contacts"),
+        None,
+    );
+    let c = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == pid.as_str())
+        .unwrap();
+    assert_eq!(c["contact"]["jobTitle"], "Scope Tester", "{c}");
+}
+
+/// Deleting a contact folder in Outlook moves it to Deleted Items: it leaves the tree under
+/// the default Contacts folder, though Graph still finds it by id. Its contacts count as
+/// deleted from Outlook, and the deletion guard still holds a large share of them.
+#[tokio::test]
+async fn outlook_folder_moved_to_deleted_items_counts_as_deleted_and_the_guard_applies() {
+    let sim = start_sim(vec![], vec![user(90, 34)]).await;
+    let d = daemon_for(
+        &sim,
+        "deletion_guard_min = 5",
+        &account_toml("o", "outlook", "all", "one-way"),
+    )
+    .await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    d.wait_synced("o", None).await;
+    let links = check_no_duplicates(&d.contacts().await, "o");
+    let (_, f) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/folders"),
+        None,
+    );
+    let default = f["default"].as_str().unwrap().to_string();
+    let child = f["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .find(|id| *id != default)
+        .unwrap();
+    let (_, all) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/contacts"),
+        None,
+    );
+    let linked_in_child: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["folderId"] == child.as_str())
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .filter(|p| links.contains_key(p))
+        .collect();
+    assert!(linked_in_child.len() >= 5, "{}", linked_in_child.len());
+
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{USER}/folders/{child}/move-to-deleted-items"),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    // Graph still finds the folder by id, outside the default folder's tree.
+    assert_ne!(v["parentFolderId"], default.as_str());
+
+    // A third of the account at once: held by the guard, nothing deleted yet.
+    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    assert_eq!(s, 202);
+    d.wait_state("o", "deletion_held").await;
+    let held = check_no_duplicates(&d.contacts().await, "o");
+    assert!(linked_in_child.iter().all(|p| held.contains_key(p)));
+
+    let (s, v) = d
+        .api(Method::POST, "/api/v1/accounts/o/approve", None)
+        .await;
+    assert!(s < 300, "{v}");
+    d.wait_for(
+        "the approved round",
+        std::time::Duration::from_secs(30),
+        || async { d.account("o").await["state"] == "idle" },
+    )
+    .await;
+    let after = check_no_duplicates(&d.contacts().await, "o");
+    for p in &linked_in_child {
+        assert!(
+            !after.contains_key(p),
+            "{p} from the folder in Deleted Items is still linked"
+        );
+    }
+    assert_eq!(after.len(), links.len() - linked_in_child.len());
+    // And it stays so: the folder's contacts are not picked up again.
+    d.sync_now("o").await;
+    assert_eq!(
+        check_no_duplicates(&d.contacts().await, "o").len(),
+        after.len()
+    );
+}
+
+/// When the token answer does not say which scopes were granted, Graph's 403
+/// `ErrorAccessDenied` on a write is how a missing Contacts.ReadWrite shows: the account
+/// goes to `reauth_required` naming the scope, the edit stays queued (not failed), and it
+/// reaches Outlook once a grant with the scope is connected.
+#[tokio::test]
+async fn outlook_write_refused_403_for_want_of_contacts_readwrite_is_reauth_and_retried_after_connect(
+) {
+    let sim = start_sim(vec![], vec![user(20, 35)]).await;
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/options"),
+        Some(json!({"omitTokenScope": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "two-way")).await;
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.Read"),
+    )
+    .await;
+    d.wait_synced("o", None).await;
+    let links = check_no_duplicates(&d.contacts().await, "o");
+    let (pid, id) = links.iter().next().map(|(p, i)| (p.clone(), *i)).unwrap();
+
+    let (s, v) = d
+        .api(
+            Method::PATCH,
+            &format!("/api/v1/contacts/{id}"),
+            Some(json!({"job_title": "Refused Then Pushed"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let a = d.wait_state("o", "reauth_required").await;
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Contacts.ReadWrite"),
+        "{a}"
+    );
+    assert!(sim
+        .requests(Provider::Outlook)
+        .iter()
+        .any(|r| r.path == "/v1.0/$batch"));
+    assert_eq!(a["outbox"]["pending"], 1, "{a}");
+    assert_eq!(a["outbox"]["failed"], json!([]), "{a}");
+
+    d.connect(
+        "o",
+        &graph_grant(&sim, "https://graph.microsoft.com/Contacts.ReadWrite"),
+    )
+    .await;
+    d.wait_for(
+        "the edit pushed",
+        std::time::Duration::from_secs(60),
+        || async {
+            let a = d.account("o").await;
+            a["state"] == "idle" && a["outbox"]["pending"] == 0
+        },
+    )
+    .await;
+    assert_eq!(d.account("o").await["outbox"]["failed"], json!([]));
+    let (_, all) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/contacts"),
+        None,
+    );
+    let c = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == pid.as_str())
+        .unwrap();
+    assert_eq!(c["contact"]["jobTitle"], "Refused Then Pushed", "{c}");
+}
+
+/// A push of the account's old actor (still running after a restart) commits a link while
+/// the new actor's full listing runs. The listing passed that contact's folder before the
+/// contact was created, so the contact is not in it; it must not be read as deleted from
+/// Outlook (it would come back later under a new CRM id). The simulator's gates order the
+/// two clients' requests.
+#[tokio::test]
+async fn link_committed_by_a_push_during_a_full_listing_is_not_read_as_a_deletion() {
+    let sim = start_sim(vec![], vec![user(20, 36)]).await;
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "two-way")).await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    let first = d.wait_synced("o", None).await;
+    let (_, f) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/folders"),
+        None,
+    );
+    let default = f["default"].as_str().unwrap().to_string();
+    let child = f["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .find(|id| *id != default)
+        .unwrap();
+    let gate = |contains: serde_json::Value| -> u64 {
+        let (s, v) = sim.control(
+            Provider::Outlook,
+            "POST",
+            "/_sim/gates",
+            Some(json!({ "contains": contains })),
+        );
+        assert_eq!(s, 201, "{v}");
+        v["id"].as_u64().unwrap()
+    };
+    let held = |id: u64| -> u64 {
+        let (s, v) = sim.control(Provider::Outlook, "GET", &format!("/_sim/gates/{id}"), None);
+        assert_eq!(s, 200, "{v}");
+        v["held"].as_u64().unwrap()
+    };
+    let open = |id: u64| {
+        let (s, v) = sim.control(
+            Provider::Outlook,
+            "DELETE",
+            &format!("/_sim/gates/{id}"),
+            None,
+        );
+        assert_eq!(s, 204, "{v}");
+    };
+
+    // The push of a new CRM contact waits at the gate, before it reaches Graph.
+    let push_gate = gate(json!("$batch"));
+    let (s, created) = d
+        .api(
+            Method::POST,
+            "/api/v1/contacts",
+            Some(json!({"first_name": "Pushed", "last_name": "Meanwhile", "emails": ["pushed.meanwhile@example.org"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{created}");
+    let crm_id = created["id"].as_u64().unwrap();
+    d.wait_for(
+        "the push at the gate",
+        std::time::Duration::from_secs(30),
+        || async { held(push_gate) >= 1 },
+    )
+    .await;
+
+    // The account restarts (a direction change) with expired delta links: the new actor
+    // lists every folder in full. It lists the default folder, then waits at a child.
+    assert!(sim.expire_cursors(Provider::Outlook, USER));
+    let child_part = child.trim_end_matches('=').to_string();
+    let listing_gate = gate(json!([child_part, "/contacts/delta"]));
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            account_toml("o", "outlook", "all", "one-way")
+        ),
+    ));
+    d.wait_for(
+        "the listing at the gate",
+        std::time::Duration::from_secs(30),
+        || async { held(listing_gate) >= 1 },
+    )
+    .await;
+
+    // The old push reaches Graph (the contact lands in the default folder, already listed)
+    // and commits its link while the listing still runs.
+    open(push_gate);
+    let linked = || async {
+        let c = d.get(&format!("/api/v1/contacts/{crm_id}")).await;
+        c["links"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l["account"] == "o"))
+    };
+    d.wait_for(
+        "the pushed link",
+        std::time::Duration::from_secs(30),
+        linked,
+    )
+    .await;
+    open(listing_gate);
+    let a = d.wait_synced("o", first["last_sync"].as_str()).await;
+    assert_eq!(today(&a, &["deleted", "from_provider"]), 0, "{a}");
+    let (s, c) = d
+        .api(Method::GET, &format!("/api/v1/contacts/{crm_id}"), None)
+        .await;
+    assert_eq!(s, 200, "the pushed contact was deleted: {c}");
+    assert!(linked().await, "the pushed contact lost its link: {c}");
+
+    // The next round sees the contact in Outlook and keeps it under the same CRM id.
+    d.sync_now("o").await;
+    let all = d.contacts().await;
+    check_no_duplicates(&all, "o");
+    let pushed: Vec<_> = all.iter().filter(|c| c["first_name"] == "Pushed").collect();
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0]["id"], crm_id);
+}

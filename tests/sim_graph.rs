@@ -843,3 +843,115 @@ async fn concurrency_quota_and_faults() {
         .any(|e| e.status == 429 && e.fault.as_deref() == Some("429")));
     sim.stop().await;
 }
+
+/// Graph documents that an updated item in a delta response carries at least the changed
+/// properties. With `partialDelta` the simulator sends exactly those (plus `id`, the etag,
+/// `changeKey` and `parentFolderId`); a cleared property comes as `null`; a contact
+/// created since the last round comes whole. A Contacts.Read token cannot write.
+#[tokio::test]
+async fn partial_delta_rows_carry_only_changed_properties_and_read_tokens_cannot_write() {
+    let sim = sim_with(5, 0).await;
+    let api = Api {
+        tok: access_token(&sim, OLGA).await,
+        sim: &sim,
+    };
+    let first = "/me/contactFolders/contacts/contacts/delta?$select=id,givenName,surname,displayName,companyName,jobTitle,birthday,changeKey,parentFolderId";
+    let (rows, delta, _) = round(&api, first, "odata.maxpagesize=50").await;
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r.get("givenName").is_some()));
+    let id = rows[0]["id"].as_str().unwrap().to_string();
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{OLGA}/options"),
+        Some(json!({"partialDelta": true})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{OLGA}/contacts/{id}"),
+        Some(json!({"jobTitle": "Partial", "companyName": null})),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{OLGA}/contacts"),
+        Some(json!({"givenName": "New", "surname": "Whole", "emailAddresses": [{"address": "new@example.org"}]})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (rows, _, _) = round(&api, &delta, "odata.maxpagesize=50").await;
+    let changed = rows.iter().find(|r| r["id"] == id.as_str()).unwrap();
+    let mut keys: Vec<&str> = changed
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "@odata.etag",
+            "@odata.type",
+            "changeKey",
+            "companyName",
+            "id",
+            "jobTitle",
+            "parentFolderId"
+        ]
+    );
+    assert!(changed["companyName"].is_null());
+    assert_eq!(changed["jobTitle"], "Partial");
+    let created = rows.iter().find(|r| r["id"] != id.as_str()).unwrap();
+    assert_eq!(created["givenName"], "New");
+    assert!(
+        created.get("birthday").is_some(),
+        "a new contact comes whole"
+    );
+
+    // A token granted Contacts.Read only: reads work, writes get 403 ErrorAccessDenied.
+    let (s, v) = sim.control(
+        Provider::Outlook,
+        "POST",
+        &format!("/_sim/users/{OLGA}/grants"),
+        Some(json!({"scope": "https://graph.microsoft.com/Contacts.Read"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, t) = token_req(
+        &sim,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", v["refresh_token"].as_str().unwrap()),
+            ("client_id", "cid"),
+            (
+                "scope",
+                "offline_access https://graph.microsoft.com/Contacts.ReadWrite",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{t}");
+    let scope = t["scope"].as_str().unwrap();
+    assert!(
+        scope.contains("Contacts.Read") && !scope.contains("ReadWrite"),
+        "{scope}"
+    );
+    let read_only = Api {
+        tok: t["access_token"].as_str().unwrap().to_string(),
+        sim: &sim,
+    };
+    let (s, _, _) = read_only.get(&format!("/me/contacts/{id}"), &[]).await;
+    assert_eq!(s, 200);
+    let (s, _, v) = read_only
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/me/contacts/{id}"),
+            &[],
+            Some(json!({"jobTitle": "Nope"})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "ErrorAccessDenied");
+}

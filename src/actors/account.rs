@@ -38,6 +38,10 @@ pub enum ExitReason {
     DeletionHeld(String),
     /// Worth another try later.
     Transient(String),
+    /// Retrying will not fix it (the provider refused a request we built, a mailbox the
+    /// API cannot reach, a setting the provider rejects): the account stays in `error`
+    /// until its configuration changes or an operator asks for a sync.
+    Permanent(String),
 }
 
 #[derive(Message, Debug, Clone)]
@@ -61,11 +65,6 @@ pub struct PollSoon;
 /// How long a burst of CRM edits may grow before it is pushed.
 pub const PUSH_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Apply changed account settings that keep the cursor (direction).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reconfigure(pub AccountConfig);
-
 /// Stop now; the supervisor is not told (it asked).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -78,7 +77,6 @@ pub struct AccountActor {
     matcher: Addr<Matcher>,
     supervisor: Recipient<AccountExit>,
     busy: bool,
-    quiet_stop: bool,
     /// Another round is wanted as soon as this one ends.
     again: bool,
     soon: Option<SpawnHandle>,
@@ -100,7 +98,6 @@ impl AccountActor {
             matcher,
             supervisor,
             busy: false,
-            quiet_stop: false,
             again: false,
             soon: None,
             next_poll: None,
@@ -121,7 +118,6 @@ impl AccountActor {
     }
 
     fn exit(&mut self, ctx: &mut Context<Self>, reason: ExitReason) {
-        self.quiet_stop = true;
         self.supervisor.do_send(AccountExit {
             account: self.cfg.id.clone(),
             reason,
@@ -143,14 +139,6 @@ impl Actor for AccountActor {
     }
 }
 
-impl Handler<Reconfigure> for AccountActor {
-    type Result = ();
-    fn handle(&mut self, msg: Reconfigure, _: &mut Self::Context) {
-        tracing::info!(account = %self.cfg.id, direction = msg.0.direction.as_str(), "Account reconfigured in place; cursor kept.");
-        self.cfg = msg.0;
-    }
-}
-
 impl Handler<PollSoon> for AccountActor {
     type Result = ();
     fn handle(&mut self, _: PollSoon, ctx: &mut Self::Context) {
@@ -168,7 +156,6 @@ impl Handler<PollSoon> for AccountActor {
 impl Handler<StopAccount> for AccountActor {
     type Result = ();
     fn handle(&mut self, _: StopAccount, ctx: &mut Self::Context) {
-        self.quiet_stop = true;
         ctx.stop();
     }
 }
@@ -246,6 +233,9 @@ impl Handler<Poll> for AccountActor {
                         RoundError::Held(m) => {
                             (AccountState::DeletionHeld, ExitReason::DeletionHeld(m))
                         }
+                        RoundError::Provider(e @ ProviderError::Permanent(_)) => {
+                            (AccountState::Error, ExitReason::Permanent(e.to_string()))
+                        }
                         RoundError::Provider(e) => {
                             if matches!(e, ProviderError::Throttled { .. }) {
                                 act.rt.update(&act.cfg.id, |a| a.throttled += 1);
@@ -262,7 +252,8 @@ impl Handler<Poll> for AccountActor {
                         | ExitReason::NotConnected(m)
                         | ExitReason::LimitExceeded(m)
                         | ExitReason::DeletionHeld(m)
-                        | ExitReason::Transient(m) => m.clone(),
+                        | ExitReason::Transient(m)
+                        | ExitReason::Permanent(m) => m.clone(),
                         ExitReason::Removed => String::new(),
                     };
                     act.rt.set_state(&act.cfg.id, state, Some(message.clone()));
@@ -281,24 +272,46 @@ impl Handler<Poll> for AccountActor {
 pub fn with_listing_deletions(
     db: &crate::store::Db,
     account: &str,
-    mut changes: Vec<Change>,
+    changes: Vec<Change>,
     complete_scopes: &[String],
     gone_scopes: &[String],
 ) -> Result<Vec<Change>, StoreError> {
     if complete_scopes.is_empty() && gone_scopes.is_empty() {
         return Ok(changes);
     }
+    Ok(with_listing_deletions_among(
+        &db.links_of(account)?,
+        changes,
+        complete_scopes,
+        gone_scopes,
+    ))
+}
+
+/// [`with_listing_deletions`] among `links`: the account's links as they were when the
+/// listing started. A link made while the listing ran (a push of this account committed
+/// meanwhile) is not in the listing's view, so it can never be read as a deletion.
+pub fn with_listing_deletions_among(
+    links: &[(String, crate::model::LinkRecord)],
+    mut changes: Vec<Change>,
+    complete_scopes: &[String],
+    gone_scopes: &[String],
+) -> Vec<Change> {
+    if complete_scopes.is_empty() && gone_scopes.is_empty() {
+        return changes;
+    }
     let seen: HashSet<String> = changes
         .iter()
         .map(|c| c.provider_id().to_string())
         .collect();
-    for (pid, link) in db.links_of(account)? {
-        let missing = complete_scopes.contains(&link.scope) && !seen.contains(&pid);
+    for (pid, link) in links {
+        let missing = complete_scopes.contains(&link.scope) && !seen.contains(pid);
         if missing || gone_scopes.contains(&link.scope) {
-            changes.push(Change::Deleted { provider_id: pid });
+            changes.push(Change::Deleted {
+                provider_id: pid.clone(),
+            });
         }
     }
-    Ok(changes)
+    changes
 }
 
 /// Pushes an account's due outbox entries and commits the answers. Returns the metrics and
@@ -341,6 +354,12 @@ async fn push_outbox(
     };
     let again = items.len() >= outbox::MAX_PUSH
         || results.iter().any(|r| matches!(r, PushResult::Conflict));
+    // A write refused for want of a permission stops the account until a new grant; the
+    // entries stay queued (see `outbox::apply_results`).
+    let reauth = results.iter().find_map(|r| match r {
+        PushResult::Failed(e @ ProviderError::ReauthRequired(_)) => Some(e.clone()),
+        _ => None,
+    });
     let pushed = results.len();
     let m = matcher
         .send(CommitPush {
@@ -354,6 +373,9 @@ async fn push_outbox(
         .map_err(|e| RoundError::Store(e.to_string()))?;
     if pushed > 0 {
         tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, "CRM changes pushed to the provider.");
+    }
+    if let Some(e) = reauth {
+        return Err(RoundError::Provider(e));
     }
     Ok((m, again))
 }
@@ -412,17 +434,22 @@ async fn run_round(
         }
         progress_rt.set_progress(&progress_id, p);
     });
+    // The links as they are before the listing starts: a push of this account (the old
+    // actor's, after a restart) may commit links while the listing runs, and the listing
+    // cannot have seen those contacts. Only links older than the listing can be missing
+    // from it.
+    let links_before = rt.db.links_of(&cfg.id)?;
     let round = provider
         .fetch_round(cursor.as_deref(), &progress)
         .await
         .map_err(RoundError::Provider)?;
-    let changes = with_listing_deletions(
-        &rt.db,
-        &cfg.id,
+    let changes = with_listing_deletions_among(
+        &links_before,
         round.changes,
         &round.complete_scopes,
         &round.gone_scopes,
-    )?;
+    );
+    drop(links_before);
 
     // Deletion guard: a round that would delete a large share of the account's contacts at
     // once is held until an operator approves it.

@@ -16,4 +16,6 @@ pub mod supervisor;
 pub mod writer;
 
 #[cfg(test)]
+mod push_race_tests;
+#[cfg(test)]
 mod storage_fault_tests;

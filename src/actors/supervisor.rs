@@ -12,7 +12,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::Rng;
 
-use super::account::{AccountActor, AccountExit, ExitReason, Reconfigure, StopAccount};
+use super::account::{AccountActor, AccountExit, ExitReason, StopAccount};
 use super::matcher::Matcher;
 use crate::config::{self, AccountConfig, Config};
 use crate::model::AccountState;
@@ -187,6 +187,14 @@ impl Supervisor {
                 self.rt
                     .set_state(&id, AccountState::ReauthRequired, Some(m));
             }
+            Err(e @ ProviderError::Permanent(_)) => {
+                // A setting the client cannot be built from: only a config change or an
+                // operator's sync-now tries again.
+                tracing::warn!(account = %id, error = %e, "Account stopped on a permanent error; change its configuration or trigger a sync to try again.");
+                self.rt
+                    .set_state(&id, AccountState::Error, Some(e.to_string()));
+                self.rt.update(&id, |a| a.errors += 1);
+            }
             Err(e) => {
                 self.rt
                     .set_state(&id, AccountState::Error, Some(e.to_string()));
@@ -286,12 +294,13 @@ impl Supervisor {
                     tracing::error!(account = %after.id, error = %e, "Cannot reset the cursor for the new group.");
                 }
                 self.spawn(after, ctx);
-            } else if let Some(Child {
-                addr: Some(addr), ..
-            }) = self.children.get(&after.id)
-            {
-                addr.do_send(Reconfigure(after.clone()));
             } else {
+                // A new direction needs a new client: its OAuth scopes (and what it may
+                // write) depend on it. The cursor is kept; the actor's push task, if one
+                // runs, finishes under the account's push lock.
+                if before.direction != after.direction {
+                    tracing::info!(account = %after.id, from = before.direction.as_str(), to = after.direction.as_str(), "Direction changed; rebuilding the account's client, cursor kept.");
+                }
                 self.spawn(after, ctx);
             }
             out.changed.push(after.id.clone());
@@ -434,6 +443,15 @@ impl Handler<AccountExit> for Supervisor {
                 // resumes it (see `apply` and `RestartAccount`).
             }
             ExitReason::Transient(_) => self.schedule_restart(&id, ctx),
+            ExitReason::Permanent(m) => {
+                // No restart: retrying will not fix it. A config change touching the
+                // account (see `apply`) or `SyncNow` starts it again.
+                tracing::warn!(account = %id, error = %m, "Account stopped on a permanent error; change its configuration or trigger a sync to try again.");
+                self.rt.update(&id, |a| {
+                    a.errors += 1;
+                    a.consecutive_errors += 1;
+                });
+            }
         }
     }
 }
@@ -449,10 +467,33 @@ impl Handler<RestartAccount> for Supervisor {
 
 impl Handler<SyncNow> for Supervisor {
     type Result = ();
-    fn handle(&mut self, _: SyncNow, _: &mut Self::Context) {
-        for c in self.children.values() {
-            if let Some(a) = &c.addr {
-                a.do_send(super::account::Poll);
+    fn handle(&mut self, _: SyncNow, ctx: &mut Self::Context) {
+        let mut stopped = Vec::new();
+        for (id, c) in &self.children {
+            match &c.addr {
+                Some(a) => a.do_send(super::account::Poll),
+                // An account stopped on a permanent error waits for this (or a config
+                // change); one waiting for a backoff restart is left to it.
+                None if c.restart.is_none() => stopped.push(id.clone()),
+                None => {}
+            }
+        }
+        let config = self.rt.config();
+        // Accounts whose client could not be built have no child entry at all.
+        for a in config.accounts.iter().filter(|a| a.enabled) {
+            if !self.children.contains_key(&a.id) {
+                stopped.push(a.id.clone());
+            }
+        }
+        for id in stopped {
+            let in_error = self
+                .rt
+                .account(&id)
+                .is_some_and(|a| a.status.state == AccountState::Error);
+            if let (true, Some(cfg)) = (in_error, config.account(&id)) {
+                tracing::info!(account = %id, "Sync requested by an operator; starting the account stopped on an error.");
+                let cfg = cfg.clone();
+                self.spawn(&cfg, ctx);
             }
         }
     }

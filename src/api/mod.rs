@@ -445,6 +445,9 @@ async fn put_grant(
         account: id.to_string(),
         sealed,
     });
+    for op in crate::sync::outbox::requeue_after_new_grant(&st.rt.db, &id)? {
+        b.push(op);
+    }
     let event = AuditEvent::grant_stored(&id, &provider_name(&st, &id), had_grant);
     b.push(crate::store::Op::Audit(event.clone()));
     st.rt.db.commit_durable(&b)?;

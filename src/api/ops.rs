@@ -168,18 +168,19 @@ pub async fn preview(
         crate::providers::build::factory(sealer)(&st.rt, &cfg).map_err(provider_error)?;
     let cursor = st.rt.db.cursor(&cfg.id)?;
     let progress: crate::providers::ProgressFn = Box::new(|_| {});
+    // As a real round does: the links as they were before the listing started; a complete
+    // listing, or a vanished scope, reveals deletions among them.
+    let links_before = st.rt.db.links_of(&cfg.id)?;
     let round = provider
         .fetch_round(cursor.as_deref(), &progress)
         .await
         .map_err(provider_error)?;
-    // As a real round does: a complete listing, or a vanished scope, reveals deletions.
-    let changes = crate::actors::account::with_listing_deletions(
-        &st.rt.db,
-        &cfg.id,
+    let changes = crate::actors::account::with_listing_deletions_among(
+        &links_before,
         round.changes,
         &round.complete_scopes,
         &round.gone_scopes,
-    )?;
+    );
     let names: HashMap<String, String> = changes
         .iter()
         .filter_map(|c| match c {
@@ -448,6 +449,16 @@ pub async fn callback(
         account: account.clone(),
         sealed: sealer.seal(&token),
     });
+    match crate::sync::outbox::requeue_after_new_grant(&st.rt.db, &account) {
+        Ok(ops) => {
+            for op in ops {
+                b.push(op);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(account = %account, error = %e, "Cannot requeue refused CRM changes.")
+        }
+    }
     b.push(crate::store::Op::Audit(event.clone()));
     let stored = st.rt.db.commit_durable(&b);
     if stored.is_ok() {

@@ -373,6 +373,16 @@ impl CallError {
     fn into_provider(self) -> ProviderError {
         match self {
             CallError::Provider(e) => e,
+            // An error whose body is not Google's error JSON (cut off, or a proxy's page)
+            // cannot be classified: retrying later is the safe reading, not a terminal
+            // error.
+            CallError::Api { status, error }
+                if error.status.is_none() && error.message.is_none() && error.code.is_none() =>
+            {
+                ProviderError::Transient(format!(
+                    "Google People API answered HTTP {status} with an unreadable error body (cut off or not JSON)."
+                ))
+            }
             CallError::Api { status, error } => ProviderError::Permanent(error.describe(status)),
         }
     }

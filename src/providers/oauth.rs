@@ -141,6 +141,16 @@ impl TokenSource {
                             st.refresh = rotated;
                         }
                     }
+                    if let Some(granted) = tok.scopes() {
+                        let granted: Vec<&str> = granted.iter().map(|s| s.as_str()).collect();
+                        let missing = missing_scopes(&self.client.scopes, &granted);
+                        if !missing.is_empty() {
+                            return Err(ProviderError::ReauthRequired(format!(
+                                "the stored grant lacks the scope {} that this account's direction needs; connect the account again to grant it",
+                                missing.join(", ")
+                            )));
+                        }
+                    }
                     let access = SecretString::from(tok.access_token().secret().clone());
                     let ttl = tok.expires_in().unwrap_or(Duration::from_secs(3600));
                     st.cached = Some(Cached {
@@ -185,6 +195,34 @@ impl TokenSource {
             last.unwrap_or_else(|| "Token refresh failed.".into()),
         ))
     }
+}
+
+/// The short name of a scope: `https://graph.microsoft.com/Contacts.Read` → `Contacts.Read`.
+fn short_scope(s: &str) -> &str {
+    s.rsplit('/').next().unwrap_or(s)
+}
+
+/// Requested scopes (short names) that the token endpoint's `scope` does not grant.
+/// `offline_access` and the OpenID scopes are not access scopes; a `….ReadWrite` scope
+/// covers the `….Read` of the same name.
+pub fn missing_scopes(wanted: &[String], granted: &[&str]) -> Vec<String> {
+    const NOT_ACCESS: &[&str] = &["offline_access", "openid", "profile", "email"];
+    let granted: Vec<String> = granted
+        .iter()
+        .map(|g| short_scope(g).to_ascii_lowercase())
+        .collect();
+    wanted
+        .iter()
+        .map(|w| short_scope(w))
+        .filter(|w| !NOT_ACCESS.iter().any(|n| n.eq_ignore_ascii_case(w)))
+        .filter(|w| {
+            let w = w.to_ascii_lowercase();
+            !granted
+                .iter()
+                .any(|g| *g == w || (w.ends_with(".read") && *g == format!("{w}write")))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// An error and its causes, `outer: inner: ...` (oauth2's own message alone is

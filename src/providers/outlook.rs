@@ -62,6 +62,9 @@ pub const MAX_EMAILS: usize = 3;
 pub const MAX_BUSINESS_PHONES: usize = 2;
 pub const MAX_HOME_PHONES: usize = 2;
 
+/// The delegated permission two-way sync needs to write contacts.
+pub const WRITE_SCOPE: &str = "Contacts.ReadWrite";
+
 /// Most requests in one `$batch`.
 pub const MAX_BATCH: usize = 20;
 
@@ -248,13 +251,15 @@ fn seg(s: &str) -> String {
     out
 }
 
-/// Whether a delta row lacks whole property groups we need (delta may send only the
-/// changed properties): no name property at all, no `emailAddresses`, or no phone property.
+/// Whether a delta row lacks any property of [`SELECT`]. Graph documents that an updated
+/// item in a delta response carries "at least the properties that have been updated", so
+/// a missing property means "not sent", never "cleared"; only a property sent as `null`,
+/// `[]` or `{}` is cleared. A partial row is fetched whole before it is mapped.
 pub fn is_partial(item: &serde_json::Map<String, Value>) -> bool {
-    let has_any = |keys: &[&str]| keys.iter().any(|k| item.contains_key(*k));
-    !has_any(&["givenName", "surname", "displayName"])
-        || !has_any(&["emailAddresses"])
-        || !has_any(&["businessPhones", "homePhones", "mobilePhone"])
+    SELECT
+        .split(',')
+        .filter(|p| *p != "id")
+        .any(|p| !item.contains_key(p))
 }
 
 /// Values that could not be written to Graph because of its multi-value limits.
@@ -843,13 +848,23 @@ impl GraphClient {
         Ok(out)
     }
 
-    /// Whether a folder that discovery did not list still exists. `Ok(false)` only on a 404
-    /// `ErrorItemNotFound`.
-    async fn folder_exists(&self, id: &str) -> Result<bool, ProviderError> {
-        let url = format!("{}/me/contactFolders/{}?$select=id", self.api_base, seg(id));
+    /// Looks up a folder that discovery did not find below the default folder: `Some(parent
+    /// id)` when it still exists elsewhere (a folder the user deleted sits in Deleted
+    /// Items), `None` on a 404 `ErrorItemNotFound`. Any other answer fails the round.
+    async fn folder_parent(&self, id: &str) -> Result<Option<String>, ProviderError> {
+        let url = format!(
+            "{}/me/contactFolders/{}?$select=id,parentFolderId",
+            self.api_base,
+            seg(id)
+        );
         match self.get_json::<Value>(&url).await? {
-            Ok(_) => Ok(true),
-            Err(e) if e.item_not_found() => Ok(false),
+            Ok(v) => Ok(Some(
+                v.get("parentFolderId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            )),
+            Err(e) if e.item_not_found() => Ok(None),
             Err(e) => Err(e.into_provider_error("a contact folder lookup")),
         }
     }
@@ -969,7 +984,7 @@ impl GraphClient {
                 GraphCursor::default()
             }),
         };
-        let mut folders = self.discover_folders().await?;
+        let folders = self.discover_folders().await?;
         let listed: HashSet<&String> = folders.iter().collect();
         let missing: Vec<String> = stored
             .folders
@@ -977,15 +992,19 @@ impl GraphClient {
             .filter(|f| !listed.contains(f))
             .cloned()
             .collect();
+        // A folder that left the tree under the default Contacts folder was deleted by the
+        // user: Outlook moves a deleted folder to Deleted Items, where a lookup by id still
+        // finds it. Either way its contacts are gone from the synced set (the deletion guard
+        // still applies to what that means for the CRM).
         let mut gone = Vec::new();
         for f in missing {
-            if self.folder_exists(&f).await? {
-                tracing::info!(folder = %f, "folder not found below the default folder but still exists; kept");
-                folders.push(f);
-            } else {
-                tracing::info!(folder = %f, "contact folder is gone");
-                gone.push(f);
+            match self.folder_parent(&f).await? {
+                Some(parent) => {
+                    tracing::info!(folder = %f, parent = %parent, "contact folder left the default Contacts folder (deleted to Deleted Items, or moved out); its contacts count as deleted")
+                }
+                None => tracing::info!(folder = %f, "contact folder is gone"),
             }
+            gone.push(f);
         }
 
         let mut counters = Progress::default();
@@ -1456,6 +1475,13 @@ fn item_result(op: &WriteOp, item: &BatchItem, dropped: &Dropped) -> WriteResult
         412 => WriteResult::Conflict,
         409 if api.has_code("ErrorIrresolvableConflict") => WriteResult::Conflict,
         404 if !matches!(op, WriteOp::Create { .. }) => WriteResult::NotFound,
+        // The token was granted without write permission (an account connected one-way
+        // and switched to two-way): only a new grant helps.
+        403 if api.has_code("ErrorAccessDenied") => {
+            WriteResult::Failed(ProviderError::ReauthRequired(format!(
+                "Microsoft Graph refused a contact write with 403 ErrorAccessDenied: the grant lacks the {WRITE_SCOPE} scope that two-way sync needs"
+            )))
+        }
         _ => WriteResult::Failed(api.into_provider_error("a contact write")),
     }
 }

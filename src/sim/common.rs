@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -342,6 +342,8 @@ pub struct LogEntry {
 pub(crate) struct AccessTok {
     pub user: String,
     pub expires: DateTime<Utc>,
+    /// The scopes granted (space-separated; empty where the provider does not model them).
+    pub scope: String,
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +397,18 @@ impl Auth {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> String {
+        self.issue_access_scoped(prefix, user, now, ttl, "")
+    }
+
+    /// An access token that carries the scopes it was granted.
+    pub fn issue_access_scoped(
+        &mut self,
+        prefix: &str,
+        user: &str,
+        now: DateTime<Utc>,
+        ttl: Duration,
+        scope: &str,
+    ) -> String {
         let tok = format!("{prefix}{}", random_token());
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
         self.access.insert(
@@ -402,6 +416,7 @@ impl Auth {
             AccessTok {
                 user: user.to_string(),
                 expires: now + ttl,
+                scope: scope.to_string(),
             },
         );
         tok
@@ -422,6 +437,11 @@ impl Auth {
     }
 
     /// The user of a valid, unexpired access token.
+    /// The scopes of a live access token.
+    pub fn scope_of(&self, tok: Option<&str>) -> Option<&str> {
+        self.access.get(tok?).map(|t| t.scope.as_str())
+    }
+
     pub fn user_of(&self, tok: Option<&str>, now: DateTime<Utc>) -> Option<String> {
         let t = self.access.get(tok?)?;
         (t.expires > now).then(|| t.user.clone())
@@ -480,9 +500,68 @@ pub(crate) struct ProvState<U> {
     pub log: Vec<LogEntry>,
     pub base: String,
     pub id_seed: u64,
+    /// Closed gates: API requests whose path contains all of a gate's texts wait, before they are
+    /// served, until the gate is opened (tests that need two clients' requests in a set
+    /// order).
+    pub gates: Vec<Gate>,
+    next_gate: u64,
+}
+
+/// A closed gate (see [`ProvState::gates`]).
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub id: u64,
+    pub contains: Vec<String>,
+    open: tokio::sync::watch::Sender<bool>,
+    /// Requests that reached the gate.
+    held: Arc<AtomicUsize>,
 }
 
 impl<U> ProvState<U> {
+    /// Closes a new gate for paths containing every text of `contains`; returns its id.
+    pub fn close_gate(&mut self, contains: Vec<String>) -> u64 {
+        self.next_gate += 1;
+        let (open, _) = tokio::sync::watch::channel(false);
+        self.gates.push(Gate {
+            id: self.next_gate,
+            contains,
+            open,
+            held: Arc::new(AtomicUsize::new(0)),
+        });
+        self.next_gate
+    }
+
+    /// How many requests reached gate `id`.
+    pub fn gate_held(&self, id: u64) -> Option<usize> {
+        self.gates
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| g.held.load(Ordering::SeqCst))
+    }
+
+    /// Opens and removes gate `id`: the requests waiting at it go on.
+    pub fn open_gate(&mut self, id: u64) -> bool {
+        match self.gates.iter().position(|g| g.id == id) {
+            Some(i) => {
+                let g = self.gates.remove(i);
+                let _ = g.open.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The gate a request to `path` must wait at, if any.
+    fn gate_for(
+        &self,
+        path: &str,
+    ) -> Option<(tokio::sync::watch::Receiver<bool>, Arc<AtomicUsize>)> {
+        self.gates
+            .iter()
+            .find(|g| g.contains.iter().all(|c| path.contains(c.as_str())))
+            .map(|g| (g.open.subscribe(), g.held.clone()))
+    }
+
     fn new(id_seed: u64) -> Self {
         ProvState {
             users: BTreeMap::new(),
@@ -494,6 +573,8 @@ impl<U> ProvState<U> {
             log: Vec::new(),
             base: String::new(),
             id_seed,
+            gates: Vec::new(),
+            next_gate: 0,
         }
     }
 
@@ -804,6 +885,14 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Fau
         if adm.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(adm.latency_ms)).await;
         }
+        let gate = match provider {
+            Provider::Google => shared.google().gate_for(&r.path),
+            Provider::Outlook => shared.graph().gate_for(&r.path),
+        };
+        if let Some((mut open, held)) = gate {
+            held.fetch_add(1, Ordering::SeqCst);
+            let _ = open.wait_for(|o| *o).await;
+        }
         if let Some(k) = adm.fault {
             fault_name = Some(k.name().to_string());
         }
@@ -1016,6 +1105,51 @@ pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
                 Resp::json(200, &json!({}))
             } else {
                 control_err(404, "no such user")
+            }
+        }
+        ("POST", ["gates"]) => {
+            let body = r.json().unwrap_or(Value::Null);
+            let contains: Vec<String> = match body.get("contains") {
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect(),
+                _ => vec![],
+            };
+            if contains.is_empty() || contains.iter().any(String::is_empty) {
+                return control_err(
+                    400,
+                    "body must be {\"contains\": \"part of a path\" | [\"parts\", …]}",
+                );
+            }
+            let id = match provider {
+                Provider::Google => shared.google().close_gate(contains),
+                Provider::Outlook => shared.graph().close_gate(contains),
+            };
+            Resp::json(201, &json!({"id": id}))
+        }
+        ("GET", ["gates", id]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            let held = match provider {
+                Provider::Google => shared.google().gate_held(id),
+                Provider::Outlook => shared.graph().gate_held(id),
+            };
+            match held {
+                Some(n) => Resp::json(200, &json!({"id": id, "held": n})),
+                None => control_err(404, "no such gate"),
+            }
+        }
+        ("DELETE", ["gates", id]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            let opened = match provider {
+                Provider::Google => shared.google().open_gate(id),
+                Provider::Outlook => shared.graph().open_gate(id),
+            };
+            if opened {
+                Resp::empty(204)
+            } else {
+                control_err(404, "no such gate")
             }
         }
         ("POST", ["expire-access-tokens"]) => {

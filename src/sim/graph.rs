@@ -99,6 +99,12 @@ pub(crate) struct MContact {
     pub created: DateTime<Utc>,
     pub modified: DateTime<Utc>,
     pub photo: bool,
+    /// Sequence at creation: a delta round that began before it sends the contact whole.
+    pub created_seq: u64,
+    /// Sequence of each property's last change (for partial delta rows).
+    pub prop_seq: BTreeMap<String, u64>,
+    /// Properties changed since the last `touch`.
+    dirty: Vec<String>,
 }
 
 impl MContact {
@@ -129,6 +135,17 @@ pub(crate) struct MUser {
     salt: u64,
     counter: u64,
     login: String,
+    /// Delta rows of changed contacts carry only the properties that changed (plus `id`,
+    /// `@odata.etag`, `changeKey` and `parentFolderId`), as Graph's documentation allows
+    /// ("at least the properties that have been updated"). Off by default.
+    pub partial_delta: bool,
+    /// The mailbox cannot be reached through the API (no Exchange Online licence, a
+    /// soft-deleted or on-premises mailbox): every `/me` request gets 404
+    /// `MailboxNotEnabledForRESTAPI`, as Graph answers. Retrying does not help.
+    pub mailbox_disabled: bool,
+    /// Token answers leave out `scope` (RFC 6749 allows it when the scope is the one
+    /// requested), so a client learns of a missing permission only from a 403.
+    pub omit_token_scope: bool,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -149,6 +166,9 @@ impl MUser {
             salt: salt ^ mix(id_seed),
             counter: 0,
             login: u.user.clone(),
+            partial_delta: false,
+            mailbox_disabled: false,
+            omit_token_scope: false,
         };
         m.root_id = m.new_id("AQMkAD");
         m.default_id = m.new_id("AQMkAD");
@@ -219,6 +239,9 @@ impl MUser {
                 created: now,
                 modified: now,
                 photo,
+                created_seq: self.seq,
+                prop_seq: BTreeMap::new(),
+                dirty: Vec::new(),
             },
         );
         id
@@ -230,6 +253,9 @@ impl MUser {
         if let Some(c) = self.contacts.get_mut(id) {
             c.seq = s;
             c.modified = now;
+            for p in std::mem::take(&mut c.dirty) {
+                c.prop_seq.insert(p, s);
+            }
         }
     }
 
@@ -255,6 +281,30 @@ impl MUser {
             return Some(self.default_id.clone());
         }
         self.folders.contains_key(r).then(|| r.to_string())
+    }
+
+    /// The id of the mailbox's Deleted Items folder (a mail folder, so never listed as a
+    /// contact folder).
+    pub fn deleted_items_id(&self) -> String {
+        format!("AQMkADdi{:016x}AAA=", mix(self.salt))
+    }
+
+    /// Deletes a folder the way Outlook does when the user deletes it: it moves, with its
+    /// subfolders and contacts, to Deleted Items. It leaves the tree under the default
+    /// folder, but a lookup by id still finds it (parent: Deleted Items), and its contacts
+    /// and their delta are unchanged. The default folder stays.
+    pub fn move_folder_to_deleted_items(&mut self, id: &str) -> bool {
+        if id == self.default_id {
+            return false;
+        }
+        let di = self.deleted_items_id();
+        match self.folders.get_mut(id) {
+            Some(f) => {
+                f.parent = di;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Deletes a folder, its descendants and their contacts. The default folder stays.
@@ -527,21 +577,39 @@ pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
                 },
             };
             let base = st.base.clone();
+            let write_ok = st.auth.scope_of(r.bearer()).is_some_and(can_write);
             let Some(u) = st.users.get_mut(&user) else {
                 return unauthorized(r, "Lifetime validation failed, the token is expired.");
             };
-            if rest == ["$batch"] && m == "POST" {
-                return batch(u, r, &ctx, &base);
+            if u.mailbox_disabled {
+                return error(
+                    404,
+                    "MailboxNotEnabledForRESTAPI",
+                    "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+                    r.header("client-request-id"),
+                );
             }
-            api(u, r, rest, &ctx, &base)
+            if rest == ["$batch"] && m == "POST" {
+                return batch(u, r, &ctx, &base, write_ok);
+            }
+            api(u, r, rest, &ctx, &base, write_ok)
         }
         _ => bad(r, "BadRequest", "Invalid version."),
     }
 }
 
-fn api(u: &mut MUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
+fn api(u: &mut MUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str, write_ok: bool) -> Resp {
     let p = prefs(r);
     let m = r.method.as_str();
+    if m != "GET" && !write_ok {
+        // A token granted Contacts.Read only.
+        return error(
+            403,
+            "ErrorAccessDenied",
+            "Access is denied. Check credentials and try again.",
+            r.header("client-request-id"),
+        );
+    }
     // Normalise `contactfolders('id')` to `contactFolders`, `id`.
     let mut norm: Vec<String> = Vec::new();
     for s in segs {
@@ -801,6 +869,7 @@ fn merge(c: &mut MContact, patch: Map<String, Value>) {
     let name_changed = patch.contains_key("givenName") || patch.contains_key("surname");
     let has_display = patch.contains_key("displayName");
     for (k, v) in patch {
+        c.dirty.push(k.clone());
         if v.is_null() {
             c.fields.remove(&k);
         } else {
@@ -820,6 +889,7 @@ fn merge(c: &mut MContact, patch: Map<String, Value>) {
             .unwrap_or("");
         let dn = format!("{g} {s}").trim().to_string();
         c.fields.insert("displayName".into(), json!(dn));
+        c.dirty.push("displayName".into());
     }
 }
 
@@ -835,6 +905,7 @@ fn create(u: &mut MUser, r: &Req, folder: &str, ctx: &Ctx, base: &str) -> Resp {
     let id = u.insert(folder, Map::new(), false, ctx.now);
     if let Some(c) = u.contacts.get_mut(&id) {
         merge(c, fields.clone());
+        c.dirty.clear();
         if !fields.contains_key("displayName") && !c.fields.contains_key("displayName") {
             c.fields.insert("displayName".into(), json!(""));
         }
@@ -940,6 +1011,15 @@ fn item(u: &mut MUser, r: &Req, id: &str, folder: Option<&str>, ctx: &Ctx, base:
         ),
     }
 }
+
+/// What a partial delta row always carries.
+const ALWAYS_IN_DELTA: &[&str] = &[
+    "@odata.type",
+    "@odata.etag",
+    "id",
+    "changeKey",
+    "parentFolderId",
+];
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct DeltaState {
@@ -1048,6 +1128,14 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
                             let mut out = Map::new();
                             out.insert("@odata.type".into(), json!("#microsoft.graph.contact"));
                             out.extend(std::mem::take(m));
+                            if let Some(from) =
+                                st.from.filter(|f| u.partial_delta && c.created_seq <= *f)
+                            {
+                                out.retain(|k, _| {
+                                    ALWAYS_IN_DELTA.contains(&k.as_str())
+                                        || c.prop_seq.get(k).is_some_and(|s| *s > from)
+                                });
+                            }
                             o = Value::Object(out);
                         }
                         o
@@ -1088,7 +1176,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
     apply_prefs(Resp::json(200, &out), p, p.maxpagesize.is_some())
 }
 
-fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
+fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp {
     let body = match r.json() {
         Ok(b) => b,
         Err(_) => return bad(r, "BadRequest", "Invalid batch payload format."),
@@ -1162,7 +1250,7 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             let rel = rel.strip_prefix("v1.0/").unwrap_or(rel);
             let inner = Req::new(method, &format!("/v1.0/{rel}"), headers, body.into());
             let segs: Vec<&str> = inner.segs.iter().skip(1).map(String::as_str).collect();
-            api(u, &inner, &segs, ctx, base)
+            api(u, &inner, &segs, ctx, base, write_ok)
         };
         statuses.insert(id.clone(), resp.status);
         let mut hdrs = Map::new();
@@ -1263,8 +1351,20 @@ fn authorize(st: &mut ProvState<MUser>, r: &Req, ctx: &Ctx) -> Resp {
     Resp::redirect(loc.as_str())
 }
 
+/// Whether a space-separated scope list allows contact writes (`Contacts.ReadWrite`, with
+/// or without the `https://graph.microsoft.com/` prefix).
+pub(crate) fn can_write(scope: &str) -> bool {
+    scope.split_whitespace().any(|s| {
+        s.rsplit('/')
+            .next()
+            .is_some_and(|n| n.eq_ignore_ascii_case("Contacts.ReadWrite"))
+    })
+}
+
 fn grant(st: &mut ProvState<MUser>, user: &str, scope: &str, ctx: &Ctx) -> Resp {
-    let access = st.auth.issue_access("EwB.sim-", user, ctx.now, ctx.ttl);
+    let access = st
+        .auth
+        .issue_access_scoped("EwB.sim-", user, ctx.now, ctx.ttl, scope);
     let mut v = json!({
         "token_type": "Bearer", "scope": scope, "expires_in": ctx.ttl.as_secs(),
         "ext_expires_in": ctx.ttl.as_secs(), "access_token": access,
@@ -1274,6 +1374,11 @@ fn grant(st: &mut ProvState<MUser>, user: &str, scope: &str, ctx: &Ctx) -> Resp 
         .any(|s| s.eq_ignore_ascii_case("offline_access"))
     {
         v["refresh_token"] = json!(st.auth.issue_refresh("M.C5-sim-", user, scope));
+    }
+    if st.users.get(user).is_some_and(|u| u.omit_token_scope) {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("scope");
+        }
     }
     Resp::json(200, &v)
 }
@@ -1355,7 +1460,11 @@ fn token(st: &mut ProvState<MUser>, r: &Req, ctx: &Ctx) -> Resp {
                     ctx,
                 ),
                 Some(t) => {
-                    let scope = form.get("scope").cloned().unwrap_or(t.scope.clone());
+                    // The new tokens carry what the user consented to when the grant was
+                    // made, whatever the refresh asks for: a grant for Contacts.Read does
+                    // not become Contacts.ReadWrite by asking (the response's `scope` says
+                    // what was granted).
+                    let scope = t.scope.clone();
                     // Rotation: a new refresh token every time. The old one is not revoked
                     // (Microsoft documents that used refresh tokens stay valid).
                     let scope = if scope.split_whitespace().any(|s| s == "offline_access") {
@@ -1516,6 +1625,56 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 .collect();
             Resp::json(200, &Value::Array(v))
         }
+        ("POST", ["grants"]) => {
+            let body = r.json().unwrap_or(Value::Null);
+            let Some(scope) = body.get("scope").and_then(Value::as_str) else {
+                return Some(control_err(400, "scope is required"));
+            };
+            let scope = if scope.split_whitespace().any(|s| s == "offline_access") {
+                scope.to_string()
+            } else {
+                format!("{scope} offline_access")
+            };
+            let tok = st.auth.issue_refresh("M.C5-sim-", &user, &scope);
+            return Some(Resp::json(
+                201,
+                &json!({"refresh_token": tok, "scope": scope}),
+            ));
+        }
+        ("PATCH", ["options"]) => {
+            let body = r.json().unwrap_or(Value::Null);
+            let (Some(o), true) = (
+                body.as_object(),
+                body.as_object().is_some_and(|o| {
+                    !o.is_empty()
+                        && o.iter().all(|(k, v)| {
+                            matches!(
+                                k.as_str(),
+                                "partialDelta" | "mailboxDisabled" | "omitTokenScope"
+                            ) && v.is_boolean()
+                        })
+                }),
+            ) else {
+                return Some(control_err(
+                    400,
+                    "body must set partialDelta, mailboxDisabled or omitTokenScope to true or false",
+                ));
+            };
+            if let Some(b) = o.get("partialDelta").and_then(Value::as_bool) {
+                u.partial_delta = b;
+            }
+            if let Some(b) = o.get("mailboxDisabled").and_then(Value::as_bool) {
+                u.mailbox_disabled = b;
+            }
+            if let Some(b) = o.get("omitTokenScope").and_then(Value::as_bool) {
+                u.omit_token_scope = b;
+            }
+            Resp::json(
+                200,
+                &json!({"partialDelta": u.partial_delta, "mailboxDisabled": u.mailbox_disabled,
+                        "omitTokenScope": u.omit_token_scope}),
+            )
+        }
         ("GET", ["folders"]) => {
             let v: Vec<Value> = u.folders.values().map(folder_json).collect();
             Resp::json(200, &json!({"default": u.default_id, "folders": v}))
@@ -1551,6 +1710,7 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             let id = u.insert(&fid, Map::new(), photo, now);
             if let Some(c) = u.contacts.get_mut(&id) {
                 merge(c, fields);
+                c.dirty.clear();
             }
             match u.contacts.get(&id) {
                 Some(c) => Resp::json(
@@ -1609,6 +1769,16 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 201,
                 &json!({"id": id, "displayName": name, "parentFolderId": parent}),
             )
+        }
+        ("POST", ["folders", id, "move-to-deleted-items"]) => {
+            if u.move_folder_to_deleted_items(id) {
+                match u.folders.get(*id) {
+                    Some(f) => Resp::json(200, &folder_json(f)),
+                    None => control_err(404, "no such folder"),
+                }
+            } else {
+                control_err(404, "no such folder (or the default folder)")
+            }
         }
         ("DELETE", ["folders", id]) => {
             if u.delete_folder(id) {

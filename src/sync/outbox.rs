@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::{self, AuditEvent};
 use crate::config::{AccountConfig, Group};
 use crate::model::{field, Contact, ContactId, DayMetrics, Fields, LinkRecord, LinkRef};
-use crate::providers::{PushOp, PushResult};
+use crate::providers::{ProviderError, PushOp, PushResult};
 use crate::store::{Batch, Db, Op, OutboxEntry, OutboxOp, StoreError};
 
 /// Most entries pushed in one round.
@@ -197,6 +197,26 @@ pub fn prepare(
         items.push(PushItem { entry: e, op });
     }
     Ok((items, drop_ops))
+}
+
+/// Entries marked failed because the provider refused the write for want of a permission
+/// (HTTP 403): once `connect` stored a new grant they are worth pushing again. Returns the
+/// ops that put them back in the queue.
+pub fn requeue_after_new_grant(db: &Db, account: &str) -> Result<Vec<Op>, StoreError> {
+    let refused = |m: &str| {
+        m.contains("HTTP 403") || m.contains("ErrorAccessDenied") || m.contains("PERMISSION_DENIED")
+    };
+    Ok(db
+        .outbox_for(account)?
+        .into_iter()
+        .filter(|e| e.failed && e.last_error.as_deref().is_some_and(refused))
+        .map(|mut e| {
+            e.failed = false;
+            e.attempts = 0;
+            e.not_before = None;
+            Op::PutOutbox(e)
+        })
+        .collect())
 }
 
 /// Backoff of a failed entry: 2^attempts seconds, at most 10 minutes.
@@ -391,7 +411,15 @@ pub fn apply_results(
                 let mut next = current.clone().unwrap_or_else(|| e.clone());
                 next.attempts += 1;
                 next.last_error = Some(err.to_string());
-                if err.is_permanent() {
+                if matches!(
+                    err,
+                    ProviderError::ReauthRequired(_) | ProviderError::NotConnected(_)
+                ) {
+                    // Not the change's fault: the grant lacks a permission (or is gone).
+                    // The account stops as reauth_required; the entry is pushed again once
+                    // `connect` stored a new grant.
+                    tracing::warn!(account = %account.id, crm_id = e.contact_id, error = %err, "CRM change waits for a new grant.");
+                } else if err.is_permanent() {
                     next.failed = true;
                     tracing::warn!(account = %account.id, crm_id = e.contact_id, error = %err, "Provider rejected a CRM change; it will not be retried.");
                     out.audit.push(
@@ -457,6 +485,66 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(d.op, OutboxOp::Delete { .. }));
+    }
+
+    #[test]
+    fn write_refused_for_want_of_a_grant_waits_and_a_new_grant_requeues_refused_entries() {
+        let db = Db::in_memory(phonenumber::country::Id::US);
+        let account = AccountConfig {
+            id: "o".into(),
+            provider: crate::config::ProviderKind::Outlook,
+            group: Group::All,
+            direction: crate::config::Direction::TwoWay,
+            enabled: true,
+        };
+        let entry = |id: u64| OutboxEntry {
+            account: "o".into(),
+            contact_id: id,
+            op: OutboxOp::Delete {
+                provider_id: format!("P{id}"),
+            },
+            attempts: 0,
+            not_before: None,
+            last_error: None,
+            failed: false,
+            created_at: now(),
+        };
+        let items = vec![PushItem {
+            entry: entry(1),
+            op: PushOp::Delete {
+                provider_id: "P1".into(),
+            },
+        }];
+        let reauth = PushResult::Failed(ProviderError::ReauthRequired(
+            "the grant lacks the Contacts.ReadWrite scope".into(),
+        ));
+        let out = apply_results(&db, &account, &items, &[reauth], now()).unwrap();
+        let Some(Op::PutOutbox(e)) = out.batch.ops.first() else {
+            panic!("{:?}", out.batch.ops);
+        };
+        assert!(!e.failed, "not the change's fault: it waits for the grant");
+        assert!(out.audit.is_empty(), "no rejection is audited");
+
+        // An entry an earlier version marked failed on 403 comes back; other failures stay.
+        let mut refused = entry(2);
+        refused.failed = true;
+        refused.attempts = 1;
+        refused.last_error = Some(
+            "Microsoft Graph answered HTTP 403 (ErrorAccessDenied) to a contact write.".into(),
+        );
+        let mut bad = entry(3);
+        bad.failed = true;
+        bad.last_error = Some("Microsoft Graph answered HTTP 400 (ErrorInvalidProperty).".into());
+        let mut b = Batch::default();
+        b.push(Op::PutOutbox(refused));
+        b.push(Op::PutOutbox(bad));
+        db.commit(&b).unwrap();
+        let ops = requeue_after_new_grant(&db, "o").unwrap();
+        assert_eq!(ops.len(), 1);
+        let Op::PutOutbox(e) = &ops[0] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!((e.contact_id, e.failed, e.attempts), (2, false, 0));
     }
 
     #[test]

@@ -261,6 +261,37 @@ fn removed_row_and_partial_rows_are_recognised() {
     assert!(is_partial(no_phones.as_object().unwrap()));
 }
 
+#[test]
+fn delta_row_missing_any_selected_property_is_partial_and_null_is_not_missing() {
+    // The row of the report: names, email and phone present, first name, address,
+    // company and birthday not sent.
+    let mut row = full_row("AAMk9", "Ada", "Lovelace");
+    let m = row.as_object_mut().unwrap();
+    for k in ["givenName", "homeAddress", "companyName", "birthday"] {
+        let mut one = full_row("AAMk9", "Ada", "Lovelace");
+        one.as_object_mut().unwrap().remove(k);
+        assert!(is_partial(one.as_object().unwrap()), "{k} missing");
+        m.remove(k);
+    }
+    assert!(is_partial(m));
+    assert_eq!(
+        row_outcome(row, "f", DEFAULT_API_BASE).unwrap(),
+        RowOutcome::Fetch("AAMk9".into())
+    );
+    // Every selected property present, some of them null or empty: complete, and cleared.
+    let nulls = full_row("AAMk9", "Ada", "Lovelace");
+    assert!(!is_partial(nulls.as_object().unwrap()));
+    let RowOutcome::Ready(c) = row_outcome(nulls, "f", DEFAULT_API_BASE).unwrap() else {
+        panic!("a complete row is mapped without a fetch");
+    };
+    let Change::Upsert(pc) = *c else {
+        panic!("an upsert")
+    };
+    assert_eq!(pc.fields.organization, None);
+    assert_eq!(pc.fields.birthday, None);
+    assert_eq!(pc.fields.address, None);
+}
+
 #[tokio::test]
 async fn removed_row_in_a_page_becomes_a_deletion() {
     let (client, _, _srv) = setup(Arc::new(|_: &Req| Resp::json(500, json!({})))).await;
@@ -890,6 +921,29 @@ async fn vanished_folder_confirmed_by_404_item_not_found_is_a_gone_scope() {
     let cursor = GraphCursor::decode(&round.cursor).unwrap();
     assert!(!cursor.folders.contains_key("OLD"));
     assert_eq!(cursor.folders.len(), 2);
+    assert!(srv
+        .graph_requests()
+        .iter()
+        .all(|r| !r.path().starts_with("/v1.0/me/contactFolders/OLD/")));
+}
+
+#[tokio::test]
+async fn folder_found_by_id_outside_the_default_tree_is_a_gone_scope() {
+    // Outlook moves a folder the user deletes to Deleted Items; Graph still finds it.
+    let (client, _, srv) = lazy_server(vanished_folder_mailbox(Resp::json(
+        200,
+        json!({"id": "OLD", "displayName": "Old", "parentFolderId": "DELETEDITEMS"}),
+    )))
+    .await;
+    let round = client
+        .fetch_round(Some(&cursor_with_old_folder(&srv.base)), &no_progress())
+        .await
+        .unwrap();
+    assert_eq!(round.gone_scopes, vec!["OLD"]);
+    assert!(!GraphCursor::decode(&round.cursor)
+        .unwrap()
+        .folders
+        .contains_key("OLD"));
     assert!(srv
         .graph_requests()
         .iter()
