@@ -323,7 +323,23 @@ fn address_of(person: &PersonJson) -> Option<Address> {
     .non_empty()
 }
 
-/// Maps one `Person` of a connections listing to a change (SPEC §3).
+/// The etag a write must carry: `metadata.sources[type=CONTACT].etag`, the contact
+/// source's own entity tag. It is a different value from `Person.etag` (the merged
+/// person's cache tag), which `updateContact` does not accept in its place.
+pub fn contact_etag(person: &PersonJson) -> Option<String> {
+    person
+        .metadata
+        .as_ref()?
+        .sources
+        .iter()
+        .find(|s| s.kind.as_deref() == Some("CONTACT"))?
+        .etag
+        .clone()
+        .filter(|e| !e.is_empty())
+}
+
+/// Maps one `Person` of a connections listing to a change (SPEC §3). The contact's etag
+/// is its CONTACT source's ([`contact_etag`]): what the link keeps for the next update.
 pub fn map_person(person: &PersonJson, group: Group) -> Change {
     let provider_id = person.resource_name.clone();
     if person.metadata.as_ref().and_then(|m| m.deleted) == Some(true) {
@@ -351,7 +367,7 @@ pub fn map_person(person: &PersonJson, group: Group) -> Change {
         .find_map(|p| clean(&p.url));
     Change::Upsert(ProviderContact {
         provider_id,
-        etag: person.etag.clone(),
+        etag: contact_etag(person),
         scope: String::new(),
         fields,
         photo_url,
@@ -799,6 +815,46 @@ impl Provider for GoogleClient {
             }
         })
     }
+
+    fn refetch<'a>(
+        &'a self,
+        provider_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Change>, ProviderError>> {
+        Box::pin(self.get_people(provider_ids))
+    }
+}
+
+impl GoogleClient {
+    /// `GET /v1/{resourceName}` with the sync's person fields (so the CONTACT source etag
+    /// comes along), one person at a time: used only after a refused update. A person that
+    /// is gone (404) is left out.
+    async fn get_people(&self, ids: &[String]) -> Result<Vec<Change>, ProviderError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(name) = id.strip_prefix("people/").filter(|n| {
+                !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }) else {
+                continue;
+            };
+            let path = format!("/v1/people/{name}");
+            match self
+                .call::<PersonJson>(
+                    Method::GET,
+                    &path,
+                    &[("personFields", PERSON_FIELDS)],
+                    None,
+                    CallKind::Read,
+                )
+                .await
+            {
+                Ok(p) if p.resource_name.is_empty() => {}
+                Ok(p) => out.push(map_person(&p, self.group)),
+                Err(CallError::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e.into_provider()),
+            }
+        }
+        Ok(out)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1142,7 +1198,10 @@ impl GoogleClient {
                     (_, Some(st)) if st.code.unwrap_or(0) != 0 => Err(ProviderError::Permanent(
                         st.describe(StatusCode::BAD_REQUEST),
                     )),
-                    (Some(p), _) if !p.resource_name.is_empty() => Ok((p.resource_name, p.etag)),
+                    (Some(p), _) if !p.resource_name.is_empty() => {
+                        let etag = contact_etag(&p);
+                        Ok((p.resource_name, etag))
+                    }
                     _ => Err(ProviderError::Transient(
                         "Google created a contact but did not name it.".into(),
                     )),
@@ -1155,8 +1214,9 @@ impl GoogleClient {
             .collect()
     }
 
-    /// Updates contacts (`(resource name, etag, fields, changed field names)`), 200 per
-    /// call, one call at a time, each guarded by its etag: a stale etag is a
+    /// Updates contacts (`(resource name, CONTACT source etag, fields, changed field
+    /// names)`), 200 per call, one call at a time, each guarded by its etag (sent as
+    /// `person.metadata.sources[type=CONTACT].etag`, as Google requires): a stale etag is a
     /// [`UpdateOutcome::Conflict`]. A batch Google rejects as a whole is retried contact by
     /// contact to find the one at fault. Results come in input order.
     pub async fn batch_update(
@@ -1171,7 +1231,11 @@ impl GoogleClient {
         for (id, etag, fields, changed) in items {
             order.push(id);
             let mask = update_mask(changed);
-            if mask.is_empty() {
+            if etag.is_empty() {
+                // No source etag known (a link made before it was kept): Google would
+                // refuse the write, so it is a conflict: fetch the person, merge, retry.
+                done.insert(id.clone(), UpdateOutcome::Conflict);
+            } else if mask.is_empty() {
                 done.insert(
                     id.clone(),
                     UpdateOutcome::Updated {
@@ -1231,7 +1295,7 @@ impl GoogleClient {
             .map(|(id, etag, fields)| {
                 let mut person = fields_to_person(fields, false);
                 person["resourceName"] = serde_json::json!(id);
-                person["etag"] = serde_json::json!(etag);
+                // The CONTACT source's etag, never the person's (see [`contact_etag`]).
                 person["metadata"] =
                     serde_json::json!({"sources": [{"type": "CONTACT", "etag": etag}]});
                 if let Some(m) = person.as_object_mut() {
@@ -1275,7 +1339,7 @@ impl GoogleClient {
                             )),
                         },
                         Some(pr) => UpdateOutcome::Updated {
-                            etag: pr.person.and_then(|p| p.etag),
+                            etag: pr.person.as_ref().and_then(contact_etag),
                         },
                         None => UpdateOutcome::Updated { etag: None },
                     };
@@ -1446,10 +1510,8 @@ mod tests {
         assert_eq!(c.fields.first_name, "Ada");
         assert_eq!(c.fields.last_name, "Lovelace");
         assert_eq!(c.provider_id, "people/c100");
-        assert_eq!(
-            c.etag.as_deref(),
-            Some("%EgoBAgMEBQYHCAkKGgQBAgUHIgxBQUFBQUFBQUFBQT0=")
-        );
+        // The link keeps the CONTACT source's etag (what updates need), not the person's.
+        assert_eq!(c.etag.as_deref(), Some("#src-etag"));
         assert_eq!(c.scope, "");
     }
 
@@ -2614,7 +2676,8 @@ mod tests {
                     let n = m2.fetch_add(1, Ordering::SeqCst);
                     json!({"httpStatusCode": 200, "requestedResourceName": "",
                            "person": {"resourceName": format!("people/n{n}"),
-                                      "etag": format!("%N{n}"),
+                                      "etag": format!("%Person{n}"),
+                                      "metadata": {"sources": [{"type": "CONTACT", "etag": format!("#N{n}")}]},
                                       "names": c["contactPerson"]["names"]}})
                 })
                 .collect();
@@ -2635,7 +2698,8 @@ mod tests {
             assert_eq!(c.crm_id, 1000 + i as u64);
             assert_eq!(
                 c.result,
-                Ok((format!("people/n{i}"), Some(format!("%N{i}"))))
+                Ok((format!("people/n{i}"), Some(format!("#N{i}")))),
+                "the CONTACT source's etag is kept, not the person's"
             );
         }
         let reqs = srv.api_requests();
@@ -2733,26 +2797,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batch_update_sends_etags_and_masks_and_reports_stale_etag_as_conflict() {
+    async fn batch_update_sends_the_contact_source_etag_and_masks_and_reports_stale_etag_as_conflict(
+    ) {
         use crate::model::field;
         let srv = serve(false, |req: &Req| {
             assert_eq!(req.path, "/v1/people:batchUpdateContacts");
             let b = body_json(req);
             let contacts = b["contacts"].as_object().unwrap();
+            let src = |p: &serde_json::Value| {
+                p["metadata"]["sources"][0]["etag"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
             for (id, p) in contacts {
                 assert_eq!(p["resourceName"], json!(id));
-                assert_eq!(p["metadata"]["sources"][0]["etag"], p["etag"]);
                 assert_eq!(p["metadata"]["sources"][0]["type"], "CONTACT");
+                assert!(
+                    p.get("etag").is_none(),
+                    "the person etag is a cache tag, not sent"
+                );
                 assert!(p.get("memberships").is_none());
             }
-            if contacts.values().any(|p| p["etag"].as_str().unwrap().starts_with("stale")) {
+            if contacts.values().any(|p| src(p).starts_with("stale")) {
                 return Resp::json(400, json!({"error": {"code": 400, "status": "FAILED_PRECONDITION",
-                    "message": "Request person.etag is different than the current person.etag. Clear local cache and get the latest person."}}));
+                    "message": "Request person.metadata.sources.etag is different than the current person.metadata.sources.etag. Clear local cache and get the latest person."}}));
             }
+            // The answer's person etag differs from its source etag; the source one counts.
             let result: serde_json::Map<String, serde_json::Value> = contacts
                 .iter()
                 .map(|(id, p)| (id.clone(), json!({"httpStatusCode": 200, "requestedResourceName": id,
-                    "person": {"resourceName": id, "etag": format!("{}+", p["etag"].as_str().unwrap())}})))
+                    "person": {"resourceName": id, "etag": "%EgPersonTag",
+                        "metadata": {"sources": [{"type": "CONTACT", "id": "1", "etag": format!("{}+", src(p))}]}}})))
                 .collect();
             Resp::json(200, json!({"updateResult": result}))
         })
@@ -2845,7 +2921,8 @@ mod tests {
                 "people/c1": {"status": {"code": 9, "message": "etag mismatch"}},
                 "people/c2": {"status": {"code": 5, "message": "not found"}},
                 "people/c3": {"status": {"code": 3, "message": "bad phone"}},
-                "people/c4": {"status": {"code": 0}, "person": {"resourceName": "people/c4", "etag": "n4"}}
+                "people/c4": {"status": {"code": 0}, "person": {"resourceName": "people/c4", "etag": "%Ep4",
+                    "metadata": {"sources": [{"type": "CONTACT", "etag": "n4"}]}}}
             }}))
         })
         .await;

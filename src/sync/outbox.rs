@@ -204,6 +204,33 @@ fn backoff(attempts: u32) -> chrono::Duration {
     chrono::Duration::seconds(1i64 << attempts.clamp(1, 9)).min(chrono::Duration::minutes(10))
 }
 
+/// `last_error` of an entry whose push the provider refused as stale once: the next
+/// refusal is final.
+pub const CONFLICT_ONCE: &str =
+    "changed in the provider meanwhile; the latest version was fetched and merged, retrying once";
+
+/// Why an entry refused twice as stale is given up.
+pub const CONFLICT_TWICE: &str = "the provider refused the change twice because the contact changed there meanwhile (stale etag, e.g. Google FAILED_PRECONDITION); edit the contact again to retry";
+
+/// What an account's failed outbox entries mean for its status (`last_error`): `None`
+/// when nothing failed.
+pub fn failed_summary(db: &Db, account: &str) -> Result<Option<String>, StoreError> {
+    let failed: Vec<OutboxEntry> = db
+        .outbox_for(account)?
+        .into_iter()
+        .filter(|e| e.failed)
+        .collect();
+    let Some(last) = failed.iter().max_by_key(|e| e.created_at) else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "{} CRM change(s) were rejected by the provider and will not be retried (see outbox.failed); contact {}: {}",
+        failed.len(),
+        last.contact_id,
+        last.last_error.as_deref().unwrap_or("rejected")
+    )))
+}
+
 /// What a push round committed.
 #[derive(Debug, Default)]
 pub struct PushOutcome {
@@ -213,12 +240,15 @@ pub struct PushOutcome {
 }
 
 /// Records the provider's answers. Runs in the matcher, so it sees the CRM as it is now.
+/// A retried entry waits at least `min_retry` (the poll interval): pushes that fail never
+/// repeat faster than the account's rounds.
 pub fn apply_results(
     db: &Db,
     account: &AccountConfig,
     items: &[PushItem],
     results: &[PushResult],
     now: DateTime<Utc>,
+    min_retry: chrono::Duration,
 ) -> Result<PushOutcome, StoreError> {
     let mut out = PushOutcome::default();
     let provider = account.provider.as_str();
@@ -379,12 +409,27 @@ pub fn apply_results(
             }
             PushResult::Gone => settle(&mut out),
             PushResult::Conflict => {
-                // The provider changed meanwhile: the next fetch merges its change (the
-                // provider wins on fields changed on both sides), then we push again.
+                // The provider changed meanwhile. The account actor has fetched the latest
+                // version and merged it (the provider wins fields changed on both sides);
+                // the entry is sent once more, in a later round. A second refusal is final.
                 let mut next = current.clone().unwrap_or_else(|| e.clone());
                 next.attempts += 1;
-                next.last_error =
-                    Some("changed in the provider meanwhile; merging and retrying".into());
+                if e.last_error.as_deref() == Some(CONFLICT_ONCE) {
+                    next.failed = true;
+                    next.last_error = Some(CONFLICT_TWICE.into());
+                    tracing::warn!(account = %account.id, crm_id = e.contact_id, "Provider refused a CRM change twice as stale; it will not be retried.");
+                    let mut ev = event(audit::Action::Rejected)
+                        .direction(audit::Direction::ToProvider)
+                        .crm_id(e.contact_id)
+                        .reason(CONFLICT_TWICE);
+                    if let PushOp::Update { provider_id, .. } = &item.op {
+                        ev = ev.provider_id(provider_id);
+                    }
+                    out.audit.push(ev);
+                } else {
+                    next.last_error = Some(CONFLICT_ONCE.into());
+                    next.not_before = Some(now + min_retry);
+                }
                 out.batch.push(Op::PutOutbox(next));
             }
             PushResult::Failed(err) => {
@@ -401,7 +446,7 @@ pub fn apply_results(
                             .reason(err.to_string()),
                     );
                 } else {
-                    next.not_before = Some(now + backoff(next.attempts));
+                    next.not_before = Some(now + backoff(next.attempts).max(min_retry));
                 }
                 out.batch.push(Op::PutOutbox(next));
             }
