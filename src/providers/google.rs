@@ -73,7 +73,9 @@ impl Cursor {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ListConnectionsJson {
-    pub connections: Vec<PersonJson>,
+    /// Decoded person by person ([`decode_person`]): one unreadable person does not make
+    /// the page unreadable.
+    pub connections: Vec<serde_json::Value>,
     pub next_page_token: Option<String>,
     pub next_sync_token: Option<String>,
     pub total_items: Option<u64>,
@@ -321,6 +323,55 @@ fn address_of(person: &PersonJson) -> Option<Address> {
         country: clean(&a.country).or_else(|| clean(&a.country_code)),
     }
     .non_empty()
+}
+
+/// Reads one person of a listing page. A person that does not fit the schema (`names` as a
+/// string, a number where a string belongs, …) becomes [`Change::Unreadable`], versioned by
+/// its etag when one can be read, else by a hash of what was sent.
+pub fn decode_person(raw: &serde_json::Value, group: Group) -> Change {
+    use serde::Deserialize as _;
+    let error = match PersonJson::deserialize(raw) {
+        Ok(p) if !p.resource_name.is_empty() => return map_person(&p, group),
+        Ok(_) => "the person has no resourceName".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let text = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_FIELD_BYTES)
+            .map(str::to_string)
+    };
+    let resource_name = text(raw.get("resourceName"));
+    let source_etag = raw
+        .pointer("/metadata/sources")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|s| s.get("type").and_then(serde_json::Value::as_str) == Some("CONTACT"))
+        })
+        .and_then(|s| text(s.get("etag")));
+    let hash = || {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(serde_json::to_vec(raw).unwrap_or_default());
+        d[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    if let Some(pid) = &resource_name {
+        if raw.pointer("/metadata/deleted") == Some(&serde_json::Value::Bool(true)) {
+            return Change::Deleted {
+                provider_id: pid.clone(),
+            };
+        }
+    }
+    let version = source_etag
+        .or_else(|| text(raw.get("etag")))
+        .unwrap_or_else(|| format!("sha256:{}", hash()));
+    Change::Unreadable {
+        provider_id: resource_name.unwrap_or_else(|| format!("unreadable:{}", hash())),
+        version,
+        error: error.chars().take(200).collect(),
+    }
 }
 
 /// The etag a write must carry: `metadata.sources[type=CONTACT].etag`, the contact
@@ -582,6 +633,8 @@ impl GoogleClient {
         };
         let mut page_token: Option<String> = None;
         let mut seen: u64 = 0;
+        // The largest size of the whole listing a page announced (`totalItems`).
+        let mut promised: u64 = 0;
         loop {
             let mut query: Vec<(&str, &str)> = vec![
                 ("personFields", PERSON_FIELDS),
@@ -620,13 +673,27 @@ impl GoogleClient {
             };
             round.pages += 1;
             seen += page.connections.len() as u64;
-            round
-                .changes
-                .extend(page.connections.iter().map(|p| map_person(p, self.group)));
+            for raw in &page.connections {
+                let change = decode_person(raw, self.group);
+                if let Change::Unreadable {
+                    provider_id, error, ..
+                } = &change
+                {
+                    warn!(%provider_id, %error, "Google sent a person that cannot be read; it is skipped");
+                    if provider_id.starts_with("unreadable:") {
+                        // Without its resource name we cannot tell which link it is: this
+                        // listing cannot reveal deletions.
+                        round.complete_scopes.clear();
+                    }
+                }
+                round.changes.push(change);
+            }
+            let total = page.total_items.or(page.total_people);
+            promised = promised.max(total.unwrap_or(0));
             progress(Progress {
                 pages: round.pages,
                 contacts: seen,
-                total: page.total_items.or(page.total_people),
+                total,
             });
             debug!(
                 pages = round.pages,
@@ -648,6 +715,16 @@ impl GoogleClient {
                                 .into(),
                         ));
                     };
+                    if full && seen < promised {
+                        // Fewer people than Google said the listing holds: it is not
+                        // complete, so the people it did not show are not deletions.
+                        warn!(
+                            seen,
+                            total_items = promised,
+                            "Google's full listing ended with fewer people than totalItems; no deletions are inferred from it"
+                        );
+                        round.complete_scopes.clear();
+                    }
                     round.cursor = Cursor {
                         v: Cursor::VERSION,
                         sync_token: sync,

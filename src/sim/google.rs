@@ -128,6 +128,12 @@ pub(crate) struct GUser {
     /// Control API: updates of these contacts are refused as stale (FAILED_PRECONDITION)
     /// this many more times.
     reject_updates: BTreeMap<u64, u32>,
+    /// Control API: raw persons that break the schema, sent as they are (with their
+    /// sequence number) on the last page of listings that cover them.
+    malformed: Vec<(u64, Value)>,
+    /// Control API: contacts a full listing leaves out while `totalItems` still counts
+    /// them (a listing cut short).
+    hidden: std::collections::BTreeSet<u64>,
 }
 
 fn etag_of(num: u64, seq: u64) -> String {
@@ -167,6 +173,8 @@ impl GUser {
             groups_updated: now,
             login: u.user.clone(),
             reject_updates: BTreeMap::new(),
+            malformed: Vec::new(),
+            hidden: Default::default(),
         };
         for (i, p) in people(u.seed, u.contacts, salt).iter().enumerate() {
             let starred = (mix(salt ^ 0x5354_4152 ^ i as u64) % 1_000_000) as f64 / 1_000_000.0
@@ -1122,7 +1130,11 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     let salt = u.salt;
     let (items, last_key, more, total): (Vec<Value>, u64, bool, usize) = match pt.from {
         None => {
-            let mut it = u.contacts.range(pt.after.saturating_add(1)..);
+            let hidden = &u.hidden;
+            let mut it = u
+                .contacts
+                .range(pt.after.saturating_add(1)..)
+                .filter(|(n, _)| !hidden.contains(n));
             let page: Vec<&GContact> = it.by_ref().take(page_size).map(|(_, c)| c).collect();
             let more = it.next().is_some();
             let last = page.last().map(|c| c.num).unwrap_or(pt.after);
@@ -1174,6 +1186,17 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             (v, last, more, total)
         }
     };
+    let mut items = items;
+    let mut total = total;
+    // Injected malformed persons: on the last page of the listings that cover them.
+    let broken = u
+        .malformed
+        .iter()
+        .filter(|(seq, _)| pt.from.is_none_or(|f| *seq > f) && *seq <= pt.snap);
+    total += broken.clone().count();
+    if !more {
+        items.extend(broken.map(|(_, v)| v.clone()));
+    }
     let mut out = Map::new();
     if !items.is_empty() {
         out.insert("connections".into(), Value::Array(items));
@@ -1415,6 +1438,21 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             Some(n) if u.delete(n, now) => Resp::empty(204),
             _ => control_err(404, "no such contact"),
         },
+        ("POST", ["malformed"]) => {
+            let Some(person) = r.json().ok().and_then(|v| v.get("person").cloned()) else {
+                return Some(control_err(400, "body must be {\"person\": any JSON}"));
+            };
+            u.seq += 1;
+            u.malformed.push((u.seq, person));
+            Resp::json(201, &json!({"seq": u.seq}))
+        }
+        ("POST", ["contacts", id, "hide-from-listing"]) => {
+            let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
+                return Some(control_err(404, "no such contact"));
+            };
+            u.hidden.insert(num);
+            Resp::json(200, &json!({}))
+        }
         ("POST", ["contacts", id, "reject-updates"]) => {
             let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
                 return Some(control_err(404, "no such contact"));

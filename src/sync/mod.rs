@@ -142,7 +142,48 @@ impl<'a> Planner<'a> {
             Change::Upsert(pc) => self.upsert(pc, photo),
             Change::Deleted { provider_id } => self.deleted(provider_id, false),
             Change::Left { provider_id } => self.deleted(provider_id, true),
+            Change::Unreadable {
+                provider_id,
+                version,
+                error,
+            } => self.unreadable(provider_id, version, error),
         }
+    }
+
+    /// A contact the provider sent in a shape we cannot read: skipped, counted and audited
+    /// once per version. Nothing else changes (a linked CRM contact keeps its link).
+    fn unreadable(&mut self, pid: &str, version: &str, error: &str) -> Result<(), StoreError> {
+        let reason = SkipReason::Unreadable;
+        let previous = match self.overlay.skips.get(pid) {
+            Some(s) => s.clone(),
+            None => self.db.skip(&self.ctx.account, pid)?,
+        };
+        let mark = SkipMark {
+            reason,
+            etag: Some(version.to_string()),
+        };
+        if previous.as_ref() != Some(&mark) {
+            tracing::warn!(account = %self.ctx.account, provider_id = %pid, error = %error, "Provider sent a contact that cannot be read; skipped.");
+            *self.plan.metrics.skipped.entry(reason).or_default() += 1;
+            self.plan.audit.push(
+                self.event(audit::Action::Skipped)
+                    .provider_id(pid)
+                    .reason(reason.as_str()),
+            );
+            self.overlay
+                .skips
+                .insert(pid.to_string(), Some(mark.clone()));
+            self.plan.batch.push(Op::PutSkip {
+                account: self.ctx.account.clone(),
+                provider_id: pid.to_string(),
+                skip: mark,
+            });
+        }
+        self.plan.actions.push(Action::Skip {
+            provider_id: pid.to_string(),
+            reason,
+        });
+        Ok(())
     }
 
     pub fn finish(self) -> Plan {
