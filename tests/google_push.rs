@@ -245,3 +245,60 @@ async fn repeated_rejection_fails_the_entry_once_with_its_reason_and_never_loops
         .unwrap()
         .contains("stale etag"));
 }
+
+#[tokio::test]
+async fn crm_contact_linked_twice_in_one_account_sends_updates_and_deletes_to_every_link() {
+    let (sim, d) = setup(0).await;
+    // A duplicate in the address book: two Google contacts of one person.
+    let mut pids = vec![];
+    for _ in 0..2 {
+        let (s, v) = sim.control(
+            Provider::Google,
+            "POST",
+            &format!("/_sim/users/{G}/contacts"),
+            Some(
+                json!({"names": [{"givenName": "Dupli", "familyName": "Cate"}],
+                        "emailAddresses": [{"value": "dupli@example.org"}]}),
+            ),
+        );
+        assert_eq!(s, 201, "{v}");
+        pids.push(v["person"]["resourceName"].as_str().unwrap().to_string());
+    }
+    d.sync_now("g").await;
+    let crm: Vec<Value> = d
+        .contacts()
+        .await
+        .into_iter()
+        .filter(|c| c["first_name"] == "Dupli")
+        .collect();
+    assert_eq!(crm.len(), 1, "one CRM contact for both");
+    assert_eq!(crm[0]["links"].as_array().unwrap().len(), 2, "{}", crm[0]);
+    let id = crm[0]["id"].as_u64().unwrap();
+
+    patch(&d, id, json!({"job_title": "Twice"})).await;
+    let a = wait_outbox_settled(&d).await;
+    for pid in &pids {
+        assert_eq!(
+            person(&sim, pid).unwrap()["organizations"][0]["title"],
+            "Twice",
+            "{pid} got the update"
+        );
+    }
+    assert_eq!(today(&a, &["updated", "in_provider"]), 2);
+
+    let (s, _) = d
+        .api(Method::DELETE, &format!("/api/v1/contacts/{id}"), None)
+        .await;
+    assert_eq!(s, 204);
+    wait_outbox_settled(&d).await;
+    for pid in &pids {
+        assert!(person(&sim, pid).is_none(), "{pid} deleted in Google");
+    }
+    let a = d.sync_now("g").await;
+    assert_eq!(a["linked"], 0, "{a}");
+    assert!(d
+        .contacts()
+        .await
+        .iter()
+        .all(|c| c["first_name"] != "Dupli"));
+}

@@ -155,18 +155,21 @@ pub fn prepare(
         if e.failed || e.not_before.is_some_and(|t| t > now) {
             continue;
         }
-        let linked = |c: &Contact| {
+        let linked = |c: &Contact| -> Vec<String> {
             c.links
                 .iter()
-                .find(|l| l.account == account.id)
+                .filter(|l| l.account == account.id)
                 .map(|l| l.provider_id.clone())
+                .collect()
         };
-        let op = match &e.op {
+        // One op per provider contact: a CRM contact can be linked to several contacts of
+        // one account (duplicates in the address book), and each of them gets the change.
+        let ops: Vec<PushOp> = match &e.op {
             OutboxOp::Create => match db.contact(e.contact_id)? {
-                Some(c) if linked(&c).is_none() => PushOp::Create {
+                Some(c) if linked(&c).is_empty() => vec![PushOp::Create {
                     fields: fields_of(db, &c)?,
                     starred: account.group == Group::Starred,
-                },
+                }],
                 // Gone, or already linked (a create that reached the provider before a
                 // crash and was matched back by the next fetch).
                 _ => {
@@ -175,26 +178,55 @@ pub fn prepare(
                 }
             },
             OutboxOp::Update { fields } => {
-                let contact = db.contact(e.contact_id)?;
-                let Some((c, pid)) = contact.and_then(|c| linked(&c).map(|p| (c, p))) else {
+                let Some(c) = db.contact(e.contact_id)? else {
                     drop_ops.push(drop(&e));
                     continue;
                 };
+                let pids = linked(&c);
+                if pids.is_empty() {
+                    drop_ops.push(drop(&e));
+                    continue;
+                }
                 let changed: Vec<&'static str> =
                     fields.iter().filter_map(|f| field::canonical(f)).collect();
-                let etag = db.link(&account.id, &pid)?.and_then(|l| l.etag);
-                PushOp::Update {
-                    provider_id: pid,
-                    etag,
-                    fields: fields_of(db, &c)?,
-                    changed,
+                let f = fields_of(db, &c)?;
+                let mut ops = Vec::with_capacity(pids.len());
+                for pid in pids {
+                    let etag = db.link(&account.id, &pid)?.and_then(|l| l.etag);
+                    ops.push(PushOp::Update {
+                        provider_id: pid,
+                        etag,
+                        fields: f.clone(),
+                        changed: changed.clone(),
+                    });
                 }
+                ops
             }
-            OutboxOp::Delete { provider_id } => PushOp::Delete {
-                provider_id: provider_id.clone(),
-            },
+            OutboxOp::Delete { provider_id } => {
+                // The entry names the first link; the contact's other links of this account
+                // (kept in its tombstone) that still exist are deleted too.
+                let mut pids = vec![provider_id.clone()];
+                if let Some(t) = db.tombstone(e.contact_id)? {
+                    for l in t.contact.links.iter().filter(|l| l.account == account.id) {
+                        let live = db
+                            .link(&account.id, &l.provider_id)?
+                            .is_some_and(|r| r.contact_id == e.contact_id);
+                        if live && !pids.contains(&l.provider_id) {
+                            pids.push(l.provider_id.clone());
+                        }
+                    }
+                }
+                pids.into_iter()
+                    .map(|provider_id| PushOp::Delete { provider_id })
+                    .collect()
+            }
         };
-        items.push(PushItem { entry: e, op });
+        for op in ops {
+            items.push(PushItem {
+                entry: e.clone(),
+                op,
+            });
+        }
     }
     Ok((items, drop_ops))
 }
@@ -253,12 +285,30 @@ pub fn apply_results(
     let mut out = PushOutcome::default();
     let provider = account.provider.as_str();
     let event = |a| AuditEvent::new(&account.id, provider, a);
+    // An entry sent to several provider contacts is done only when all of them took it.
+    let unfinished: std::collections::HashSet<ContactId> = items
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| matches!(r, PushResult::Conflict | PushResult::Failed(_)))
+        .map(|(i, _)| i.entry.contact_id)
+        .collect();
+    // Provider contacts deleted per CRM contact in this push.
+    let mut deleted_of: std::collections::HashMap<ContactId, Vec<&str>> = Default::default();
+    for (item, result) in items.iter().zip(results) {
+        if let (PushOp::Delete { provider_id }, PushResult::Deleted) = (&item.op, result) {
+            deleted_of
+                .entry(item.entry.contact_id)
+                .or_default()
+                .push(provider_id);
+        }
+    }
     for (item, result) in items.iter().zip(results) {
         let e = &item.entry;
         let current = db.outbox_entry(&account.id, e.contact_id)?;
-        // Done with this entry, unless the CRM changed it while we were pushing.
+        // Done with this entry, unless the CRM changed it while we were pushing, or another
+        // of its provider contacts still needs it.
         let settle = |out: &mut PushOutcome| {
-            if current.as_ref() == Some(e) {
+            if current.as_ref() == Some(e) && !unfinished.contains(&e.contact_id) {
                 out.batch.push(Op::DeleteOutbox {
                     account: account.id.clone(),
                     contact: e.contact_id,
@@ -385,8 +435,9 @@ pub fn apply_results(
                     });
                     // Restored while the deletion was on its way: create it again.
                     if let Some(mut c) = db.contact(e.contact_id)? {
+                        let gone = deleted_of.get(&e.contact_id).cloned().unwrap_or_default();
                         c.links.retain(|l| {
-                            !(l.account == account.id && &l.provider_id == provider_id)
+                            !(l.account == account.id && gone.contains(&l.provider_id.as_str()))
                         });
                         out.batch.push(Op::PutContact(c));
                         out.batch.push(Op::PutOutbox(OutboxEntry {
