@@ -171,6 +171,10 @@ pub enum Change {
         version: String,
         error: String,
     },
+    /// The provider gave a contact a new id (Google `previousResourceNames`): its link and
+    /// base move from `from` to `to`, nothing is deleted or created. Comes before the
+    /// contact's upsert under its new id.
+    Renamed { from: String, to: String },
 }
 
 impl Change {
@@ -180,6 +184,7 @@ impl Change {
             Change::Deleted { provider_id }
             | Change::Left { provider_id }
             | Change::Unreadable { provider_id, .. } => provider_id,
+            Change::Renamed { from, .. } => from,
         }
     }
 }

@@ -286,7 +286,9 @@ fn check_person(p: &PersonJson) {
             Change::Deleted { provider_id } | Change::Left { provider_id } => {
                 assert_eq!(provider_id, p.resource_name);
             }
-            Change::Unreadable { .. } => panic!("a decoded person is never unreadable"),
+            Change::Unreadable { .. } | Change::Renamed { .. } => {
+                panic!("map_person maps one person to an upsert, a deletion or a departure")
+            }
         }
     }
 }

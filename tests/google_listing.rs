@@ -170,3 +170,57 @@ async fn full_listing_short_of_total_items_infers_no_deletions() {
     assert_eq!(after.len(), before.len() - 1);
     assert!(d.log().contains("fewer people than totalItems"));
 }
+
+#[tokio::test]
+async fn reidentified_contact_is_relinked_by_its_previous_resource_name_not_deleted_and_matched() {
+    let sim = start_sim(vec![SeedUser::new(G, 10, 73)], vec![]).await;
+    let d = start(&sim).await;
+    d.wait_synced("g", None).await;
+    let before = links(&d).await;
+    let crm_count = d.contacts().await.len();
+    let (old_pid, crm_id) = before
+        .iter()
+        .min()
+        .map(|(p, c)| (p.clone(), *c))
+        .expect("a linked contact");
+    let v = control(
+        &sim,
+        "POST",
+        &format!(
+            "/contacts/{}/reidentify",
+            old_pid.trim_start_matches("people/")
+        ),
+        None,
+    );
+    let new_pid = v["resourceName"].as_str().unwrap().to_string();
+    assert_ne!(new_pid, old_pid);
+    let audit_before = d.audit_lines().len();
+    let a = d.sync_now("g").await;
+    let after = links(&d).await;
+    assert_eq!(
+        after.get(&new_pid),
+        Some(&crm_id),
+        "the link moved to the new name"
+    );
+    assert!(!after.contains_key(&old_pid));
+    assert_eq!(after.len(), before.len());
+    assert_eq!(
+        d.contacts().await.len(),
+        crm_count,
+        "no contact deleted or created"
+    );
+    assert_eq!(today(&a, &["deleted", "from_provider"]), 0, "{a}");
+    assert_eq!(today(&a, &["added", "to_crm"]), before.len() as u64, "{a}");
+    let c = d.get(&format!("/api/v1/contacts/{crm_id}")).await;
+    assert_eq!(
+        c["links"],
+        json!([{"account": "g", "provider_id": new_pid}])
+    );
+    let new_lines: Vec<Value> = d.audit_lines().into_iter().skip(audit_before).collect();
+    assert!(
+        new_lines
+            .iter()
+            .all(|l| l["action"] != "deleted" && l["action"] != "added"),
+        "{new_lines:?}"
+    );
+}

@@ -302,3 +302,33 @@ async fn crm_contact_linked_twice_in_one_account_sends_updates_and_deletes_to_ev
         .iter()
         .all(|c| c["first_name"] != "Dupli"));
 }
+
+#[tokio::test]
+async fn reidentified_contact_gets_crm_updates_under_its_new_resource_name() {
+    let (sim, d) = setup(6).await;
+    let (id, old_pid) = linked(&d)
+        .await
+        .into_iter()
+        .next()
+        .expect("a linked contact");
+    let (s, v) = sim.control(
+        Provider::Google,
+        "POST",
+        &format!(
+            "/_sim/users/{G}/contacts/{}/reidentify",
+            old_pid.trim_start_matches("people/")
+        ),
+        None,
+    );
+    assert_eq!(s, 200, "{v}");
+    let new_pid = v["resourceName"].as_str().unwrap().to_string();
+    d.sync_now("g").await;
+    patch(&d, id, json!({"job_title": "Renamed"})).await;
+    let a = wait_outbox_settled(&d).await;
+    assert_eq!(
+        person(&sim, &new_pid).unwrap()["organizations"][0]["title"],
+        "Renamed"
+    );
+    assert_eq!(today(&a, &["deleted", "from_provider"]), 0, "{a}");
+    assert!(a["outbox"]["failed"].as_array().unwrap().is_empty(), "{a}");
+}

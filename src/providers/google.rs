@@ -105,6 +105,8 @@ pub struct PersonJson {
 pub struct PersonMetadataJson {
     pub deleted: Option<bool>,
     pub sources: Vec<SourceJson>,
+    /// Former resource names (only in listings made with a sync token).
+    pub previous_resource_names: Vec<String>,
 }
 
 /// `Source` (as found in `PersonMetadata.sources`).
@@ -371,6 +373,47 @@ pub fn decode_person(raw: &serde_json::Value, group: Group) -> Change {
         provider_id: resource_name.unwrap_or_else(|| format!("unreadable:{}", hash())),
         version,
         error: error.chars().take(200).collect(),
+    }
+}
+
+/// The [`Change::Renamed`]s a listed person implies: one per former resource name
+/// (`metadata.previousResourceNames`), to move its link before its upsert is planned.
+fn renames(raw: &serde_json::Value, change: &Change) -> Vec<Change> {
+    let (Change::Upsert(ProviderContact { provider_id, .. }) | Change::Left { provider_id }) =
+        change
+    else {
+        return vec![];
+    };
+    raw.pointer("/metadata/previousResourceNames")
+        .and_then(serde_json::Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .filter(|from| !from.is_empty() && *from != provider_id)
+                .map(|from| Change::Renamed {
+                    from: from.to_string(),
+                    to: provider_id.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Google also reports a re-identified contact's former name as deleted: that is no
+/// deletion, the contact lives on under its new name.
+fn drop_renamed_deletions(changes: &mut Vec<Change>) {
+    let renamed: std::collections::HashSet<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Renamed { from, .. } => Some(from.clone()),
+            _ => None,
+        })
+        .collect();
+    if !renamed.is_empty() {
+        changes.retain(
+            |c| !matches!(c, Change::Deleted { provider_id } if renamed.contains(provider_id)),
+        );
     }
 }
 
@@ -675,6 +718,7 @@ impl GoogleClient {
             seen += page.connections.len() as u64;
             for raw in &page.connections {
                 let change = decode_person(raw, self.group);
+                round.changes.extend(renames(raw, &change));
                 if let Change::Unreadable {
                     provider_id, error, ..
                 } = &change
@@ -715,6 +759,7 @@ impl GoogleClient {
                                 .into(),
                         ));
                     };
+                    drop_renamed_deletions(&mut round.changes);
                     if full && seen < promised {
                         // Fewer people than Google said the listing holds: it is not
                         // complete, so the people it did not show are not deletions.

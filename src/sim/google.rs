@@ -103,6 +103,9 @@ pub(crate) struct GContact {
     pub photo: bool,
     pub seq: u64,
     pub updated: DateTime<Utc>,
+    /// Former resource names (after a re-identification), shown in
+    /// `metadata.previousResourceNames` by listings made with a sync token.
+    pub previous: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +207,7 @@ impl GUser {
                 photo,
                 seq: self.seq,
                 updated: now,
+                previous: Vec::new(),
             },
         );
         if starred {
@@ -1171,7 +1175,16 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             let v = changes
                 .iter()
                 .map(|(_, ch)| match ch {
-                    Ch::Live(c) => render(c, &fields, base, salt),
+                    Ch::Live(c) => {
+                        let mut p = render(c, &fields, base, salt);
+                        if !c.previous.is_empty() {
+                            if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut)
+                            {
+                                m.insert("previousResourceNames".into(), json!(c.previous));
+                            }
+                        }
+                        p
+                    }
                     Ch::Gone(t) => json!({
                         "resourceName": format!("people/c{}", t.num),
                         "etag": t.etag,
@@ -1445,6 +1458,21 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             u.seq += 1;
             u.malformed.push((u.seq, person));
             Resp::json(201, &json!({"seq": u.seq}))
+        }
+        ("POST", ["contacts", id, "reidentify"]) => {
+            // As when Google links a contact to a profile: the contact gets a new resource
+            // name, the old one is reported deleted, the new one lists the old one in
+            // `metadata.previousResourceNames`.
+            let Some(old) = parse_num(id).and_then(|n| u.contacts.get(&n).cloned()) else {
+                return Some(control_err(404, "no such contact"));
+            };
+            u.delete(old.num, now);
+            let num = u.insert(old.data.clone(), old.starred, old.photo, now);
+            if let Some(c) = u.contacts.get_mut(&num) {
+                c.previous = old.previous.clone();
+                c.previous.push(format!("people/c{}", old.num));
+            }
+            Resp::json(200, &json!({"resourceName": format!("people/c{num}")}))
         }
         ("POST", ["contacts", id, "hide-from-listing"]) => {
             let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {

@@ -147,7 +147,74 @@ impl<'a> Planner<'a> {
                 version,
                 error,
             } => self.unreadable(provider_id, version, error),
+            Change::Renamed { from, to } => self.renamed(from, to),
         }
+    }
+
+    /// The provider re-identified a contact: the link (and its base) moves to the new id,
+    /// the CRM contact's link follows, and a pending deletion names the new id.
+    fn renamed(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        let Some(link) = self.link(from)? else {
+            self.plan.actions.push(Action::Ignore {
+                provider_id: from.to_string(),
+            });
+            return Ok(());
+        };
+        if self.link(to)?.is_some() {
+            // Both ids are linked already: nothing to move.
+            self.plan.actions.push(Action::Ignore {
+                provider_id: from.to_string(),
+            });
+            return Ok(());
+        }
+        let base = self.base(from)?;
+        self.drop_link(from);
+        let account = self.ctx.account.clone();
+        self.overlay
+            .links
+            .insert(to.to_string(), Some(link.clone()));
+        self.plan.batch.push(Op::PutLink {
+            account: account.clone(),
+            provider_id: to.to_string(),
+            link: link.clone(),
+        });
+        if let Some(b) = base {
+            self.overlay.bases.insert(to.to_string(), Some(b.clone()));
+            self.plan.batch.push(Op::PutBase {
+                account: account.clone(),
+                provider_id: to.to_string(),
+                base: b,
+            });
+        }
+        let id = link.contact_id;
+        if let Some(mut contact) = self.contact(id)? {
+            for l in contact.links.iter_mut() {
+                if l.account == account && l.provider_id == from {
+                    l.provider_id = to.to_string();
+                }
+            }
+            contact.links.sort();
+            contact.links.dedup();
+            let f = self.fields_of(&contact)?;
+            self.put_contact(contact, &f);
+        }
+        if let Some(mut e) = self.outbox_entry(&account, id)? {
+            if matches!(&e.op, OutboxOp::Delete { provider_id } if provider_id == from) {
+                e.op = OutboxOp::Delete {
+                    provider_id: to.to_string(),
+                };
+                self.overlay
+                    .outbox
+                    .insert((account.clone(), id), Some(e.clone()));
+                self.plan.batch.push(Op::PutOutbox(e));
+            }
+        }
+        tracing::info!(account = %account, from, to, crm_id = id, "Provider re-identified a contact; link moved.");
+        self.plan.actions.push(Action::Unchanged {
+            provider_id: to.to_string(),
+            crm_id: id,
+        });
+        Ok(())
     }
 
     /// A contact the provider sent in a shape we cannot read: skipped, counted and audited
