@@ -1789,6 +1789,78 @@ mod tests {
     }
 
     #[test]
+    fn person_breaking_the_schema_is_unreadable_versioned_by_its_source_etag_else_a_hash() {
+        let broken = json!({"resourceName": "people/c5", "etag": "%Ep5",
+            "metadata": {"sources": [{"type": "CONTACT", "etag": "#s5"}]},
+            "names": "Broken Person", "emailAddresses": [{"value": 42}]});
+        match decode_person(&broken, Group::All) {
+            Change::Unreadable {
+                provider_id,
+                version,
+                error,
+            } => {
+                assert_eq!(provider_id, "people/c5");
+                assert_eq!(version, "#s5");
+                assert!(!error.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // No readable name or etag: a stable hash of what was sent stands in for both.
+        let nameless = json!({"resourceName": 7, "names": [{"givenName": ["x"]}]});
+        let (a, b) = (
+            decode_person(&nameless, Group::All),
+            decode_person(&nameless, Group::All),
+        );
+        assert_eq!(a, b);
+        assert!(
+            matches!(&a, Change::Unreadable { provider_id, version, .. }
+                if provider_id.starts_with("unreadable:") && version.starts_with("sha256:")),
+            "{a:?}"
+        );
+        // A deletion is still a deletion, whatever else is wrong with it.
+        let gone = json!({"resourceName": "people/c6", "metadata": {"deleted": true}, "names": 1});
+        assert_eq!(
+            decode_person(&gone, Group::All),
+            Change::Deleted {
+                provider_id: "people/c6".into()
+            }
+        );
+        assert!(matches!(
+            decode_person(&ada(), Group::All),
+            Change::Upsert(_)
+        ));
+    }
+
+    #[test]
+    fn previous_resource_names_become_renames_and_their_deletions_are_dropped() {
+        let mut p = ada();
+        p["metadata"]["previousResourceNames"] = json!(["people/c1", "people/c100"]);
+        let change = decode_person(&p, Group::All);
+        let mut changes = vec![Change::Deleted {
+            provider_id: "people/c1".into(),
+        }];
+        changes.extend(renames(&p, &change));
+        changes.push(change.clone());
+        changes.push(Change::Deleted {
+            provider_id: "people/c2".into(),
+        });
+        drop_renamed_deletions(&mut changes);
+        assert_eq!(
+            changes,
+            vec![
+                Change::Renamed {
+                    from: "people/c1".into(),
+                    to: "people/c100".into()
+                },
+                change,
+                Change::Deleted {
+                    provider_id: "people/c2".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn deleted_person_is_a_deletion() {
         let p = person(json!({"resourceName": "people/c11", "etag": "%Eh",
             "metadata": {"sources": [{"type": "CONTACT", "id": "11"}], "deleted": true}}));
