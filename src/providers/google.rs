@@ -231,6 +231,11 @@ impl ApiError {
     }
 
     fn describe(&self, http: StatusCode) -> String {
+        if self.message.is_none() && self.status.is_none() && self.code.is_none() {
+            return format!(
+                "Google People API answered HTTP {http} with an error body that could not be read (cut off or not Google's error JSON)."
+            );
+        }
         let msg: String = self
             .message
             .as_deref()
