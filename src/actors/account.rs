@@ -383,6 +383,11 @@ async fn push_outbox(
     }
     let again = items.len() >= outbox::MAX_PUSH;
     let pushed = results.len();
+    let stale_count = stale.len();
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r, PushResult::Failed(_)))
+        .count();
     let m = matcher
         .send(CommitPush {
             account: cfg.clone(),
@@ -394,7 +399,7 @@ async fn push_outbox(
         .map_err(gone)?
         .map_err(|e| RoundError::Store(e.to_string()))?;
     if pushed > 0 {
-        tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, "CRM changes pushed to the provider.");
+        tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, stale = stale_count, failed, "CRM changes pushed to the provider.");
     }
     Ok((m, again))
 }

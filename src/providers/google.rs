@@ -9,8 +9,13 @@
 //!
 //! Safety rules: a page that does not parse as JSON (cut off, malformed) is a failed fetch,
 //! retried and then reported as [`ProviderError::Transient`], never read as an empty page;
-//! a full listing whose last page carries no `nextSyncToken` is not trusted either. Tokens
-//! and full URLs never reach the log.
+//! a full listing whose last page carries no `nextSyncToken` is not trusted either, and one
+//! that shows fewer people than its `totalItems` infers no deletions. Within a page, each
+//! person is read on its own ([`decode_person`]): one that breaks the schema is skipped as
+//! unreadable and the rest of the page syncs. Tokens and full URLs never reach the log.
+//!
+//! Writes carry the CONTACT source's etag (`metadata.sources[].etag`, [`contact_etag`]),
+//! which Google compares on updates; the person's own `etag` is a different value.
 
 use std::sync::Arc;
 use std::time::Duration;
