@@ -173,13 +173,29 @@ pub enum Change {
     Deleted { provider_id: String },
     /// Still in the provider, but no longer in the synced set (left the group).
     Left { provider_id: String },
+    /// A contact the provider sent in a shape that cannot be read. It is skipped (reason
+    /// `unreadable`), counted and audited once per `version` (its etag, else a hash of what
+    /// was sent); its link, if any, is left alone. `provider_id` is its resource name when
+    /// that could be read, else `unreadable:<hash>`.
+    Unreadable {
+        provider_id: String,
+        version: String,
+        error: String,
+    },
+    /// The provider gave a contact a new id (Google `previousResourceNames`): its link and
+    /// base move from `from` to `to`, nothing is deleted or created. Comes before the
+    /// contact's upsert under its new id.
+    Renamed { from: String, to: String },
 }
 
 impl Change {
     pub fn provider_id(&self) -> &str {
         match self {
             Change::Upsert(c) => &c.provider_id,
-            Change::Deleted { provider_id } | Change::Left { provider_id } => provider_id,
+            Change::Deleted { provider_id }
+            | Change::Left { provider_id }
+            | Change::Unreadable { provider_id, .. } => provider_id,
+            Change::Renamed { from, .. } => from,
         }
     }
 }
@@ -203,14 +219,18 @@ pub enum SkipReason {
     NoEmailOrPhone,
     TooManyEmails,
     TooManyPhones,
+    /// The provider sent a contact that does not fit its own schema (a string where a list
+    /// belongs, a number where a string belongs); it is left out, the rest of its page syncs.
+    Unreadable,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 4] = [
+    pub const ALL: [SkipReason; 5] = [
         SkipReason::NoName,
         SkipReason::NoEmailOrPhone,
         SkipReason::TooManyEmails,
         SkipReason::TooManyPhones,
+        SkipReason::Unreadable,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -218,6 +238,7 @@ impl SkipReason {
             SkipReason::NoEmailOrPhone => "no_email_or_phone",
             SkipReason::TooManyEmails => "too_many_emails",
             SkipReason::TooManyPhones => "too_many_phones",
+            SkipReason::Unreadable => "unreadable",
         }
     }
 }

@@ -303,18 +303,18 @@ async fn every_emitted_field_exists_with_its_type() {
     )
     .await;
     let rn = created["resourceName"].as_str().expect("rn").to_string();
-    let etag = created["etag"].clone();
+    let etag = created["metadata"]["sources"][0]["etag"].clone();
     samples.push(("Person", created));
     let batch = post("/v1/people:batchCreateContacts", json!({"contacts": [{"contactPerson": {"names": [{"givenName": "B"}]}}], "readMask": all_fields})).await;
     let brn = batch["createdPeople"][0]["person"]["resourceName"]
         .as_str()
         .expect("rn")
         .to_string();
-    let betag = batch["createdPeople"][0]["person"]["etag"].clone();
+    let betag = batch["createdPeople"][0]["person"]["metadata"]["sources"][0]["etag"].clone();
     samples.push(("BatchCreateContactsResponse", batch));
     let upd = post(
         "/v1/people:batchUpdateContacts",
-        json!({"contacts": {brn.clone(): {"etag": betag, "names": [{"givenName": "C"}]}}, "updateMask": "names", "readMask": all_fields}),
+        json!({"contacts": {brn.clone(): {"metadata": {"sources": [{"type": "CONTACT", "etag": betag}]}, "names": [{"givenName": "C"}]}}, "updateMask": "names", "readMask": all_fields}),
     )
     .await;
     samples.push(("BatchUpdateContactsResponse", upd));
@@ -324,7 +324,7 @@ async fn every_emitted_field_exists_with_its_type() {
             sim.google_base
         ))
         .bearer_auth(&tok)
-        .json(&json!({"etag": etag, "names": [{"givenName": "Conf", "familyName": "Ormance"}]}))
+        .json(&json!({"metadata": {"sources": [{"type": "CONTACT", "etag": etag}]}, "names": [{"givenName": "Conf", "familyName": "Ormance"}]}))
         .send()
         .await
         .expect("patch");

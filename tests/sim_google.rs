@@ -499,7 +499,7 @@ async fn writes_etags_and_batches() {
         &sim,
         &tok,
         reqwest::Method::POST,
-        "/v1/people:createContact?personFields=names,emailAddresses,memberships",
+        "/v1/people:createContact?personFields=names,emailAddresses,memberships,metadata",
         json!({"names": [{"givenName": "Zoë", "familyName": "Ünal"}], "emailAddresses": [{"value": "zoe@example.com", "type": "work"}],
                "memberships": [{"contactGroupMembership": {"contactGroupResourceName": "contactGroups/starred"}}]}),
     )
@@ -508,14 +508,38 @@ async fn writes_etags_and_batches() {
     let rn = p["resourceName"].as_str().expect("rn").to_string();
     assert_eq!(p["names"][0]["displayName"], "Zoë Ünal");
     assert_eq!(p["memberships"].as_array().map(Vec::len), Some(2));
-    let etag = p["etag"].as_str().expect("etag").to_string();
-    let upd = format!("/v1/{rn}:updateContact?updatePersonFields=emailAddresses&personFields=emailAddresses,names");
+    let person_etag = p["etag"].as_str().expect("etag").to_string();
+    let etag = p["metadata"]["sources"][0]["etag"]
+        .as_str()
+        .expect("source etag")
+        .to_string();
+    assert_ne!(
+        etag, person_etag,
+        "Person.etag and the CONTACT source's etag are different values"
+    );
+    let src = |e: &str| json!({"sources": [{"type": "CONTACT", "etag": e}]});
+    let upd = format!("/v1/{rn}:updateContact?updatePersonFields=emailAddresses&personFields=emailAddresses,names,metadata");
+    // The person's etag in the source's slot is refused, as Google does.
+    let (s, e) = send(
+        &sim,
+        &tok,
+        reqwest::Method::PATCH,
+        &upd,
+        json!({"metadata": src(&person_etag), "emailAddresses": [{"value": "zoe@new.example"}]}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["status"], "FAILED_PRECONDITION");
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("person.metadata.sources.etag"));
     let (s, p2) = send(
         &sim,
         &tok,
         reqwest::Method::PATCH,
         &upd,
-        json!({"etag": etag, "emailAddresses": [{"value": "zoe@new.example"}]}),
+        json!({"metadata": src(&etag), "emailAddresses": [{"value": "zoe@new.example"}]}),
     )
     .await;
     assert_eq!(s, 200, "{p2}");
@@ -524,14 +548,19 @@ async fn writes_etags_and_batches() {
         p2["names"][0]["givenName"], "Zoë",
         "fields outside the mask stay"
     );
-    assert_ne!(p2["etag"], json!(etag));
+    assert_ne!(
+        p2["etag"],
+        json!(person_etag),
+        "both etags change on a write"
+    );
+    assert_ne!(p2["metadata"]["sources"][0]["etag"], json!(etag));
     // Stale etag.
     let (s, e) = send(
         &sim,
         &tok,
         reqwest::Method::PATCH,
         &upd,
-        json!({"etag": etag, "emailAddresses": []}),
+        json!({"metadata": src(&etag), "emailAddresses": []}),
     )
     .await;
     assert_eq!(s, 400);
@@ -540,13 +569,13 @@ async fn writes_etags_and_batches() {
         .as_str()
         .unwrap_or("")
         .contains("etag"));
-    // Missing etag.
+    // Missing etag: `person.etag` alone is not the source etag.
     let (s, _) = send(
         &sim,
         &tok,
         reqwest::Method::PATCH,
         &upd,
-        json!({"emailAddresses": []}),
+        json!({"etag": p2["etag"], "emailAddresses": []}),
     )
     .await;
     assert_eq!(s, 400);
@@ -556,12 +585,12 @@ async fn writes_etags_and_batches() {
         &tok,
         reqwest::Method::PATCH,
         &format!("/v1/{rn}:updateContact"),
-        json!({"etag": p2["etag"]}),
+        json!({"metadata": p2["metadata"]}),
     )
     .await;
     assert_eq!(s, 400);
-    // Etag from metadata.sources works too.
-    let (s, _) = send(&sim, &tok, reqwest::Method::PATCH, &upd, json!({"metadata": {"sources": [{"type": "CONTACT", "etag": p2["etag"]}]}, "emailAddresses": []})).await;
+    // The current source etag works.
+    let (s, _) = send(&sim, &tok, reqwest::Method::PATCH, &upd, json!({"metadata": {"sources": [{"type": "CONTACT", "etag": p2["metadata"]["sources"][0]["etag"]}]}, "emailAddresses": []})).await;
     assert_eq!(s, 200);
 
     // Batch create: 200 allowed, 201 rejected.
@@ -584,7 +613,7 @@ async fn writes_etags_and_batches() {
         &tok,
         reqwest::Method::POST,
         "/v1/people:batchCreateContacts",
-        json!({"contacts": many(200), "readMask": "names"}),
+        json!({"contacts": many(200), "readMask": "names,metadata"}),
     )
     .await;
     assert_eq!(s, 200);
@@ -606,7 +635,7 @@ async fn writes_etags_and_batches() {
         let person = &c["person"];
         map.insert(
             person["resourceName"].as_str().unwrap().to_string(),
-            json!({"etag": person["etag"], "names": [{"givenName": "Upd"}]}),
+            json!({"metadata": person["metadata"], "names": [{"givenName": "Upd"}]}),
         );
     }
     let (s, u) = send(

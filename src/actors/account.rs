@@ -197,10 +197,13 @@ impl Handler<Poll> for AccountActor {
             let secs = started.elapsed().as_secs_f64();
             match res {
                 Ok((summary, again)) => {
+                    // Changes the provider refused for good stay visible in status.
+                    let rejected = outbox::failed_summary(&act.rt.db, &act.cfg.id)
+                        .unwrap_or_else(|e| Some(format!("Store error: {e}")));
                     act.rt.update(&act.cfg.id, |a| {
                         a.status.state = AccountState::Idle;
                         a.status.last_sync = Some(Utc::now());
-                        a.status.last_error = None;
+                        a.status.last_error = rejected;
                         a.status.progress = None;
                         a.consecutive_errors = 0;
                         a.last_success = Some(Utc::now());
@@ -352,8 +355,46 @@ async fn push_outbox(
     } else {
         provider.push(&ops).await
     };
-    let again = items.len() >= outbox::MAX_PUSH
-        || results.iter().any(|r| matches!(r, PushResult::Conflict));
+    // Refused as stale: fetch the latest version and merge it now, so that the retry (in a
+    // later round, never sooner than the poll interval) carries the new etag.
+    let stale: Vec<String> = items
+        .iter()
+        .zip(&results)
+        .filter_map(|(i, r)| match (&i.op, r) {
+            (PushOp::Update { provider_id, .. }, PushResult::Conflict) => Some(provider_id.clone()),
+            _ => None,
+        })
+        .collect();
+    if !stale.is_empty() {
+        match provider.refetch(&stale).await {
+            Ok(changes) if !changes.is_empty() => {
+                let config = rt.config();
+                let ctx = PlanContext {
+                    account: cfg.id.clone(),
+                    provider: cfg.provider.clone(),
+                    direction: cfg.direction,
+                    audit_values: config.daemon.audit_values,
+                    now: Utc::now(),
+                    two_way: two_way_accounts(&config),
+                };
+                matcher
+                    .send(SyncChunk {
+                        ctx,
+                        changes,
+                        photos: HashMap::new(),
+                        cursor: None,
+                    })
+                    .await
+                    .map_err(gone)?
+                    .map_err(|e| RoundError::Store(e.to_string()))?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(account = %cfg.id, error = %e, "Could not fetch contacts refused as stale; the next round's fetch brings them.")
+            }
+        }
+    }
+    let again = items.len() >= outbox::MAX_PUSH;
     // A write refused for want of a permission stops the account until a new grant; the
     // entries stay queued (see `outbox::apply_results`).
     let reauth = results.iter().find_map(|r| match r {
@@ -361,6 +402,11 @@ async fn push_outbox(
         _ => None,
     });
     let pushed = results.len();
+    let stale_count = stale.len();
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r, PushResult::Failed(_)))
+        .count();
     let m = matcher
         .send(CommitPush {
             account: cfg.clone(),
@@ -372,7 +418,7 @@ async fn push_outbox(
         .map_err(gone)?
         .map_err(|e| RoundError::Store(e.to_string()))?;
     if pushed > 0 {
-        tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, "CRM changes pushed to the provider.");
+        tracing::info!(account = %cfg.id, pushed, added = m.added_to_provider, updated = m.updated_in_provider, stale = stale_count, failed, "CRM changes pushed to the provider.");
     }
     if let Some(e) = reauth {
         return Err(RoundError::Provider(e));

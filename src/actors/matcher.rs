@@ -125,6 +125,8 @@ impl Handler<CommitPush> for Matcher {
             &msg.items,
             &msg.results,
             chrono::Utc::now(),
+            chrono::Duration::from_std(self.rt.config().daemon.poll_interval)
+                .unwrap_or_else(|_| chrono::Duration::seconds(60)),
         );
         let writer = self.writer.clone();
         let account = msg.account.id.clone();

@@ -9,8 +9,13 @@
 //!
 //! Safety rules: a page that does not parse as JSON (cut off, malformed) is a failed fetch,
 //! retried and then reported as [`ProviderError::Transient`], never read as an empty page;
-//! a full listing whose last page carries no `nextSyncToken` is not trusted either. Tokens
-//! and full URLs never reach the log.
+//! a full listing whose last page carries no `nextSyncToken` is not trusted either, and one
+//! that shows fewer people than its `totalItems` infers no deletions. Within a page, each
+//! person is read on its own ([`decode_person`]): one that breaks the schema is skipped as
+//! unreadable and the rest of the page syncs. Tokens and full URLs never reach the log.
+//!
+//! Writes carry the CONTACT source's etag (`metadata.sources[].etag`, [`contact_etag`]),
+//! which Google compares on updates; the person's own `etag` is a different value.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,7 +78,9 @@ impl Cursor {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ListConnectionsJson {
-    pub connections: Vec<PersonJson>,
+    /// Decoded person by person ([`decode_person`]): one unreadable person does not make
+    /// the page unreadable.
+    pub connections: Vec<serde_json::Value>,
     pub next_page_token: Option<String>,
     pub next_sync_token: Option<String>,
     pub total_items: Option<u64>,
@@ -103,6 +110,8 @@ pub struct PersonJson {
 pub struct PersonMetadataJson {
     pub deleted: Option<bool>,
     pub sources: Vec<SourceJson>,
+    /// Former resource names (only in listings made with a sync token).
+    pub previous_resource_names: Vec<String>,
 }
 
 /// `Source` (as found in `PersonMetadata.sources`).
@@ -227,6 +236,11 @@ impl ApiError {
     }
 
     fn describe(&self, http: StatusCode) -> String {
+        if self.message.is_none() && self.status.is_none() && self.code.is_none() {
+            return format!(
+                "Google People API answered HTTP {http} with an error body that could not be read (cut off or not Google's error JSON)."
+            );
+        }
         let msg: String = self
             .message
             .as_deref()
@@ -323,7 +337,113 @@ fn address_of(person: &PersonJson) -> Option<Address> {
     .non_empty()
 }
 
-/// Maps one `Person` of a connections listing to a change (SPEC §3).
+/// Reads one person of a listing page. A person that does not fit the schema (`names` as a
+/// string, a number where a string belongs, …) becomes [`Change::Unreadable`], versioned by
+/// its etag when one can be read, else by a hash of what was sent.
+pub fn decode_person(raw: &serde_json::Value, group: Group) -> Change {
+    use serde::Deserialize as _;
+    let error = match PersonJson::deserialize(raw) {
+        Ok(p) if !p.resource_name.is_empty() => return map_person(&p, group),
+        Ok(_) => "the person has no resourceName".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let text = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= MAX_FIELD_BYTES)
+            .map(str::to_string)
+    };
+    let resource_name = text(raw.get("resourceName"));
+    let source_etag = raw
+        .pointer("/metadata/sources")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|s| s.get("type").and_then(serde_json::Value::as_str) == Some("CONTACT"))
+        })
+        .and_then(|s| text(s.get("etag")));
+    let hash = || {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(serde_json::to_vec(raw).unwrap_or_default());
+        d[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    if let Some(pid) = &resource_name {
+        if raw.pointer("/metadata/deleted") == Some(&serde_json::Value::Bool(true)) {
+            return Change::Deleted {
+                provider_id: pid.clone(),
+            };
+        }
+    }
+    let version = source_etag
+        .or_else(|| text(raw.get("etag")))
+        .unwrap_or_else(|| format!("sha256:{}", hash()));
+    Change::Unreadable {
+        provider_id: resource_name.unwrap_or_else(|| format!("unreadable:{}", hash())),
+        version,
+        error: error.chars().take(200).collect(),
+    }
+}
+
+/// The [`Change::Renamed`]s a listed person implies: one per former resource name
+/// (`metadata.previousResourceNames`), to move its link before its upsert is planned.
+fn renames(raw: &serde_json::Value, change: &Change) -> Vec<Change> {
+    let (Change::Upsert(ProviderContact { provider_id, .. }) | Change::Left { provider_id }) =
+        change
+    else {
+        return vec![];
+    };
+    raw.pointer("/metadata/previousResourceNames")
+        .and_then(serde_json::Value::as_array)
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .filter(|from| !from.is_empty() && *from != provider_id)
+                .map(|from| Change::Renamed {
+                    from: from.to_string(),
+                    to: provider_id.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Google also reports a re-identified contact's former name as deleted: that is no
+/// deletion, the contact lives on under its new name.
+fn drop_renamed_deletions(changes: &mut Vec<Change>) {
+    let renamed: std::collections::HashSet<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Renamed { from, .. } => Some(from.clone()),
+            _ => None,
+        })
+        .collect();
+    if !renamed.is_empty() {
+        changes.retain(
+            |c| !matches!(c, Change::Deleted { provider_id } if renamed.contains(provider_id)),
+        );
+    }
+}
+
+/// The etag a write must carry: `metadata.sources[type=CONTACT].etag`, the contact
+/// source's own entity tag. It is a different value from `Person.etag` (the merged
+/// person's cache tag), which `updateContact` does not accept in its place.
+pub fn contact_etag(person: &PersonJson) -> Option<String> {
+    person
+        .metadata
+        .as_ref()?
+        .sources
+        .iter()
+        .find(|s| s.kind.as_deref() == Some("CONTACT"))?
+        .etag
+        .clone()
+        .filter(|e| !e.is_empty())
+}
+
+/// Maps one `Person` of a connections listing to a change (SPEC §3). The contact's etag
+/// is its CONTACT source's ([`contact_etag`]): what the link keeps for the next update.
 pub fn map_person(person: &PersonJson, group: Group) -> Change {
     let provider_id = person.resource_name.clone();
     if person.metadata.as_ref().and_then(|m| m.deleted) == Some(true) {
@@ -351,7 +471,7 @@ pub fn map_person(person: &PersonJson, group: Group) -> Change {
         .find_map(|p| clean(&p.url));
     Change::Upsert(ProviderContact {
         provider_id,
-        etag: person.etag.clone(),
+        etag: contact_etag(person),
         scope: String::new(),
         fields,
         photo_url,
@@ -576,6 +696,8 @@ impl GoogleClient {
         };
         let mut page_token: Option<String> = None;
         let mut seen: u64 = 0;
+        // The largest size of the whole listing a page announced (`totalItems`).
+        let mut promised: u64 = 0;
         loop {
             let mut query: Vec<(&str, &str)> = vec![
                 ("personFields", PERSON_FIELDS),
@@ -614,13 +736,28 @@ impl GoogleClient {
             };
             round.pages += 1;
             seen += page.connections.len() as u64;
-            round
-                .changes
-                .extend(page.connections.iter().map(|p| map_person(p, self.group)));
+            for raw in &page.connections {
+                let change = decode_person(raw, self.group);
+                round.changes.extend(renames(raw, &change));
+                if let Change::Unreadable {
+                    provider_id, error, ..
+                } = &change
+                {
+                    warn!(%provider_id, %error, "Google sent a person that cannot be read; it is skipped");
+                    if provider_id.starts_with("unreadable:") {
+                        // Without its resource name we cannot tell which link it is: this
+                        // listing cannot reveal deletions.
+                        round.complete_scopes.clear();
+                    }
+                }
+                round.changes.push(change);
+            }
+            let total = page.total_items.or(page.total_people);
+            promised = promised.max(total.unwrap_or(0));
             progress(Progress {
                 pages: round.pages,
                 contacts: seen,
-                total: page.total_items.or(page.total_people),
+                total,
             });
             debug!(
                 pages = round.pages,
@@ -642,6 +779,17 @@ impl GoogleClient {
                                 .into(),
                         ));
                     };
+                    drop_renamed_deletions(&mut round.changes);
+                    if full && seen < promised {
+                        // Fewer people than Google said the listing holds: it is not
+                        // complete, so the people it did not show are not deletions.
+                        warn!(
+                            seen,
+                            total_items = promised,
+                            "Google's full listing ended with fewer people than totalItems; no deletions are inferred from it"
+                        );
+                        round.complete_scopes.clear();
+                    }
                     round.cursor = Cursor {
                         v: Cursor::VERSION,
                         sync_token: sync,
@@ -808,6 +956,46 @@ impl Provider for GoogleClient {
                 _ => Ok(None),
             }
         })
+    }
+
+    fn refetch<'a>(
+        &'a self,
+        provider_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Change>, ProviderError>> {
+        Box::pin(self.get_people(provider_ids))
+    }
+}
+
+impl GoogleClient {
+    /// `GET /v1/{resourceName}` with the sync's person fields (so the CONTACT source etag
+    /// comes along), one person at a time: used only after a refused update. A person that
+    /// is gone (404) is left out.
+    async fn get_people(&self, ids: &[String]) -> Result<Vec<Change>, ProviderError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(name) = id.strip_prefix("people/").filter(|n| {
+                !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }) else {
+                continue;
+            };
+            let path = format!("/v1/people/{name}");
+            match self
+                .call::<PersonJson>(
+                    Method::GET,
+                    &path,
+                    &[("personFields", PERSON_FIELDS)],
+                    None,
+                    CallKind::Read,
+                )
+                .await
+            {
+                Ok(p) if p.resource_name.is_empty() => {}
+                Ok(p) => out.push(map_person(&p, self.group)),
+                Err(CallError::Api { status, .. }) if status == StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e.into_provider()),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -1152,7 +1340,10 @@ impl GoogleClient {
                     (_, Some(st)) if st.code.unwrap_or(0) != 0 => Err(ProviderError::Permanent(
                         st.describe(StatusCode::BAD_REQUEST),
                     )),
-                    (Some(p), _) if !p.resource_name.is_empty() => Ok((p.resource_name, p.etag)),
+                    (Some(p), _) if !p.resource_name.is_empty() => {
+                        let etag = contact_etag(&p);
+                        Ok((p.resource_name, etag))
+                    }
                     _ => Err(ProviderError::Transient(
                         "Google created a contact but did not name it.".into(),
                     )),
@@ -1165,8 +1356,9 @@ impl GoogleClient {
             .collect()
     }
 
-    /// Updates contacts (`(resource name, etag, fields, changed field names)`), 200 per
-    /// call, one call at a time, each guarded by its etag: a stale etag is a
+    /// Updates contacts (`(resource name, CONTACT source etag, fields, changed field
+    /// names)`), 200 per call, one call at a time, each guarded by its etag (sent as
+    /// `person.metadata.sources[type=CONTACT].etag`, as Google requires): a stale etag is a
     /// [`UpdateOutcome::Conflict`]. A batch Google rejects as a whole is retried contact by
     /// contact to find the one at fault. Results come in input order.
     pub async fn batch_update(
@@ -1181,7 +1373,11 @@ impl GoogleClient {
         for (id, etag, fields, changed) in items {
             order.push(id);
             let mask = update_mask(changed);
-            if mask.is_empty() {
+            if etag.is_empty() {
+                // No source etag known (a link made before it was kept): Google would
+                // refuse the write, so it is a conflict: fetch the person, merge, retry.
+                done.insert(id.clone(), UpdateOutcome::Conflict);
+            } else if mask.is_empty() {
                 done.insert(
                     id.clone(),
                     UpdateOutcome::Updated {
@@ -1241,7 +1437,7 @@ impl GoogleClient {
             .map(|(id, etag, fields)| {
                 let mut person = fields_to_person(fields, false);
                 person["resourceName"] = serde_json::json!(id);
-                person["etag"] = serde_json::json!(etag);
+                // The CONTACT source's etag, never the person's (see [`contact_etag`]).
                 person["metadata"] =
                     serde_json::json!({"sources": [{"type": "CONTACT", "etag": etag}]});
                 if let Some(m) = person.as_object_mut() {
@@ -1285,7 +1481,7 @@ impl GoogleClient {
                             )),
                         },
                         Some(pr) => UpdateOutcome::Updated {
-                            etag: pr.person.and_then(|p| p.etag),
+                            etag: pr.person.as_ref().and_then(contact_etag),
                         },
                         None => UpdateOutcome::Updated { etag: None },
                     };
@@ -1456,10 +1652,8 @@ mod tests {
         assert_eq!(c.fields.first_name, "Ada");
         assert_eq!(c.fields.last_name, "Lovelace");
         assert_eq!(c.provider_id, "people/c100");
-        assert_eq!(
-            c.etag.as_deref(),
-            Some("%EgoBAgMEBQYHCAkKGgQBAgUHIgxBQUFBQUFBQUFBQT0=")
-        );
+        // The link keeps the CONTACT source's etag (what updates need), not the person's.
+        assert_eq!(c.etag.as_deref(), Some("#src-etag"));
         assert_eq!(c.scope, "");
     }
 
@@ -1612,6 +1806,78 @@ mod tests {
         let p = person(json!({"resourceName": "people/c10",
             "birthdays": [{"text": "March 14th"}]}));
         assert_eq!(upsert(map_person(&p, Group::All)).fields.birthday, None);
+    }
+
+    #[test]
+    fn person_breaking_the_schema_is_unreadable_versioned_by_its_source_etag_else_a_hash() {
+        let broken = json!({"resourceName": "people/c5", "etag": "%Ep5",
+            "metadata": {"sources": [{"type": "CONTACT", "etag": "#s5"}]},
+            "names": "Broken Person", "emailAddresses": [{"value": 42}]});
+        match decode_person(&broken, Group::All) {
+            Change::Unreadable {
+                provider_id,
+                version,
+                error,
+            } => {
+                assert_eq!(provider_id, "people/c5");
+                assert_eq!(version, "#s5");
+                assert!(!error.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        // No readable name or etag: a stable hash of what was sent stands in for both.
+        let nameless = json!({"resourceName": 7, "names": [{"givenName": ["x"]}]});
+        let (a, b) = (
+            decode_person(&nameless, Group::All),
+            decode_person(&nameless, Group::All),
+        );
+        assert_eq!(a, b);
+        assert!(
+            matches!(&a, Change::Unreadable { provider_id, version, .. }
+                if provider_id.starts_with("unreadable:") && version.starts_with("sha256:")),
+            "{a:?}"
+        );
+        // A deletion is still a deletion, whatever else is wrong with it.
+        let gone = json!({"resourceName": "people/c6", "metadata": {"deleted": true}, "names": 1});
+        assert_eq!(
+            decode_person(&gone, Group::All),
+            Change::Deleted {
+                provider_id: "people/c6".into()
+            }
+        );
+        assert!(matches!(
+            decode_person(&ada(), Group::All),
+            Change::Upsert(_)
+        ));
+    }
+
+    #[test]
+    fn previous_resource_names_become_renames_and_their_deletions_are_dropped() {
+        let mut p = ada();
+        p["metadata"]["previousResourceNames"] = json!(["people/c1", "people/c100"]);
+        let change = decode_person(&p, Group::All);
+        let mut changes = vec![Change::Deleted {
+            provider_id: "people/c1".into(),
+        }];
+        changes.extend(renames(&p, &change));
+        changes.push(change.clone());
+        changes.push(Change::Deleted {
+            provider_id: "people/c2".into(),
+        });
+        drop_renamed_deletions(&mut changes);
+        assert_eq!(
+            changes,
+            vec![
+                Change::Renamed {
+                    from: "people/c1".into(),
+                    to: "people/c100".into()
+                },
+                change,
+                Change::Deleted {
+                    provider_id: "people/c2".into()
+                },
+            ]
+        );
     }
 
     #[test]
@@ -2624,7 +2890,8 @@ mod tests {
                     let n = m2.fetch_add(1, Ordering::SeqCst);
                     json!({"httpStatusCode": 200, "requestedResourceName": "",
                            "person": {"resourceName": format!("people/n{n}"),
-                                      "etag": format!("%N{n}"),
+                                      "etag": format!("%Person{n}"),
+                                      "metadata": {"sources": [{"type": "CONTACT", "etag": format!("#N{n}")}]},
                                       "names": c["contactPerson"]["names"]}})
                 })
                 .collect();
@@ -2645,7 +2912,8 @@ mod tests {
             assert_eq!(c.crm_id, 1000 + i as u64);
             assert_eq!(
                 c.result,
-                Ok((format!("people/n{i}"), Some(format!("%N{i}"))))
+                Ok((format!("people/n{i}"), Some(format!("#N{i}")))),
+                "the CONTACT source's etag is kept, not the person's"
             );
         }
         let reqs = srv.api_requests();
@@ -2743,26 +3011,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batch_update_sends_etags_and_masks_and_reports_stale_etag_as_conflict() {
+    async fn batch_update_sends_the_contact_source_etag_and_masks_and_reports_stale_etag_as_conflict(
+    ) {
         use crate::model::field;
         let srv = serve(false, |req: &Req| {
             assert_eq!(req.path, "/v1/people:batchUpdateContacts");
             let b = body_json(req);
             let contacts = b["contacts"].as_object().unwrap();
+            let src = |p: &serde_json::Value| {
+                p["metadata"]["sources"][0]["etag"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
             for (id, p) in contacts {
                 assert_eq!(p["resourceName"], json!(id));
-                assert_eq!(p["metadata"]["sources"][0]["etag"], p["etag"]);
                 assert_eq!(p["metadata"]["sources"][0]["type"], "CONTACT");
+                assert!(
+                    p.get("etag").is_none(),
+                    "the person etag is a cache tag, not sent"
+                );
                 assert!(p.get("memberships").is_none());
             }
-            if contacts.values().any(|p| p["etag"].as_str().unwrap().starts_with("stale")) {
+            if contacts.values().any(|p| src(p).starts_with("stale")) {
                 return Resp::json(400, json!({"error": {"code": 400, "status": "FAILED_PRECONDITION",
-                    "message": "Request person.etag is different than the current person.etag. Clear local cache and get the latest person."}}));
+                    "message": "Request person.metadata.sources.etag is different than the current person.metadata.sources.etag. Clear local cache and get the latest person."}}));
             }
+            // The answer's person etag differs from its source etag; the source one counts.
             let result: serde_json::Map<String, serde_json::Value> = contacts
                 .iter()
                 .map(|(id, p)| (id.clone(), json!({"httpStatusCode": 200, "requestedResourceName": id,
-                    "person": {"resourceName": id, "etag": format!("{}+", p["etag"].as_str().unwrap())}})))
+                    "person": {"resourceName": id, "etag": "%EgPersonTag",
+                        "metadata": {"sources": [{"type": "CONTACT", "id": "1", "etag": format!("{}+", src(p))}]}}})))
                 .collect();
             Resp::json(200, json!({"updateResult": result}))
         })
@@ -2855,7 +3135,8 @@ mod tests {
                 "people/c1": {"status": {"code": 9, "message": "etag mismatch"}},
                 "people/c2": {"status": {"code": 5, "message": "not found"}},
                 "people/c3": {"status": {"code": 3, "message": "bad phone"}},
-                "people/c4": {"status": {"code": 0}, "person": {"resourceName": "people/c4", "etag": "n4"}}
+                "people/c4": {"status": {"code": 0}, "person": {"resourceName": "people/c4", "etag": "%Ep4",
+                    "metadata": {"sources": [{"type": "CONTACT", "etag": "n4"}]}}}
             }}))
         })
         .await;

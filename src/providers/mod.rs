@@ -164,4 +164,16 @@ pub trait Provider: Send + Sync {
         &'a self,
         contact: &'a crate::model::ProviderContact,
     ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>>;
+
+    /// Two-way: the latest version of contacts whose push was refused as stale
+    /// ([`PushResult::Conflict`]), to merge before the push is retried. Contacts that are
+    /// gone are left out (the next listing reports them). The default fetches nothing: the
+    /// next round's delta brings the change.
+    fn refetch<'a>(
+        &'a self,
+        provider_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Change>, ProviderError>> {
+        let _ = provider_ids;
+        Box::pin(async { Ok(vec![]) })
+    }
 }

@@ -103,6 +103,9 @@ pub(crate) struct GContact {
     pub photo: bool,
     pub seq: u64,
     pub updated: DateTime<Utc>,
+    /// Former resource names (after a re-identification), shown in
+    /// `metadata.previousResourceNames` by listings made with a sync token.
+    pub previous: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +113,7 @@ struct Tomb {
     num: u64,
     seq: u64,
     etag: String,
+    source_etag: String,
 }
 
 /// One Google account.
@@ -124,6 +128,15 @@ pub(crate) struct GUser {
     salt: u64,
     groups_updated: DateTime<Utc>,
     login: String,
+    /// Control API: updates of these contacts are refused as stale (FAILED_PRECONDITION)
+    /// this many more times.
+    reject_updates: BTreeMap<u64, u32>,
+    /// Control API: raw persons that break the schema, sent as they are (with their
+    /// sequence number) on the last page of listings that cover them.
+    malformed: Vec<(u64, Value)>,
+    /// Control API: contacts a full listing leaves out while `totalItems` still counts
+    /// them (a listing cut short).
+    hidden: std::collections::BTreeSet<u64>,
 }
 
 fn etag_of(num: u64, seq: u64) -> String {
@@ -131,9 +144,21 @@ fn etag_of(num: u64, seq: u64) -> String {
     format!("%Eg{}", b64(&d[..18]))
 }
 
+/// The CONTACT source's etag: like Google's, a different string from the person's etag,
+/// and it changes with every write too. Writes are checked against this one.
+fn source_etag_of(num: u64, seq: u64) -> String {
+    let d = Sha256::digest(format!("contact-source:{num}:{seq}").as_bytes());
+    format!("#{}", b64(&d[..9]))
+}
+
 impl GContact {
+    /// `Person.etag`: the whole person's entity tag (web cache validation only).
     pub fn etag(&self) -> String {
         etag_of(self.num, self.seq)
+    }
+    /// `metadata.sources[type=CONTACT].etag`: what `updateContact` compares.
+    pub fn source_etag(&self) -> String {
+        source_etag_of(self.num, self.seq)
     }
 }
 
@@ -150,6 +175,9 @@ impl GUser {
             salt,
             groups_updated: now,
             login: u.user.clone(),
+            reject_updates: BTreeMap::new(),
+            malformed: Vec::new(),
+            hidden: Default::default(),
         };
         for (i, p) in people(u.seed, u.contacts, salt).iter().enumerate() {
             let starred = (mix(salt ^ 0x5354_4152 ^ i as u64) % 1_000_000) as f64 / 1_000_000.0
@@ -179,6 +207,7 @@ impl GUser {
                 photo,
                 seq: self.seq,
                 updated: now,
+                previous: Vec::new(),
             },
         );
         if starred {
@@ -204,6 +233,7 @@ impl GUser {
                     num,
                     seq: self.seq,
                     etag: etag_of(num, self.seq),
+                    source_etag: source_etag_of(num, self.seq),
                 });
                 if c.starred {
                     self.groups_updated = now;
@@ -358,6 +388,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 /// Renders a contact as a Person restricted to `fields`.
 pub(crate) fn render(c: &GContact, fields: &[String], base: &str, salt: u64) -> Value {
     let etag = c.etag();
+    let source_etag = c.source_etag();
     let src_id = format!("{:x}", c.num);
     let source = json!({"type": "CONTACT", "id": src_id});
     let mut p = Map::new();
@@ -369,7 +400,7 @@ pub(crate) fn render(c: &GContact, fields: &[String], base: &str, salt: u64) -> 
                 p.insert(
                     "metadata".into(),
                     json!({
-                        "sources": [{"type": "CONTACT", "id": src_id, "etag": etag,
+                        "sources": [{"type": "CONTACT", "id": src_id, "etag": source_etag,
                                      "updateTime": rfc3339(c.updated)}],
                         "objectType": "PERSON",
                     }),
@@ -542,7 +573,7 @@ fn etag_mismatch() -> Resp {
     error(
         400,
         "FAILED_PRECONDITION",
-        "Request person.etag is different than the current person.etag. Clear local cache and get the latest person.",
+        "Request person.metadata.sources.etag is different than the current person.metadata.sources.etag. Clear local cache and get the latest person.",
         None,
     )
 }
@@ -839,10 +870,9 @@ fn create(u: &mut GUser, person: &Value, now: DateTime<Utc>) -> u64 {
     u.insert(data, starred, false, now)
 }
 
-fn person_etag(person: &Value) -> Option<String> {
-    if let Some(e) = person.get("etag").and_then(Value::as_str) {
-        return Some(e.to_string());
-    }
+/// The etag a write carries for the contact: `person.metadata.sources[type=CONTACT].etag`.
+/// `person.etag` (the whole person's cache tag) is not what Google compares, and is ignored.
+fn contact_source_etag(person: &Value) -> Option<String> {
     person
         .pointer("/metadata/sources")?
         .as_array()?
@@ -853,16 +883,21 @@ fn person_etag(person: &Value) -> Option<String> {
         .map(String::from)
 }
 
-fn check_update(u: &GUser, num: u64, person: &Value) -> Result<(), Resp> {
+fn check_update(u: &mut GUser, num: u64, person: &Value) -> Result<(), Resp> {
+    if let Some(n) = u.reject_updates.get_mut(&num).filter(|n| **n > 0) {
+        // Told to refuse: as if another client changed the contact just before.
+        *n -= 1;
+        return Err(etag_mismatch());
+    }
     let Some(c) = u.contacts.get(&num) else {
         return Err(not_found());
     };
-    match person_etag(person) {
+    match contact_source_etag(person) {
         None => Err(invalid(
-            "person.etag",
-            "Request must set person.etag or person.metadata.sources.etag for the source that is being updated.",
+            "person.metadata.sources",
+            "Request must set person.metadata.sources.etag for the source that is being updated.",
         )),
-        Some(e) if e != c.etag() => Err(etag_mismatch()),
+        Some(e) if e != c.source_etag() => Err(etag_mismatch()),
         Some(_) => Ok(()),
     }
 }
@@ -1099,7 +1134,11 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     let salt = u.salt;
     let (items, last_key, more, total): (Vec<Value>, u64, bool, usize) = match pt.from {
         None => {
-            let mut it = u.contacts.range(pt.after.saturating_add(1)..);
+            let hidden = &u.hidden;
+            let mut it = u
+                .contacts
+                .range(pt.after.saturating_add(1)..)
+                .filter(|(n, _)| !hidden.contains(n));
             let page: Vec<&GContact> = it.by_ref().take(page_size).map(|(_, c)| c).collect();
             let more = it.next().is_some();
             let last = page.last().map(|c| c.num).unwrap_or(pt.after);
@@ -1136,12 +1175,21 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             let v = changes
                 .iter()
                 .map(|(_, ch)| match ch {
-                    Ch::Live(c) => render(c, &fields, base, salt),
+                    Ch::Live(c) => {
+                        let mut p = render(c, &fields, base, salt);
+                        if !c.previous.is_empty() {
+                            if let Some(m) = p.get_mut("metadata").and_then(Value::as_object_mut)
+                            {
+                                m.insert("previousResourceNames".into(), json!(c.previous));
+                            }
+                        }
+                        p
+                    }
                     Ch::Gone(t) => json!({
                         "resourceName": format!("people/c{}", t.num),
                         "etag": t.etag,
                         "metadata": {
-                            "sources": [{"type": "CONTACT", "id": format!("{:x}", t.num), "etag": t.etag}],
+                            "sources": [{"type": "CONTACT", "id": format!("{:x}", t.num), "etag": t.source_etag}],
                             "objectType": "PERSON",
                             "deleted": true,
                         },
@@ -1151,6 +1199,17 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             (v, last, more, total)
         }
     };
+    let mut items = items;
+    let mut total = total;
+    // Injected malformed persons: on the last page of the listings that cover them.
+    let broken = u
+        .malformed
+        .iter()
+        .filter(|(seq, _)| pt.from.is_none_or(|f| *seq > f) && *seq <= pt.snap);
+    total += broken.clone().count();
+    if !more {
+        items.extend(broken.map(|(_, v)| v.clone()));
+    }
     let mut out = Map::new();
     if !items.is_empty() {
         out.insert("connections".into(), Value::Array(items));
@@ -1392,6 +1451,49 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             Some(n) if u.delete(n, now) => Resp::empty(204),
             _ => control_err(404, "no such contact"),
         },
+        ("POST", ["malformed"]) => {
+            let Some(person) = r.json().ok().and_then(|v| v.get("person").cloned()) else {
+                return Some(control_err(400, "body must be {\"person\": any JSON}"));
+            };
+            u.seq += 1;
+            u.malformed.push((u.seq, person));
+            Resp::json(201, &json!({"seq": u.seq}))
+        }
+        ("POST", ["contacts", id, "reidentify"]) => {
+            // As when Google links a contact to a profile: the contact gets a new resource
+            // name, the old one is reported deleted, the new one lists the old one in
+            // `metadata.previousResourceNames`.
+            let Some(old) = parse_num(id).and_then(|n| u.contacts.get(&n).cloned()) else {
+                return Some(control_err(404, "no such contact"));
+            };
+            u.delete(old.num, now);
+            let num = u.insert(old.data.clone(), old.starred, old.photo, now);
+            if let Some(c) = u.contacts.get_mut(&num) {
+                c.previous = old.previous.clone();
+                c.previous.push(format!("people/c{}", old.num));
+            }
+            Resp::json(200, &json!({"resourceName": format!("people/c{num}")}))
+        }
+        ("POST", ["contacts", id, "hide-from-listing"]) => {
+            let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
+                return Some(control_err(404, "no such contact"));
+            };
+            u.hidden.insert(num);
+            Resp::json(200, &json!({}))
+        }
+        ("POST", ["contacts", id, "reject-updates"]) => {
+            let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
+                return Some(control_err(404, "no such contact"));
+            };
+            let times = r
+                .json()
+                .ok()
+                .and_then(|v| v.get("times").and_then(Value::as_u64))
+                .unwrap_or(1);
+            u.reject_updates
+                .insert(num, u32::try_from(times).unwrap_or(u32::MAX));
+            Resp::json(200, &json!({}))
+        }
         ("POST", ["contacts", id, action]) if *action == "star" || *action == "unstar" => {
             let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
                 return Some(control_err(404, "no such contact"));

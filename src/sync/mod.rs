@@ -144,7 +144,115 @@ impl<'a> Planner<'a> {
             Change::Upsert(pc) => self.upsert(pc, photo),
             Change::Deleted { provider_id } => self.deleted(provider_id, false),
             Change::Left { provider_id } => self.deleted(provider_id, true),
+            Change::Unreadable {
+                provider_id,
+                version,
+                error,
+            } => self.unreadable(provider_id, version, error),
+            Change::Renamed { from, to } => self.renamed(from, to),
         }
+    }
+
+    /// The provider re-identified a contact: the link (and its base) moves to the new id,
+    /// the CRM contact's link follows, and a pending deletion names the new id.
+    fn renamed(&mut self, from: &str, to: &str) -> Result<(), StoreError> {
+        let Some(link) = self.link(from)? else {
+            self.plan.actions.push(Action::Ignore {
+                provider_id: from.to_string(),
+            });
+            return Ok(());
+        };
+        if self.link(to)?.is_some() {
+            // Both ids are linked already: nothing to move.
+            self.plan.actions.push(Action::Ignore {
+                provider_id: from.to_string(),
+            });
+            return Ok(());
+        }
+        let base = self.base(from)?;
+        self.drop_link(from);
+        let account = self.ctx.account.clone();
+        self.overlay
+            .links
+            .insert(to.to_string(), Some(link.clone()));
+        self.plan.batch.push(Op::PutLink {
+            account: account.clone(),
+            provider_id: to.to_string(),
+            link: link.clone(),
+        });
+        if let Some(b) = base {
+            self.overlay.bases.insert(to.to_string(), Some(b.clone()));
+            self.plan.batch.push(Op::PutBase {
+                account: account.clone(),
+                provider_id: to.to_string(),
+                base: b,
+            });
+        }
+        let id = link.contact_id;
+        if let Some(mut contact) = self.contact(id)? {
+            for l in contact.links.iter_mut() {
+                if l.account == account && l.provider_id == from {
+                    l.provider_id = to.to_string();
+                }
+            }
+            contact.links.sort();
+            contact.links.dedup();
+            let f = self.fields_of(&contact)?;
+            self.put_contact(contact, &f);
+        }
+        if let Some(mut e) = self.outbox_entry(&account, id)? {
+            if matches!(&e.op, OutboxOp::Delete { provider_id } if provider_id == from) {
+                e.op = OutboxOp::Delete {
+                    provider_id: to.to_string(),
+                };
+                self.overlay
+                    .outbox
+                    .insert((account.clone(), id), Some(e.clone()));
+                self.plan.batch.push(Op::PutOutbox(e));
+            }
+        }
+        tracing::info!(account = %account, from, to, crm_id = id, "Provider re-identified a contact; link moved.");
+        self.plan.actions.push(Action::Unchanged {
+            provider_id: to.to_string(),
+            crm_id: id,
+        });
+        Ok(())
+    }
+
+    /// A contact the provider sent in a shape we cannot read: skipped, counted and audited
+    /// once per version. Nothing else changes (a linked CRM contact keeps its link).
+    fn unreadable(&mut self, pid: &str, version: &str, error: &str) -> Result<(), StoreError> {
+        let reason = SkipReason::Unreadable;
+        let previous = match self.overlay.skips.get(pid) {
+            Some(s) => s.clone(),
+            None => self.db.skip(&self.ctx.account, pid)?,
+        };
+        let mark = SkipMark {
+            reason,
+            etag: Some(version.to_string()),
+        };
+        if previous.as_ref() != Some(&mark) {
+            tracing::warn!(account = %self.ctx.account, provider_id = %pid, error = %error, "Provider sent a contact that cannot be read; skipped.");
+            *self.plan.metrics.skipped.entry(reason).or_default() += 1;
+            self.plan.audit.push(
+                self.event(audit::Action::Skipped)
+                    .provider_id(pid)
+                    .reason(reason.as_str()),
+            );
+            self.overlay
+                .skips
+                .insert(pid.to_string(), Some(mark.clone()));
+            self.plan.batch.push(Op::PutSkip {
+                account: self.ctx.account.clone(),
+                provider_id: pid.to_string(),
+                skip: mark,
+            });
+        }
+        self.plan.actions.push(Action::Skip {
+            provider_id: pid.to_string(),
+            reason,
+        });
+        Ok(())
     }
 
     pub fn finish(self) -> Plan {

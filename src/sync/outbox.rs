@@ -155,18 +155,21 @@ pub fn prepare(
         if e.failed || e.not_before.is_some_and(|t| t > now) {
             continue;
         }
-        let linked = |c: &Contact| {
+        let linked = |c: &Contact| -> Vec<String> {
             c.links
                 .iter()
-                .find(|l| l.account == account.id)
+                .filter(|l| l.account == account.id)
                 .map(|l| l.provider_id.clone())
+                .collect()
         };
-        let op = match &e.op {
+        // One op per provider contact: a CRM contact can be linked to several contacts of
+        // one account (duplicates in the address book), and each of them gets the change.
+        let ops: Vec<PushOp> = match &e.op {
             OutboxOp::Create => match db.contact(e.contact_id)? {
-                Some(c) if linked(&c).is_none() => PushOp::Create {
+                Some(c) if linked(&c).is_empty() => vec![PushOp::Create {
                     fields: fields_of(db, &c)?,
                     starred: account.group == Group::Starred,
-                },
+                }],
                 // Gone, or already linked (a create that reached the provider before a
                 // crash and was matched back by the next fetch).
                 _ => {
@@ -175,26 +178,55 @@ pub fn prepare(
                 }
             },
             OutboxOp::Update { fields } => {
-                let contact = db.contact(e.contact_id)?;
-                let Some((c, pid)) = contact.and_then(|c| linked(&c).map(|p| (c, p))) else {
+                let Some(c) = db.contact(e.contact_id)? else {
                     drop_ops.push(drop(&e));
                     continue;
                 };
+                let pids = linked(&c);
+                if pids.is_empty() {
+                    drop_ops.push(drop(&e));
+                    continue;
+                }
                 let changed: Vec<&'static str> =
                     fields.iter().filter_map(|f| field::canonical(f)).collect();
-                let etag = db.link(&account.id, &pid)?.and_then(|l| l.etag);
-                PushOp::Update {
-                    provider_id: pid,
-                    etag,
-                    fields: fields_of(db, &c)?,
-                    changed,
+                let f = fields_of(db, &c)?;
+                let mut ops = Vec::with_capacity(pids.len());
+                for pid in pids {
+                    let etag = db.link(&account.id, &pid)?.and_then(|l| l.etag);
+                    ops.push(PushOp::Update {
+                        provider_id: pid,
+                        etag,
+                        fields: f.clone(),
+                        changed: changed.clone(),
+                    });
                 }
+                ops
             }
-            OutboxOp::Delete { provider_id } => PushOp::Delete {
-                provider_id: provider_id.clone(),
-            },
+            OutboxOp::Delete { provider_id } => {
+                // The entry names the first link; the contact's other links of this account
+                // (kept in its tombstone) that still exist are deleted too.
+                let mut pids = vec![provider_id.clone()];
+                if let Some(t) = db.tombstone(e.contact_id)? {
+                    for l in t.contact.links.iter().filter(|l| l.account == account.id) {
+                        let live = db
+                            .link(&account.id, &l.provider_id)?
+                            .is_some_and(|r| r.contact_id == e.contact_id);
+                        if live && !pids.contains(&l.provider_id) {
+                            pids.push(l.provider_id.clone());
+                        }
+                    }
+                }
+                pids.into_iter()
+                    .map(|provider_id| PushOp::Delete { provider_id })
+                    .collect()
+            }
         };
-        items.push(PushItem { entry: e, op });
+        for op in ops {
+            items.push(PushItem {
+                entry: e.clone(),
+                op,
+            });
+        }
     }
     Ok((items, drop_ops))
 }
@@ -224,6 +256,33 @@ fn backoff(attempts: u32) -> chrono::Duration {
     chrono::Duration::seconds(1i64 << attempts.clamp(1, 9)).min(chrono::Duration::minutes(10))
 }
 
+/// `last_error` of an entry whose push the provider refused as stale once: the next
+/// refusal is final.
+pub const CONFLICT_ONCE: &str =
+    "changed in the provider meanwhile; the latest version was fetched and merged, retrying once";
+
+/// Why an entry refused twice as stale is given up.
+pub const CONFLICT_TWICE: &str = "the provider refused the change twice because the contact changed there meanwhile (stale etag, e.g. Google FAILED_PRECONDITION); edit the contact again to retry";
+
+/// What an account's failed outbox entries mean for its status (`last_error`): `None`
+/// when nothing failed.
+pub fn failed_summary(db: &Db, account: &str) -> Result<Option<String>, StoreError> {
+    let failed: Vec<OutboxEntry> = db
+        .outbox_for(account)?
+        .into_iter()
+        .filter(|e| e.failed)
+        .collect();
+    let Some(last) = failed.iter().max_by_key(|e| e.created_at) else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "{} CRM change(s) were rejected by the provider and will not be retried (see outbox.failed); contact {}: {}",
+        failed.len(),
+        last.contact_id,
+        last.last_error.as_deref().unwrap_or("rejected")
+    )))
+}
+
 /// What a push round committed.
 #[derive(Debug, Default)]
 pub struct PushOutcome {
@@ -233,22 +292,43 @@ pub struct PushOutcome {
 }
 
 /// Records the provider's answers. Runs in the matcher, so it sees the CRM as it is now.
+/// A retried entry waits at least `min_retry` (the poll interval): pushes that fail never
+/// repeat faster than the account's rounds.
 pub fn apply_results(
     db: &Db,
     account: &AccountConfig,
     items: &[PushItem],
     results: &[PushResult],
     now: DateTime<Utc>,
+    min_retry: chrono::Duration,
 ) -> Result<PushOutcome, StoreError> {
     let mut out = PushOutcome::default();
     let provider = account.provider.as_str();
     let event = |a| AuditEvent::new(&account.id, provider, a);
+    // An entry sent to several provider contacts is done only when all of them took it.
+    let unfinished: std::collections::HashSet<ContactId> = items
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| matches!(r, PushResult::Conflict | PushResult::Failed(_)))
+        .map(|(i, _)| i.entry.contact_id)
+        .collect();
+    // Provider contacts deleted per CRM contact in this push.
+    let mut deleted_of: std::collections::HashMap<ContactId, Vec<&str>> = Default::default();
+    for (item, result) in items.iter().zip(results) {
+        if let (PushOp::Delete { provider_id }, PushResult::Deleted) = (&item.op, result) {
+            deleted_of
+                .entry(item.entry.contact_id)
+                .or_default()
+                .push(provider_id);
+        }
+    }
     for (item, result) in items.iter().zip(results) {
         let e = &item.entry;
         let current = db.outbox_entry(&account.id, e.contact_id)?;
-        // Done with this entry, unless the CRM changed it while we were pushing.
+        // Done with this entry, unless the CRM changed it while we were pushing, or another
+        // of its provider contacts still needs it.
         let settle = |out: &mut PushOutcome| {
-            if current.as_ref() == Some(e) {
+            if current.as_ref() == Some(e) && !unfinished.contains(&e.contact_id) {
                 out.batch.push(Op::DeleteOutbox {
                     account: account.id.clone(),
                     contact: e.contact_id,
@@ -375,8 +455,9 @@ pub fn apply_results(
                     });
                     // Restored while the deletion was on its way: create it again.
                     if let Some(mut c) = db.contact(e.contact_id)? {
+                        let gone = deleted_of.get(&e.contact_id).cloned().unwrap_or_default();
                         c.links.retain(|l| {
-                            !(l.account == account.id && &l.provider_id == provider_id)
+                            !(l.account == account.id && gone.contains(&l.provider_id.as_str()))
                         });
                         out.batch.push(Op::PutContact(c));
                         out.batch.push(Op::PutOutbox(OutboxEntry {
@@ -399,12 +480,27 @@ pub fn apply_results(
             }
             PushResult::Gone => settle(&mut out),
             PushResult::Conflict => {
-                // The provider changed meanwhile: the next fetch merges its change (the
-                // provider wins on fields changed on both sides), then we push again.
+                // The provider changed meanwhile. The account actor has fetched the latest
+                // version and merged it (the provider wins fields changed on both sides);
+                // the entry is sent once more, in a later round. A second refusal is final.
                 let mut next = current.clone().unwrap_or_else(|| e.clone());
                 next.attempts += 1;
-                next.last_error =
-                    Some("changed in the provider meanwhile; merging and retrying".into());
+                if e.last_error.as_deref() == Some(CONFLICT_ONCE) {
+                    next.failed = true;
+                    next.last_error = Some(CONFLICT_TWICE.into());
+                    tracing::warn!(account = %account.id, crm_id = e.contact_id, "Provider refused a CRM change twice as stale; it will not be retried.");
+                    let mut ev = event(audit::Action::Rejected)
+                        .direction(audit::Direction::ToProvider)
+                        .crm_id(e.contact_id)
+                        .reason(CONFLICT_TWICE);
+                    if let PushOp::Update { provider_id, .. } = &item.op {
+                        ev = ev.provider_id(provider_id);
+                    }
+                    out.audit.push(ev);
+                } else {
+                    next.last_error = Some(CONFLICT_ONCE.into());
+                    next.not_before = Some(now + min_retry);
+                }
                 out.batch.push(Op::PutOutbox(next));
             }
             PushResult::Failed(err) => {
@@ -429,7 +525,7 @@ pub fn apply_results(
                             .reason(err.to_string()),
                     );
                 } else {
-                    next.not_before = Some(now + backoff(next.attempts));
+                    next.not_before = Some(now + backoff(next.attempts).max(min_retry));
                 }
                 out.batch.push(Op::PutOutbox(next));
             }
@@ -518,7 +614,15 @@ mod tests {
         let reauth = PushResult::Failed(ProviderError::ReauthRequired(
             "the grant lacks the Contacts.ReadWrite scope".into(),
         ));
-        let out = apply_results(&db, &account, &items, &[reauth], now()).unwrap();
+        let out = apply_results(
+            &db,
+            &account,
+            &items,
+            &[reauth],
+            now(),
+            chrono::Duration::zero(),
+        )
+        .unwrap();
         let Some(Op::PutOutbox(e)) = out.batch.ops.first() else {
             panic!("{:?}", out.batch.ops);
         };
