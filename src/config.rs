@@ -63,6 +63,9 @@ impl ConfigError {
 pub enum ProviderKind {
     Google,
     Outlook,
+    /// CardDAV (RFC 6352): HTTP Basic with an app password, no OAuth grant.
+    #[serde(rename = "carddav")]
+    CardDav,
 }
 
 impl ProviderKind {
@@ -70,6 +73,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Google => "google",
             ProviderKind::Outlook => "outlook",
+            ProviderKind::CardDav => "carddav",
         }
     }
 }
@@ -295,6 +299,18 @@ pub struct AccountConfig {
     pub direction: Direction,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// CardDAV: the server root, a principal or an address book.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// CardDAV: the HTTP Basic user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// CardDAV: the file holding the (app) password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// CardDAV: one address book, by last path segment or display name; default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_book: Option<String>,
 }
 
 /// The whole, validated configuration.
@@ -532,10 +548,68 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
                     "outlook accounts support only group \"all\"".into(),
                 ))
             }
+            ProviderKind::CardDav => check_carddav(a, &key)?,
             _ => {}
+        }
+        if a.provider != ProviderKind::CardDav {
+            for (k, set) in [
+                ("url", a.url.is_some()),
+                ("username", a.username.is_some()),
+                ("password_file", a.password_file.is_some()),
+                ("address_book", a.address_book.is_some()),
+            ] {
+                if set {
+                    return Err((key(k), format!("{k} is only for carddav accounts")));
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A carddav account needs `url` (https, or http to loopback), `username`,
+/// `password_file`, and group `all`.
+fn check_carddav(a: &AccountConfig, key: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if a.group != Group::All {
+        return Err((
+            key("group"),
+            "carddav accounts support only group \"all\"".into(),
+        ));
+    }
+    let Some(url) = &a.url else {
+        return Err((key("url"), "carddav accounts need a url".into()));
+    };
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => {}
+        Ok(u) if u.scheme() == "http" && is_loopback(&u) => {}
+        Ok(u) if u.scheme() == "http" => {
+            return Err((
+                key("url"),
+                format!("{url:?}: carddav needs https (plain http only to a loopback address)"),
+            ))
+        }
+        _ => return Err((key("url"), format!("{url:?} is not an https URL"))),
+    }
+    if a.username.as_deref().is_none_or(|u| u.is_empty()) {
+        return Err((key("username"), "carddav accounts need a username".into()));
+    }
+    if a.password_file.is_none() {
+        return Err((
+            key("password_file"),
+            "carddav accounts need a password_file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a URL's host is a loopback address (`localhost`, 127.0.0.0/8, `::1`).
+pub fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
@@ -738,6 +812,10 @@ enabled = false
             group: Group::All,
             direction: Direction::OneWay,
             enabled: true,
+            url: None,
+            username: None,
+            password_file: None,
+            address_book: None,
         });
         let d = diff(&old, &new).unwrap();
         assert_eq!(

@@ -162,13 +162,21 @@ pub enum Change {
     Deleted { provider_id: String },
     /// Still in the provider, but no longer in the synced set (left the group).
     Left { provider_id: String },
+    /// In the provider, but its data could not be read (a CardDAV card that does not
+    /// parse as a vCard): skipped with reason `unparseable`, nothing written or deleted.
+    Unparseable {
+        provider_id: String,
+        etag: Option<String>,
+    },
 }
 
 impl Change {
     pub fn provider_id(&self) -> &str {
         match self {
             Change::Upsert(c) => &c.provider_id,
-            Change::Deleted { provider_id } | Change::Left { provider_id } => provider_id,
+            Change::Deleted { provider_id }
+            | Change::Left { provider_id }
+            | Change::Unparseable { provider_id, .. } => provider_id,
         }
     }
 }
@@ -192,14 +200,17 @@ pub enum SkipReason {
     NoEmailOrPhone,
     TooManyEmails,
     TooManyPhones,
+    /// The provider's data could not be parsed (a CardDAV card that is no valid vCard).
+    Unparseable,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 4] = [
+    pub const ALL: [SkipReason; 5] = [
         SkipReason::NoName,
         SkipReason::NoEmailOrPhone,
         SkipReason::TooManyEmails,
         SkipReason::TooManyPhones,
+        SkipReason::Unparseable,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -207,6 +218,7 @@ impl SkipReason {
             SkipReason::NoEmailOrPhone => "no_email_or_phone",
             SkipReason::TooManyEmails => "too_many_emails",
             SkipReason::TooManyPhones => "too_many_phones",
+            SkipReason::Unparseable => "unparseable",
         }
     }
 }

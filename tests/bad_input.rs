@@ -286,6 +286,7 @@ fn check_person(p: &PersonJson) {
             Change::Deleted { provider_id } | Change::Left { provider_id } => {
                 assert_eq!(provider_id, p.resource_name);
             }
+            Change::Unparseable { .. } => panic!("a Google person always maps"),
         }
     }
 }
