@@ -748,6 +748,100 @@ enabled = false
         assert_eq!(c.daemon.contact_limit, 25_000);
     }
 
+    const CARDDAV: &str = r#"
+[[accounts]]
+id = "ops-nextcloud"
+provider = "carddav"
+url = "https://cloud.example.com/remote.php/dav"
+username = "ops"
+password_file = "/etc/contact-sync/ops-nextcloud-password"
+# address_book = "contacts"
+group = "all"
+direction = "one-way"
+"#;
+
+    #[test]
+    fn carddav_account_config_parses() {
+        let c = parse(&format!("{GOOD}{CARDDAV}")).expect("valid");
+        let a = &c.accounts[2];
+        assert_eq!(a.provider, ProviderKind::CardDav);
+        assert_eq!(a.provider.as_str(), "carddav");
+        assert_eq!(
+            a.url.as_deref(),
+            Some("https://cloud.example.com/remote.php/dav")
+        );
+        assert_eq!(a.username.as_deref(), Some("ops"));
+        assert_eq!(
+            a.password_file.as_deref(),
+            Some(Path::new("/etc/contact-sync/ops-nextcloud-password"))
+        );
+        assert_eq!(a.address_book, None);
+        let with_book = CARDDAV.replace("# address_book", "address_book");
+        let c = parse(&format!("{GOOD}{with_book}")).expect("valid");
+        assert_eq!(c.accounts[2].address_book.as_deref(), Some("contacts"));
+    }
+
+    #[test]
+    fn carddav_account_needs_url_username_and_password_file() {
+        for (line, key) in [
+            (
+                "url = \"https://cloud.example.com/remote.php/dav\"\n",
+                "url",
+            ),
+            ("username = \"ops\"\n", "username"),
+            (
+                "password_file = \"/etc/contact-sync/ops-nextcloud-password\"\n",
+                "password_file",
+            ),
+        ] {
+            let e = parse(&format!("{GOOD}{}", CARDDAV.replace(line, ""))).unwrap_err();
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("accounts[2].{key}").as_str()),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn carddav_url_is_https_or_loopback_http() {
+        let plain = CARDDAV.replace("https://cloud.example.com", "http://cloud.example.com");
+        let e = parse(&format!("{GOOD}{plain}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[2].url"));
+        assert!(e.message.contains("https"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}{}",
+            CARDDAV.replace("https://cloud.example.com/remote.php/dav", "not a url")
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[2].url"));
+        for ok in [
+            "http://127.0.0.1:5232/",
+            "http://localhost:5232/",
+            "http://[::1]:5232/",
+        ] {
+            let t = CARDDAV.replace("https://cloud.example.com/remote.php/dav", ok);
+            assert!(parse(&format!("{GOOD}{t}")).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn carddav_group_is_all_only() {
+        let t = CARDDAV.replace("group = \"all\"", "group = \"starred\"");
+        let e = parse(&format!("{GOOD}{t}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[2].group"));
+    }
+
+    #[test]
+    fn carddav_keys_are_rejected_on_other_providers() {
+        let t = GOOD.replace(
+            "provider = \"google\"",
+            "provider = \"google\"\nurl = \"https://x.example\"",
+        );
+        let e = parse(&t).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[0].url"));
+    }
+
     #[test]
     fn config_error_names_line_and_key_for_unknown_key() {
         let text = GOOD.replace("group = \"all\"", "groop = \"all\"");

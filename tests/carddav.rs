@@ -773,20 +773,44 @@ async fn carddav_wrong_password_and_missing_password_file_are_clear_errors() {
     let Some(server) = start(Kind::Radicale).await else {
         return;
     };
+    server
+        .put(
+            "ada.vcf",
+            &v3(
+                "ada",
+                "N:Lovelace;Ada;;;\r\nFN:Ada Lovelace\r\nEMAIL:ada@example.org\r\n",
+            ),
+        )
+        .await;
     let mut d = daemon_for(&server, "one-way", "").await;
+    let good = std::fs::read_to_string(d.config_path()).unwrap();
     std::fs::write(d.dir.path().join("dav-password"), "wrong\n").unwrap();
     d.start().await;
     let a = d.wait_state("dav", "error").await;
     let e = a["last_error"].as_str().unwrap_or_default();
     assert!(e.contains("401") && e.contains("password_file"), "{a}");
+
+    // A new password file in the config: the account signs in again, no restart.
+    let fixed = d.dir.path().join("dav-password-2");
+    std::fs::write(&fixed, format!("{PASS}\n")).unwrap();
+    d.write_config(&good.replace("dav-password", "dav-password-2"));
+    d.wait_for(
+        "the account syncs with the new password",
+        Duration::from_secs(60),
+        || async {
+            let a = d.account("dav").await;
+            a["state"] == "idle" && today(&a, &["added", "to_crm"]) == 1
+        },
+    )
+    .await;
     d.stop().await;
 
-    std::fs::remove_file(d.dir.path().join("dav-password")).unwrap();
+    std::fs::remove_file(&fixed).unwrap();
     d.start().await;
     let a = d.wait_state("dav", "error").await;
     let e = a["last_error"].as_str().unwrap_or_default();
     assert!(
-        e.contains("password_file") && e.contains("dav-password"),
+        e.contains("password_file") && e.contains("dav-password-2"),
         "{a}"
     );
     d.stop().await;

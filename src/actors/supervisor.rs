@@ -239,7 +239,12 @@ impl Supervisor {
         }
         for (before, after) in &diff.to_change {
             self.rt.register(after);
-            if before.group != after.group || before.provider != after.provider {
+            // A CardDAV account pointed at another server or address book syncs another
+            // set, like a new group; new credentials only need a new client.
+            let other_set = before.url != after.url || before.address_book != after.address_book;
+            let new_credentials =
+                before.username != after.username || before.password_file != after.password_file;
+            if before.group != after.group || before.provider != after.provider || other_set {
                 // A new group is a fresh full sync; contacts that leave are unlinked.
                 self.stop(&after.id, ctx);
                 let mut b = Batch::default();
@@ -256,6 +261,9 @@ impl Supervisor {
                 if let Err(e) = self.rt.db.commit_durable(&b) {
                     tracing::error!(account = %after.id, error = %e, "Cannot reset the cursor for the new group.");
                 }
+                self.spawn(after, ctx);
+            } else if new_credentials {
+                self.stop(&after.id, ctx);
                 self.spawn(after, ctx);
             } else if let Some(Child {
                 addr: Some(addr), ..
