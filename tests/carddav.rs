@@ -394,7 +394,7 @@ fn v4(uid: &str, body: &str) -> String {
 const JPEG_B64: &str = "/9j/4AAQSkZJRgABAQEASABIAAD/2wBDAP//////////////////////////////////////////////////////////////////////////////////////wgALCAABAAEBAREA/8QAFBABAAAAAAAAAAAAAAAAAAAAAP/aAAgBAQABPxA=";
 
 async fn daemon_for(server: &DavServer, direction: &str, extra: &str) -> TestDaemon {
-    let mut d = TestDaemon::new();
+    let d = TestDaemon::new();
     let pw: PathBuf = d.dir.path().join("dav-password");
     std::fs::write(&pw, format!("{PASS}\n")).unwrap();
     let account = format!(
