@@ -3,12 +3,15 @@
 # already there. Used by .ci/run; run it once by hand before `cargo test` on a new machine.
 #   chromium  - tests/dashboard_browser.rs loads the dashboard in headless Chromium
 #   promtool  - tests/operators.rs checks /metrics (Debian package: prometheus)
+#   radicale, xandikos - tests/carddav.rs syncs against both real CardDAV servers (PyPI);
+#               git - Xandikos keeps address books in git repositories
 # With CI set, those tests fail when a tool is missing; without it they print a skip note.
 set -euo pipefail
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v git >/dev/null 2>&1 || need_apt+=(git)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -25,4 +28,10 @@ fi
 if ! python3 -c "import googleapiclient" >/dev/null 2>&1; then
   echo "Installing google-api-python-client from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check google-api-python-client
+fi
+
+# Real CardDAV servers for tests/carddav.rs.
+if ! command -v radicale >/dev/null 2>&1 || ! command -v xandikos >/dev/null 2>&1; then
+  echo "Installing radicale and xandikos from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check radicale xandikos
 fi

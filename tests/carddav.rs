@@ -49,19 +49,32 @@ impl Drop for DavServer {
     }
 }
 
-fn have(bin: &str) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// The server's command: its script on PATH, else `python3 -m NAME` (pip may install
+/// scripts outside PATH).
+fn server_command(name: &str) -> Option<Command> {
+    let works = |mut c: Command| {
+        c.arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works(Command::new(name)) {
+        return Some(Command::new(name));
+    }
+    let module = || {
+        let mut c = Command::new("python3");
+        c.args(["-m", name]);
+        c
+    };
+    works(module()).then(module)
 }
 
-/// `None` (with a printed note) when the server is not installed, outside CI.
-fn available(bin: &str) -> bool {
-    if have(bin) {
-        return true;
+/// The server's command, or `None` (with a printed note) when it is not installed,
+/// outside CI.
+fn available(bin: &str) -> Option<Command> {
+    if let Some(c) = server_command(bin) {
+        return Some(c);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{bin} is not installed; run .ci/install-test-deps.sh");
@@ -69,7 +82,7 @@ fn available(bin: &str) -> bool {
     eprintln!(
         "SKIPPED: {bin} is not installed (pip install radicale xandikos); CardDAV test not run."
     );
-    false
+    None
 }
 
 async fn wait_port(port: u16, child: &mut Child, what: &str) {
@@ -97,9 +110,7 @@ async fn start(kind: Kind) -> Option<DavServer> {
 }
 
 async fn start_radicale() -> Option<DavServer> {
-    if !available("radicale") {
-        return None;
-    }
+    let mut cmd = available("radicale")?;
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("collections");
     let book_dir = storage.join("collection-root").join(USER).join("contacts");
@@ -112,7 +123,7 @@ async fn start_radicale() -> Option<DavServer> {
     let users = dir.path().join("users");
     std::fs::write(&users, format!("{USER}:{PASS}\n")).unwrap();
     let port = free_port();
-    let mut child = Command::new("radicale")
+    let mut child = cmd
         .args(["--config", ""])
         .arg("--server-hosts")
         .arg(format!("127.0.0.1:{port}"))
@@ -144,12 +155,10 @@ async fn start_radicale() -> Option<DavServer> {
 }
 
 async fn start_xandikos() -> Option<DavServer> {
-    if !available("xandikos") {
-        return None;
-    }
+    let mut cmd = available("xandikos")?;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new("xandikos")
+    let mut child = cmd
         .arg("serve")
         .arg("-d")
         .arg(dir.path().join("dav"))
@@ -362,7 +371,68 @@ impl DavServer {
                 let _ = std::fs::remove_dir_all(cache);
                 true
             }
-            Kind::Xandikos => false,
+            Kind::Xandikos => {
+                // Xandikos' tokens name git trees of the book: rewrite the last commit with
+                // another tree (Ada's FN, which N overrides, gets a second space) and prune
+                // the old objects, and the token names a tree that no longer exists.
+                let git = |args: &[&str]| {
+                    let st = Command::new("git")
+                        .args(["-c", "user.name=t", "-c", "user.email=t@example.org"])
+                        .args(args)
+                        .current_dir(self.dir.path().join("dav/user/contacts/addressbook"))
+                        .stdout(Stdio::null())
+                        .status()
+                        .expect("git runs");
+                    assert!(st.success(), "git {args:?}");
+                };
+                let ada = self
+                    .dir
+                    .path()
+                    .join("dav/user/contacts/addressbook/ada.vcf");
+                let text = std::fs::read_to_string(&ada).unwrap();
+                std::fs::write(&ada, text.replace("FN:Ada Lovelace", "FN:Ada  Lovelace")).unwrap();
+                git(&["commit", "-a", "--amend", "-m", "rewritten"]);
+                git(&["reflog", "expire", "--expire=now", "--all"]);
+                git(&["gc", "--prune=now", "--quiet"]);
+                true
+            }
+        }
+    }
+
+    /// Stores a card the server would refuse (no END:VCARD) behind its back. Radicale
+    /// hides such files itself; Xandikos serves them.
+    fn plant_broken_card(&self) -> bool {
+        match self.kind {
+            Kind::Radicale => false,
+            Kind::Xandikos => {
+                let book = self.dir.path().join("dav/user/contacts/addressbook");
+                std::fs::write(
+                    book.join("broken.vcf"),
+                    "BEGIN:VCARD\r\nVERSION:3.0\r\nN:Broken;Bob;;;\r\nEMAIL:bob@example.org\r\n",
+                )
+                .unwrap();
+                for args in [
+                    &["add", "broken.vcf"][..],
+                    &[
+                        "-c",
+                        "user.name=t",
+                        "-c",
+                        "user.email=t@example.org",
+                        "commit",
+                        "-q",
+                        "-m",
+                        "broken",
+                    ][..],
+                ] {
+                    let st = Command::new("git")
+                        .args(args)
+                        .current_dir(&book)
+                        .status()
+                        .expect("git runs");
+                    assert!(st.success());
+                }
+                true
+            }
         }
     }
 }
@@ -458,6 +528,7 @@ async fn initial_incremental_and_expired_token(kind: Kind) {
         )
         .await;
 
+    let broken = server.plant_broken_card();
     let mut d = daemon_for(&server, "one-way", "").await;
     d.start().await;
     // A CRM contact that the provider's Ada matches (same name, shared email).
@@ -476,6 +547,13 @@ async fn initial_incremental_and_expired_token(kind: Kind) {
     assert_eq!(today(&a, &["updated", "in_crm"]), 1, "{a}");
     assert_eq!(today(&a, &["skipped", "no_email_or_phone"]), 1, "{a}");
     assert_eq!(today(&a, &["skipped", "no_name"]), 1, "{a}");
+    if broken {
+        assert_eq!(today(&a, &["skipped", "unparseable"]), 1, "{a}");
+        assert!(d
+            .audit_lines()
+            .iter()
+            .any(|l| l["action"] == "skipped" && l["reason"] == "unparseable"));
+    }
 
     let cs = d.contacts().await;
     assert_eq!(cs.len(), 3, "{cs:?}");
