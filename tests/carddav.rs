@@ -924,3 +924,38 @@ async fn carddav_address_book_selects_one_book_by_name() {
     );
     d.stop().await;
 }
+
+#[tokio::test]
+async fn carddav_url_that_is_an_address_book_is_used_as_is() {
+    let Some(server) = start(Kind::Xandikos).await else {
+        return;
+    };
+    server
+        .put(
+            "ada.vcf",
+            &v3(
+                "ada",
+                "N:Lovelace;Ada;;;\r\nFN:Ada Lovelace\r\nEMAIL:ada@example.org\r\n",
+            ),
+        )
+        .await;
+    let mut d = TestDaemon::new();
+    let pw = d.dir.path().join("dav-password");
+    std::fs::write(&pw, PASS).unwrap();
+    let account = format!(
+        "\n[[accounts]]\nid = \"dav\"\nprovider = \"carddav\"\nurl = \"{}\"\nusername = \"{USER}\"\npassword_file = \"{}\"\ngroup = \"all\"\ndirection = \"one-way\"\n",
+        server.book,
+        path_str(&pw)
+    );
+    d.write_config(&d.config_text("", &account));
+    d.start().await;
+    let a = d.sync_now("dav").await;
+    assert_eq!(a["last_error"], Value::Null, "{a}");
+    assert_eq!(today(&a, &["added", "to_crm"]), 1, "{a}");
+    let cs = d.contacts().await;
+    assert_eq!(
+        cs[0]["links"][0]["provider_id"],
+        "/user/contacts/addressbook/ada.vcf"
+    );
+    d.stop().await;
+}

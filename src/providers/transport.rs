@@ -214,7 +214,7 @@ impl Transport {
             let headers = resp.headers().clone();
             let body = read_capped(resp, req.cap).await?.ok_or_else(|| {
                 ProviderError::Transient(format!(
-                    "The answer to {} {} is larger than {} bytes.",
+                    "The answer to {} {} is {OVERSIZE} {} bytes.",
                     req.method,
                     redact(&req.url),
                     req.cap
@@ -227,6 +227,14 @@ impl Transport {
             });
         }
     }
+}
+
+const OVERSIZE: &str = "larger than the limit of";
+
+/// Whether a request failed only because its answer was larger than [`Request::cap`]
+/// (the caller may ask for less).
+pub fn is_oversize(e: &ProviderError) -> bool {
+    matches!(e, ProviderError::Transient(m) if m.contains(OVERSIZE))
 }
 
 /// A URL without user info or query, for messages.

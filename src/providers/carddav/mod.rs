@@ -204,7 +204,7 @@ impl Provider for CardDavClient {
                 Ok(r) if r.status.is_success() && !r.body.is_empty() => Ok(Some(r.body)),
                 Ok(_) => Ok(None),
                 // Too large: skipped, like the other providers' oversized photos.
-                Err(ProviderError::Transient(m)) if m.contains("larger than") => Ok(None),
+                Err(e) if super::transport::is_oversize(&e) => Ok(None),
                 Err(e) => Err(e),
             }
         })

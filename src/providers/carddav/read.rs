@@ -49,6 +49,8 @@ fn multistatus(what: &str, r: &Response) -> Result<Multistatus, ProviderError> {
 struct BookDelta {
     /// Changed or new cards: href → etag from the listing.
     changed: Vec<(String, Option<String>)>,
+    /// Cards the listing carried already (href → card), which need no multiget.
+    inline: HashMap<String, String>,
     removed: Vec<String>,
     full: bool,
     cursor: BookCursor,
@@ -240,7 +242,23 @@ impl CardDavClient {
             for href in delta.removed {
                 round.changes.push(Change::Deleted { provider_id: href });
             }
-            for chunk in delta.changed.chunks(MULTIGET_CHUNK) {
+            let mut inline = delta.inline;
+            let mut to_fetch = vec![];
+            for (href, etag) in delta.changed {
+                match inline.remove(&href) {
+                    Some(text) => {
+                        fetched += 1;
+                        round.changes.push(self.to_change(book, &href, &text, etag));
+                    }
+                    None => to_fetch.push((href, etag)),
+                }
+            }
+            progress(Progress {
+                pages: round.pages,
+                contacts: fetched,
+                total: None,
+            });
+            for chunk in to_fetch.chunks(MULTIGET_CHUNK) {
                 let cards = self.multiget(book, chunk).await?;
                 round.pages += 1;
                 fetched += cards.len() as u64;
@@ -267,16 +285,34 @@ impl CardDavClient {
             ..Default::default()
         };
         let mut reset = false;
+        // Cards come with the listing unless that answer grows too large (photos in a
+        // big book): then etags only, and multiget in chunks.
+        let mut with_data = true;
+        let start_token = token.clone();
         loop {
-            let r = self
+            let sent = self
                 .t
                 .execute(&xml(
                     "REPORT",
                     book.url.clone(),
                     "0",
-                    wire::sync_collection(token.as_deref()),
+                    wire::sync_collection(token.as_deref(), with_data),
                 ))
-                .await?;
+                .await;
+            let r = match sent {
+                Err(e) if with_data && crate::providers::transport::is_oversize(&e) => {
+                    tracing::info!(book = %book.scope(), "The listing with cards is too large; listing etags only.");
+                    with_data = false;
+                    token = start_token.clone();
+                    delta = BookDelta {
+                        full: token.is_none(),
+                        requests: delta.requests + 1,
+                        ..Default::default()
+                    };
+                    continue;
+                }
+                other => other?,
+            };
             delta.requests += 1;
             if r.status != StatusCode::MULTI_STATUS {
                 if r.status.is_client_error() && wire::is_invalid_sync_token(&r.body) && !reset {
@@ -315,7 +351,11 @@ impl CardDavClient {
                 } else if e.props.is_collection {
                     continue;
                 } else {
-                    delta.changed.push((href_path(&e.href), e.props.etag));
+                    let href = href_path(&e.href);
+                    if let Some(data) = e.props.address_data {
+                        delta.inline.insert(href.clone(), data);
+                    }
+                    delta.changed.push((href, e.props.etag));
                 }
             }
             let new_token = ms.sync_token;
@@ -377,6 +417,7 @@ impl CardDavClient {
             .collect();
         Ok(BookDelta {
             changed,
+            inline: HashMap::new(),
             removed,
             full,
             cursor: BookCursor {

@@ -27,17 +27,20 @@ pub const PROPFIND_ETAGS: &str = r#"<?xml version="1.0" encoding="utf-8"?>
   <d:prop><d:resourcetype/><d:getetag/></d:prop>
 </d:propfind>"#;
 
-/// `sync-collection` REPORT (RFC 6578 §6.1), level 1, etags only. No `DAV:limit`: servers
-/// get it wrong (see the reference notes) and truncation is handled through 507 anyway.
-pub fn sync_collection(token: Option<&str>) -> String {
+/// `sync-collection` REPORT (RFC 6578 §6.1), level 1, with etags and, when `with_data`,
+/// the cards themselves (`CARDDAV:address-data`, which RFC 6578 lets a client ask for like
+/// any property): a round is then one request. No `DAV:limit`: servers get it wrong (see
+/// the reference notes) and truncation is handled through 507 anyway.
+pub fn sync_collection(token: Option<&str>, with_data: bool) -> String {
     format!(
         r#"<?xml version="1.0" encoding="utf-8"?>
-<d:sync-collection xmlns:d="DAV:">
+<d:sync-collection xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:carddav">
   <d:sync-token>{}</d:sync-token>
   <d:sync-level>1</d:sync-level>
-  <d:prop><d:getetag/></d:prop>
+  <d:prop><d:getetag/>{}</d:prop>
 </d:sync-collection>"#,
-        escape(token.unwrap_or(""))
+        escape(token.unwrap_or("")),
+        if with_data { "<c:address-data/>" } else { "" }
     )
 }
 
@@ -329,7 +332,10 @@ mod tests {
     #[test]
     fn request_bodies_escape_hrefs_and_tokens() {
         assert!(multiget(&["/a&b.vcf"]).contains("<d:href>/a&amp;b.vcf</d:href>"));
-        assert!(sync_collection(Some("t<1>")).contains("<d:sync-token>t&lt;1&gt;</d:sync-token>"));
-        assert!(sync_collection(None).contains("<d:sync-token></d:sync-token>"));
+        assert!(sync_collection(Some("t<1>"), false)
+            .contains("<d:sync-token>t&lt;1&gt;</d:sync-token>"));
+        assert!(sync_collection(None, false).contains("<d:sync-token></d:sync-token>"));
+        assert!(sync_collection(None, true).contains("<c:address-data/>"));
+        assert!(!sync_collection(None, false).contains("address-data"));
     }
 }

@@ -89,12 +89,19 @@ impl CardDavClient {
                     .body(text.clone()),
             )
             .await?;
-        if !r.status.is_success() {
+        let (etag, held) = if r.status == StatusCode::PRECONDITION_FAILED {
+            // The name is fresh, so only our own earlier attempt (retried after a lost
+            // answer) can have taken it: the card is there.
+            match self.get_card(book, &href).await? {
+                Some((held, etag)) => (etag, held),
+                None => return Err(status_error("PUT (create)", r.status)),
+            }
+        } else if r.status.is_success() {
+            self.etag_after_put(book, &href, r.header(&ETAG), &text)
+                .await?
+        } else {
             return Err(status_error("PUT (create)", r.status));
-        }
-        let (etag, held) = self
-            .etag_after_put(book, &href, r.header(&ETAG), &text)
-            .await?;
+        };
         Ok(PushResult::Created {
             provider_id: href,
             etag,
