@@ -100,7 +100,7 @@ path = "$work/vds/cards"
 fileext = ".vcf"
 EOF
 vds() { vdirsyncer -c "$work/vds/config" "$@" >> "$work/vds/log" 2>&1; }
-yes | vds discover
+{ yes || true; } | vds discover
 t=$(now); vds sync; v_initial="$(since "$t")"
 
 # ---- contact-sync ----

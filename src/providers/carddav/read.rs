@@ -10,8 +10,11 @@
 //! server reports truncation (507); an invalid or expired token (`valid-sync-token`, in a
 //! 403, 409 or 412) drops the token and lists the book in full, which the account actor
 //! matches by link first (`complete_scopes`). A server without `sync-collection` is listed
-//! with PROPFIND `getetag` and compared with the etags kept in the cursor. Changed cards
-//! are fetched with `addressbook-multiget`, [`super::MULTIGET_CHUNK`] at a time.
+//! with PROPFIND `getetag` and compared with the etags kept in the cursor. The
+//! `sync-collection` REPORT asks for the cards themselves (`address-data`), so a round is
+//! one request per book; cards an answer does not carry (the etag listing, a server that
+//! leaves `address-data` out, a listing too large to take at once) are fetched with
+//! `addressbook-multiget`, [`super::MULTIGET_CHUNK`] at a time.
 
 use std::collections::{BTreeMap, HashMap};
 
