@@ -105,7 +105,7 @@ async fn wait_port(port: u16, child: &mut Child, what: &str) {
 async fn start(kind: Kind) -> Option<DavServer> {
     match kind {
         Kind::Radicale => start_radicale().await,
-        Kind::Xandikos => start_xandikos().await,
+        Kind::Xandikos => start_xandikos(false).await,
     }
 }
 
@@ -154,7 +154,9 @@ async fn start_radicale() -> Option<DavServer> {
     })
 }
 
-async fn start_xandikos() -> Option<DavServer> {
+/// Xandikos behind the Basic-auth proxy; with `refuse_sync`, the proxy answers every
+/// `sync-collection` REPORT with 403, like a server without RFC 6578.
+async fn start_xandikos(refuse_sync: bool) -> Option<DavServer> {
     let mut cmd = available("xandikos")?;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -172,7 +174,7 @@ async fn start_xandikos() -> Option<DavServer> {
         .expect("xandikos starts");
     wait_port(port, &mut child, "xandikos").await;
     let proxy_port = free_port();
-    let proxy = basic_auth_proxy(proxy_port, port);
+    let proxy = basic_auth_proxy(proxy_port, port, refuse_sync);
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(("127.0.0.1", proxy_port))
         .await
@@ -194,7 +196,7 @@ async fn start_xandikos() -> Option<DavServer> {
 
 /// A reverse proxy on `port` that answers 401 without the right HTTP Basic credentials
 /// and forwards everything else to `upstream` (as Xandikos' docs recommend).
-fn basic_auth_proxy(port: u16, upstream: u16) -> std::thread::JoinHandle<()> {
+fn basic_auth_proxy(port: u16, upstream: u16, refuse_sync: bool) -> std::thread::JoinHandle<()> {
     use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
     use base64::Engine;
     let expected = format!(
@@ -223,6 +225,14 @@ fn basic_auth_proxy(port: u16, upstream: u16) -> std::thread::JoinHandle<()> {
                             return HttpResponse::Unauthorized()
                                 .insert_header(("WWW-Authenticate", "Basic realm=\"dav\""))
                                 .finish();
+                        }
+                        if refuse_sync
+                            && req.method().as_str() == "REPORT"
+                            && String::from_utf8_lossy(&body).contains("sync-collection")
+                        {
+                            return HttpResponse::Forbidden()
+                                .content_type("application/xml")
+                                .body(r#"<?xml version="1.0"?><d:error xmlns:d="DAV:"><d:supported-report/></d:error>"#);
                         }
                         let url = format!("http://127.0.0.1:{upstream}{}", req.uri());
                         let method = Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
@@ -957,5 +967,72 @@ async fn carddav_url_that_is_an_address_book_is_used_as_is() {
         cs[0]["links"][0]["provider_id"],
         "/user/contacts/addressbook/ada.vcf"
     );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn carddav_server_without_sync_collection_falls_back_to_etag_listing() {
+    let Some(server) = start_xandikos(true).await else {
+        return;
+    };
+    for (name, first) in [("ada", "Ada"), ("grace", "Grace"), ("alan", "Alan")] {
+        server
+            .put(
+                &format!("{name}.vcf"),
+                &v3(
+                    name,
+                    &format!(
+                        "N:Test;{first};;;\r\nFN:{first} Test\r\nEMAIL:{name}@example.org\r\n"
+                    ),
+                ),
+            )
+            .await;
+    }
+    let mut d = daemon_for(&server, "one-way", "").await;
+    d.start().await;
+    let a = d.sync_now("dav").await;
+    assert_eq!(a["last_error"], Value::Null, "{a}");
+    assert_eq!(today(&a, &["added", "to_crm"]), 3, "{a}");
+    assert!(
+        d.log().contains("does not support sync-collection"),
+        "{}",
+        d.log()
+    );
+
+    // An edit, a deletion and a new card, found by comparing etag listings.
+    server
+        .put(
+            "grace.vcf",
+            &v3(
+                "grace",
+                "N:Test;Grace;;;\r\nFN:Grace Test\r\nEMAIL:grace@example.org\r\nTITLE:Admiral\r\n",
+            ),
+        )
+        .await;
+    server.delete("alan.vcf").await;
+    server
+        .put(
+            "kat.vcf",
+            &v3(
+                "kat",
+                "N:Test;Katherine;;;\r\nFN:Katherine Test\r\nEMAIL:kat@example.org\r\n",
+            ),
+        )
+        .await;
+    let a = d.sync_now("dav").await;
+    assert_eq!(a["last_error"], Value::Null, "{a}");
+    let cs = d.contacts().await;
+    assert_eq!(cs.len(), 3, "{cs:?}");
+    assert_eq!(named(&cs, "Grace")[0]["job_title"], "Admiral");
+    assert!(named(&cs, "Alan").is_empty());
+    assert_eq!(named(&cs, "Katherine").len(), 1);
+    assert_eq!(today(&a, &["deleted", "from_provider"]), 1);
+    assert_eq!(today(&a, &["added", "to_crm"]), 4);
+
+    // Nothing changed: nothing written.
+    let updated = today(&a, &["updated", "in_crm"]);
+    let a = d.sync_now("dav").await;
+    assert_eq!(today(&a, &["updated", "in_crm"]), updated);
+    assert_eq!(d.contacts().await.len(), 3);
     d.stop().await;
 }
