@@ -837,4 +837,37 @@ mod tests {
         assert!(out.contains("BDAY:19900102\r\n"), "{out}");
         assert_eq!(read(&out).fields, f);
     }
+
+    proptest::proptest! {
+        /// Whatever a server sends, reading and patching a card never panics, and a patch
+        /// of a card that parses still parses.
+        #[test]
+        fn carddav_bad_cards_never_panic(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::string::string_regex("[A-Za-z0-9.;:=,\\\\\"/ -]{0,40}").unwrap(),
+                    proptest::sample::select(vec![
+                        "N:;;;;".to_string(), "BDAY:--0229".to_string(), "BDAY:0000-00-00".to_string(),
+                        "ADR;PREF=x:;;".to_string(), "PHOTO;ENCODING=b:@@@".to_string(),
+                        "PHOTO:data:,".to_string(), "TEL;VALUE=uri:tel:".to_string(), " folded".to_string(),
+                        "ORG:;;;".to_string(), "item1.EMAIL:".to_string(),
+                    ]),
+                ],
+                0..12,
+            ),
+            v4 in proptest::bool::ANY,
+        ) {
+            let text = format!(
+                "BEGIN:VCARD\r\nVERSION:{}\r\n{}\r\nEND:VCARD\r\n",
+                if v4 { "4.0" } else { "3.0" },
+                body.join("\r\n")
+            );
+            if let Some(card) = parse(&text) {
+                let m = map(&card, &text, &server());
+                let out = patch(&text, &m.fields, &[field::NAME, field::EMAILS, field::PHONES, field::ADDRESS, field::COMPANY, field::JOB_TITLE, field::BIRTHDAY]);
+                proptest::prop_assert!(parse(&out).is_some(), "{out}");
+            }
+            let _ = parse(&body.join("\n"));
+        }
+    }
 }

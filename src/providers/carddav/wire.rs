@@ -338,4 +338,14 @@ mod tests {
         assert!(sync_collection(None, true).contains("<c:address-data/>"));
         assert!(!sync_collection(None, false).contains("address-data"));
     }
+
+    proptest::proptest! {
+        /// Malformed WebDAV answers are errors, never panics.
+        #[test]
+        fn carddav_bad_multistatus_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = parse_multistatus(&body);
+            let _ = is_invalid_sync_token(&body);
+            let _ = href_key(&String::from_utf8_lossy(&body));
+        }
+    }
 }
