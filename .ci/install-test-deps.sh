@@ -4,6 +4,8 @@
 #   chromium  - tests/dashboard_browser.rs loads the dashboard in headless Chromium
 #   promtool  - tests/operators.rs checks /metrics (Debian package: prometheus)
 #   rsyslogd  - tests/audit.rs ships the audit files with rsyslog's imfile (package: rsyslog)
+#   radicale, xandikos - tests/carddav.rs syncs against both real CardDAV servers (PyPI);
+#               git - Xandikos keeps address books in git repositories
 # With CI set, those tests fail when a tool is missing; without it they print a skip note.
 set -euo pipefail
 
@@ -11,6 +13,7 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
+command -v git >/dev/null 2>&1 || need_apt+=(git)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -28,4 +31,10 @@ fi
 if ! python3 -c "import googleapiclient" >/dev/null 2>&1; then
   echo "Installing google-api-python-client from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check google-api-python-client
+fi
+
+# Real CardDAV servers for tests/carddav.rs.
+if ! command -v radicale >/dev/null 2>&1 || ! command -v xandikos >/dev/null 2>&1; then
+  echo "Installing radicale and xandikos from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check radicale xandikos
 fi

@@ -63,6 +63,9 @@ impl ConfigError {
 pub enum ProviderKind {
     Google,
     Outlook,
+    /// CardDAV (RFC 6352): HTTP Basic with an app password, no OAuth grant.
+    #[serde(rename = "carddav")]
+    CardDav,
 }
 
 impl ProviderKind {
@@ -70,6 +73,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Google => "google",
             ProviderKind::Outlook => "outlook",
+            ProviderKind::CardDav => "carddav",
         }
     }
 }
@@ -299,6 +303,18 @@ pub struct AccountConfig {
     pub direction: Direction,
     #[serde(default = "default_true")]
     pub enabled: bool,
+    /// CardDAV: the server root, a principal or an address book.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// CardDAV: the HTTP Basic user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// CardDAV: the file holding the (app) password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// CardDAV: one address book, by last path segment or display name; default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_book: Option<String>,
 }
 
 /// The whole, validated configuration.
@@ -536,10 +552,68 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
                     "outlook accounts support only group \"all\"".into(),
                 ))
             }
+            ProviderKind::CardDav => check_carddav(a, &key)?,
             _ => {}
+        }
+        if a.provider != ProviderKind::CardDav {
+            for (k, set) in [
+                ("url", a.url.is_some()),
+                ("username", a.username.is_some()),
+                ("password_file", a.password_file.is_some()),
+                ("address_book", a.address_book.is_some()),
+            ] {
+                if set {
+                    return Err((key(k), format!("{k} is only for carddav accounts")));
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A carddav account needs `url` (https, or http to loopback), `username`,
+/// `password_file`, and group `all`.
+fn check_carddav(a: &AccountConfig, key: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if a.group != Group::All {
+        return Err((
+            key("group"),
+            "carddav accounts support only group \"all\"".into(),
+        ));
+    }
+    let Some(url) = &a.url else {
+        return Err((key("url"), "carddav accounts need a url".into()));
+    };
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => {}
+        Ok(u) if u.scheme() == "http" && is_loopback(&u) => {}
+        Ok(u) if u.scheme() == "http" => {
+            return Err((
+                key("url"),
+                format!("{url:?}: carddav needs https (plain http only to a loopback address)"),
+            ))
+        }
+        _ => return Err((key("url"), format!("{url:?} is not an https URL"))),
+    }
+    if a.username.as_deref().is_none_or(|u| u.is_empty()) {
+        return Err((key("username"), "carddav accounts need a username".into()));
+    }
+    if a.password_file.is_none() {
+        return Err((
+            key("password_file"),
+            "carddav accounts need a password_file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a URL's host is a loopback address (`localhost`, 127.0.0.0/8, `::1`).
+pub fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 fn check_url(key: &str, value: &str) -> Result<(), (String, String)> {
@@ -678,6 +752,100 @@ enabled = false
         assert_eq!(c.daemon.contact_limit, 25_000);
     }
 
+    const CARDDAV: &str = r#"
+[[accounts]]
+id = "ops-nextcloud"
+provider = "carddav"
+url = "https://cloud.example.com/remote.php/dav"
+username = "ops"
+password_file = "/etc/contact-sync/ops-nextcloud-password"
+# address_book = "contacts"
+group = "all"
+direction = "one-way"
+"#;
+
+    #[test]
+    fn carddav_account_config_parses() {
+        let c = parse(&format!("{GOOD}{CARDDAV}")).expect("valid");
+        let a = &c.accounts[2];
+        assert_eq!(a.provider, ProviderKind::CardDav);
+        assert_eq!(a.provider.as_str(), "carddav");
+        assert_eq!(
+            a.url.as_deref(),
+            Some("https://cloud.example.com/remote.php/dav")
+        );
+        assert_eq!(a.username.as_deref(), Some("ops"));
+        assert_eq!(
+            a.password_file.as_deref(),
+            Some(Path::new("/etc/contact-sync/ops-nextcloud-password"))
+        );
+        assert_eq!(a.address_book, None);
+        let with_book = CARDDAV.replace("# address_book", "address_book");
+        let c = parse(&format!("{GOOD}{with_book}")).expect("valid");
+        assert_eq!(c.accounts[2].address_book.as_deref(), Some("contacts"));
+    }
+
+    #[test]
+    fn carddav_account_needs_url_username_and_password_file() {
+        for (line, key) in [
+            (
+                "url = \"https://cloud.example.com/remote.php/dav\"\n",
+                "url",
+            ),
+            ("username = \"ops\"\n", "username"),
+            (
+                "password_file = \"/etc/contact-sync/ops-nextcloud-password\"\n",
+                "password_file",
+            ),
+        ] {
+            let e = parse(&format!("{GOOD}{}", CARDDAV.replace(line, ""))).unwrap_err();
+            assert_eq!(
+                e.key.as_deref(),
+                Some(format!("accounts[2].{key}").as_str()),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn carddav_url_is_https_or_loopback_http() {
+        let plain = CARDDAV.replace("https://cloud.example.com", "http://cloud.example.com");
+        let e = parse(&format!("{GOOD}{plain}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[2].url"));
+        assert!(e.message.contains("https"), "{e}");
+        let e = parse(&format!(
+            "{GOOD}{}",
+            CARDDAV.replace("https://cloud.example.com/remote.php/dav", "not a url")
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[2].url"));
+        for ok in [
+            "http://127.0.0.1:5232/",
+            "http://localhost:5232/",
+            "http://[::1]:5232/",
+        ] {
+            let t = CARDDAV.replace("https://cloud.example.com/remote.php/dav", ok);
+            assert!(parse(&format!("{GOOD}{t}")).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn carddav_group_is_all_only() {
+        let t = CARDDAV.replace("group = \"all\"", "group = \"starred\"");
+        let e = parse(&format!("{GOOD}{t}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[2].group"));
+    }
+
+    #[test]
+    fn carddav_keys_are_rejected_on_other_providers() {
+        let t = GOOD.replace(
+            "provider = \"google\"",
+            "provider = \"google\"\nurl = \"https://x.example\"",
+        );
+        let e = parse(&t).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("accounts[0].url"));
+    }
+
     #[test]
     fn config_error_names_line_and_key_for_unknown_key() {
         let text = GOOD.replace("group = \"all\"", "groop = \"all\"");
@@ -742,6 +910,10 @@ enabled = false
             group: Group::All,
             direction: Direction::OneWay,
             enabled: true,
+            url: None,
+            username: None,
+            password_file: None,
+            address_book: None,
         });
         let d = diff(&old, &new).unwrap();
         assert_eq!(

@@ -186,6 +186,12 @@ pub enum Change {
     /// base move from `from` to `to`, nothing is deleted or created. Comes before the
     /// contact's upsert under its new id.
     Renamed { from: String, to: String },
+    /// In the provider, but its data could not be read (a CardDAV card that does not
+    /// parse as a vCard): skipped with reason `unparseable`, nothing written or deleted.
+    Unparseable {
+        provider_id: String,
+        etag: Option<String>,
+    },
 }
 
 impl Change {
@@ -196,6 +202,7 @@ impl Change {
             | Change::Left { provider_id }
             | Change::Unreadable { provider_id, .. } => provider_id,
             Change::Renamed { from, .. } => from,
+            Change::Unparseable { provider_id, .. } => provider_id,
         }
     }
 }
@@ -222,15 +229,18 @@ pub enum SkipReason {
     /// The provider sent a contact that does not fit its own schema (a string where a list
     /// belongs, a number where a string belongs); it is left out, the rest of its page syncs.
     Unreadable,
+    /// The provider's data could not be parsed (a CardDAV card that is no valid vCard).
+    Unparseable,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 5] = [
+    pub const ALL: [SkipReason; 6] = [
         SkipReason::NoName,
         SkipReason::NoEmailOrPhone,
         SkipReason::TooManyEmails,
         SkipReason::TooManyPhones,
         SkipReason::Unreadable,
+        SkipReason::Unparseable,
     ];
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -239,6 +249,7 @@ impl SkipReason {
             SkipReason::TooManyEmails => "too_many_emails",
             SkipReason::TooManyPhones => "too_many_phones",
             SkipReason::Unreadable => "unreadable",
+            SkipReason::Unparseable => "unparseable",
         }
     }
 }

@@ -101,6 +101,10 @@ pub fn endpoints(config: &Config, account: &AccountConfig) -> Result<Endpoints, 
                 extra: vec![],
             })
         }
+        ProviderKind::CardDav => Err(format!(
+            "Account {} is a carddav account: it signs in with its password_file; there is nothing to connect.",
+            account.id
+        )),
     }
 }
 
@@ -297,7 +301,7 @@ pub async fn loopback(
     // registration is `http://localhost` (port ignored).
     let host = match ep.provider {
         ProviderKind::Google => "127.0.0.1",
-        ProviderKind::Outlook => "localhost",
+        ProviderKind::Outlook | ProviderKind::CardDav => "localhost",
     };
     let redirect = format!("http://{host}:{port}/");
     let server = server.run();

@@ -517,6 +517,7 @@ pub async fn revoke_grant(
             crate::oauth_flow::revoke_google(&url, token).await?;
             Ok("revoked at Google")
         }
+        crate::config::ProviderKind::CardDav => Ok("nothing to revoke: CardDAV accounts use a password file"),
         crate::config::ProviderKind::Outlook => Ok(
             "not revoked: Microsoft has no endpoint to revoke one refresh token; remove the app's consent at https://account.live.com/consent/Manage or in Entra ID if needed",
         ),

@@ -286,7 +286,7 @@ fn check_person(p: &PersonJson) {
             Change::Deleted { provider_id } | Change::Left { provider_id } => {
                 assert_eq!(provider_id, p.resource_name);
             }
-            Change::Unreadable { .. } | Change::Renamed { .. } => {
+            Change::Unreadable { .. } | Change::Renamed { .. } | Change::Unparseable { .. } => {
                 panic!("map_person maps one person to an upsert, a deletion or a departure")
             }
         }

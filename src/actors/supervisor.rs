@@ -276,7 +276,10 @@ impl Supervisor {
         }
         for (before, after) in &diff.to_change {
             self.rt.register(after);
-            if before.group != after.group || before.provider != after.provider {
+            // A CardDAV account pointed at another server or address book syncs another
+            // set, like a new group; new credentials only need a new client (below).
+            let other_set = before.url != after.url || before.address_book != after.address_book;
+            if before.group != after.group || before.provider != after.provider || other_set {
                 // A new group is a fresh full sync; contacts that leave are unlinked.
                 self.stop(&after.id, ctx);
                 let mut b = Batch::default();

@@ -53,6 +53,9 @@ pub fn oauth_client(
             .transpose()
     };
     match account.provider {
+        ProviderKind::CardDav => Err(ProviderError::Permanent(
+            "carddav accounts sign in with a password file, not OAuth.".into(),
+        )),
         ProviderKind::Google => {
             let p = config.providers.google.as_ref().ok_or_else(|| {
                 ProviderError::Permanent("[providers.google] is not configured.".into())
@@ -81,6 +84,9 @@ pub fn oauth_client(
 /// The factory the supervisor uses: decrypts the account's grant and builds its client.
 pub fn factory(sealer: Arc<Sealer>) -> ProviderFactory {
     Arc::new(move |rt: &Arc<Runtime>, account: &AccountConfig| {
+        if account.provider == ProviderKind::CardDav {
+            return carddav_client(account);
+        }
         let sealed = rt
             .db
             .grant(&account.id)
@@ -103,6 +109,35 @@ pub fn factory(sealer: Arc<Sealer>) -> ProviderFactory {
         let tokens = Arc::new(TokenSource::new(client, refresh, sink));
         build_client(&config, account, tokens)
     })
+}
+
+/// A CardDAV account's client: HTTP Basic with the password from `password_file` (no
+/// OAuth grant, nothing to `connect`).
+pub fn carddav_client(account: &AccountConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    let missing =
+        |k: &str| ProviderError::Permanent(format!("carddav account {} has no {k}.", account.id));
+    let url = account.url.as_deref().ok_or_else(|| missing("url"))?;
+    let username = account
+        .username
+        .clone()
+        .ok_or_else(|| missing("username"))?;
+    let file = account
+        .password_file
+        .as_ref()
+        .ok_or_else(|| missing("password_file"))?;
+    let password = config::read_secret_file(file).map_err(|e| {
+        ProviderError::Permanent(format!(
+            "carddav account {}: {e}; set password_file to a readable file holding the (app) password.",
+            account.id
+        ))
+    })?;
+    Ok(Arc::new(super::carddav::CardDavClient::new(
+        url,
+        username,
+        password,
+        account.address_book.clone(),
+        retry_policy(),
+    )?))
 }
 
 fn build_client(
@@ -132,5 +167,6 @@ fn build_client(
                 retry_policy(),
             )))
         }
+        ProviderKind::CardDav => carddav_client(account),
     }
 }

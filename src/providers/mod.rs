@@ -1,4 +1,4 @@
-//! Provider clients: Google People API and Microsoft Graph, behind one [`Provider`] trait
+//! Provider clients: Google People API, Microsoft Graph and CardDAV, behind one [`Provider`] trait
 //! the account actor drives.
 //!
 //! A client owns the wire format (paths, fields, paging, errors, quotas) and hands the
@@ -8,10 +8,12 @@
 //! is classified by [`ProviderError`].
 
 pub mod build;
+pub mod carddav;
 pub mod google;
 pub mod http;
 pub mod oauth;
 pub mod outlook;
+pub mod transport;
 
 use std::time::Duration;
 

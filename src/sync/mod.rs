@@ -150,6 +150,9 @@ impl<'a> Planner<'a> {
                 error,
             } => self.unreadable(provider_id, version, error),
             Change::Renamed { from, to } => self.renamed(from, to),
+            Change::Unparseable { provider_id, etag } => self
+                .skip(provider_id, etag, SkipReason::Unparseable)
+                .map(|_| ()),
         }
     }
 
@@ -478,6 +481,48 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// Skips a provider contact (SPEC §3): counted and audited once per version, nothing
+    /// written or deleted.
+    /// Skips a provider contact; whether this version was new (counted and audited now).
+    fn skip(
+        &mut self,
+        pid: &str,
+        etag: &Option<String>,
+        reason: SkipReason,
+    ) -> Result<bool, StoreError> {
+        let previous_skip = match self.overlay.skips.get(pid) {
+            Some(s) => s.clone(),
+            None => self.db.skip(&self.ctx.account, pid)?,
+        };
+        let mark = SkipMark {
+            reason,
+            etag: etag.clone(),
+        };
+        // A replay of the same version is not a new skip: count and audit it once.
+        let new_version = previous_skip.as_ref() != Some(&mark);
+        if new_version {
+            *self.plan.metrics.skipped.entry(reason).or_default() += 1;
+            self.plan.audit.push(
+                self.event(audit::Action::Skipped)
+                    .provider_id(pid)
+                    .reason(reason.as_str()),
+            );
+            self.overlay
+                .skips
+                .insert(pid.to_string(), Some(mark.clone()));
+            self.plan.batch.push(Op::PutSkip {
+                account: self.ctx.account.clone(),
+                provider_id: pid.to_string(),
+                skip: mark,
+            });
+        }
+        self.plan.actions.push(Action::Skip {
+            provider_id: pid.to_string(),
+            reason,
+        });
+        Ok(new_version)
+    }
+
     fn upsert(&mut self, pc: &ProviderContact, photo: Option<&Vec<u8>>) -> Result<(), StoreError> {
         let pid = pc.provider_id.as_str();
         let previous_skip = match self.overlay.skips.get(pid) {
@@ -487,26 +532,8 @@ impl<'a> Planner<'a> {
         // Eligibility is judged on what would be written: blank and repeated values removed.
         let provider = merge::clean(&pc.fields, self.db.region());
         if let Err(reason) = eligibility::check(&provider) {
-            let mark = SkipMark {
-                reason,
-                etag: pc.etag.clone(),
-            };
-            // A replay of the same version is not a new skip: count and audit it once.
-            if previous_skip.as_ref() != Some(&mark) {
-                *self.plan.metrics.skipped.entry(reason).or_default() += 1;
-                self.plan.audit.push(
-                    self.event(audit::Action::Skipped)
-                        .provider_id(pid)
-                        .reason(reason.as_str()),
-                );
-                self.overlay
-                    .skips
-                    .insert(pid.to_string(), Some(mark.clone()));
-                self.plan.batch.push(Op::PutSkip {
-                    account: self.ctx.account.clone(),
-                    provider_id: pid.to_string(),
-                    skip: mark,
-                });
+            let new_version = self.skip(pid, &pc.etag, reason)?;
+            if new_version {
                 self.plan.batch.push(Op::PutSkipLabel {
                     account: self.ctx.account.clone(),
                     provider_id: pid.to_string(),
@@ -517,10 +544,6 @@ impl<'a> Planner<'a> {
                     },
                 });
             }
-            self.plan.actions.push(Action::Skip {
-                provider_id: pid.to_string(),
-                reason,
-            });
             return Ok(());
         }
         if previous_skip.is_some() {

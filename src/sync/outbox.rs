@@ -592,6 +592,10 @@ mod tests {
             group: Group::All,
             direction: crate::config::Direction::TwoWay,
             enabled: true,
+            url: None,
+            username: None,
+            password_file: None,
+            address_book: None,
         };
         let entry = |id: u64| OutboxEntry {
             account: "o".into(),

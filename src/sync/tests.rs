@@ -144,6 +144,10 @@ fn ineligible_contacts_are_skipped_counted_and_audited() {
                     "+1 201 555 0110",
                 ],
             )),
+            Change::Unparseable {
+                provider_id: "/ab/broken.vcf".into(),
+                etag: Some("\"e1\"".into()),
+            },
         ],
     );
     assert!(all(&db).is_empty(), "skipping writes nothing");
@@ -157,6 +161,34 @@ fn ineligible_contacts_are_skipped_counted_and_audited() {
         .audit
         .iter()
         .all(|e| e.action == audit::Action::Skipped && e.reason.is_some()));
+}
+
+#[test]
+fn skip_reason_unparseable_counts_once_per_version_and_keeps_the_link() {
+    let db = db();
+    run(
+        &db,
+        "g",
+        &[up(pc("people/c1", "Ann", "Lee", &["ann@x.org"], &[]))],
+    );
+    let broken = |etag: &str| Change::Unparseable {
+        provider_id: "people/c1".into(),
+        etag: Some(etag.into()),
+    };
+    let p = run(&db, "g", &[broken("e2")]);
+    assert_eq!(p.metrics.skipped.get(&SkipReason::Unparseable), Some(&1));
+    assert!(p
+        .audit
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("unparseable")));
+    assert_eq!(all(&db).len(), 1, "nothing deleted");
+    assert!(db.link("g", "people/c1").unwrap().is_some(), "still linked");
+    let again = run(&db, "g", &[broken("e2")]);
+    assert_eq!(
+        again.metrics.skipped.get(&SkipReason::Unparseable),
+        None,
+        "same version: not counted again"
+    );
 }
 
 #[test]
