@@ -125,6 +125,7 @@ impl Handler<CommitPush> for Matcher {
             &msg.items,
             &msg.results,
             chrono::Utc::now(),
+            self.rt.config().daemon.audit_values,
         );
         let writer = self.writer.clone();
         let account = msg.account.id.clone();

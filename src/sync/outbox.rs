@@ -212,13 +212,21 @@ pub struct PushOutcome {
     pub audit: Vec<AuditEvent>,
 }
 
+/// The audit reason of a rejected change without `audit_values`.
+pub const REJECTED_REASON: &str =
+    "the provider rejected the change permanently (its message is in the daemon log)";
+
 /// Records the provider's answers. Runs in the matcher, so it sees the CRM as it is now.
+///
+/// The audit `reason` of a rejected change carries the provider's text only with
+/// `audit_values`: a provider's error can echo field values back.
 pub fn apply_results(
     db: &Db,
     account: &AccountConfig,
     items: &[PushItem],
     results: &[PushResult],
     now: DateTime<Utc>,
+    audit_values: bool,
 ) -> Result<PushOutcome, StoreError> {
     let mut out = PushOutcome::default();
     let provider = account.provider.as_str();
@@ -398,7 +406,11 @@ pub fn apply_results(
                         event(audit::Action::Rejected)
                             .direction(audit::Direction::ToProvider)
                             .crm_id(e.contact_id)
-                            .reason(err.to_string()),
+                            .reason(if audit_values {
+                                err.to_string()
+                            } else {
+                                REJECTED_REASON.to_string()
+                            }),
                     );
                 } else {
                     next.not_before = Some(now + backoff(next.attempts));

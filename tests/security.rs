@@ -1,0 +1,517 @@
+//! Security (SPEC §8, docs/security.md): each test runs the real binary and shows an
+//! attack failing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use contact_sync::sim::{Provider, SeedUser};
+use reqwest::Method;
+
+fn google_account(id: &str, direction: &str) -> String {
+    account_toml(id, "google", "all", direction)
+}
+
+/// A daemon with one Google account `acc` on the simulator, connected and started.
+async fn daemon_with_account(sim: &contact_sync::sim::Sim, daemon_extra: &str) -> TestDaemon {
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text(
+        daemon_extra,
+        &format!("{}{}", providers_for(sim), google_account("acc", "one-way")),
+    ));
+    let token = sim
+        .refresh_token(Provider::Google, "alice@example.com")
+        .unwrap();
+    d.connect("acc", &token).await;
+    d.start().await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_start_is_refused_without_an_operator_session() {
+    let sim = start_sim(vec![SeedUser::new("alice@example.com", 3, 1)], vec![]).await;
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            google_account("acc", "two-way")
+        ),
+    ));
+    d.start().await;
+    let c = no_redirect();
+    let url = format!("{}/oauth/google/start", d.base());
+    // The attack of issue 14: open the start URL with no credentials at all.
+    let r = c.get(format!("{url}?account=acc")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("operator"));
+    let r = c
+        .post(&url)
+        .form(&[("account", "acc")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Neither the CRM token nor a made-up session cookie opens it.
+    let r = c
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("cookie", "contact_sync_session=0123456789abcdef")
+        .form(&[("account", "acc"), ("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The CRM token cannot log in to the dashboard.
+    let r = c
+        .post(format!("{}/login", d.base()))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.headers().get("set-cookie").is_none());
+    // A callback with a state this daemon never issued is refused before anything else.
+    let r = c
+        .get(format!(
+            "{}/oauth/google/callback?state=forged&code=attacker-code",
+            d.base()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // No authorization ever reached the provider, and no grant was stored.
+    assert!(sim
+        .requests(Provider::Google)
+        .iter()
+        .all(|r| !r.path.contains("/token")));
+    assert_eq!(d.account("acc").await["state"], "not_connected");
+    // With an operator session (and its CSRF token) the same start redirects.
+    let op = d.login().await;
+    let r = c
+        .post(&url)
+        .header("cookie", &op.cookie)
+        .form(&[("account", "acc"), ("csrf", op.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 303, "{}", r.text().await.unwrap());
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_foreign_host_header_is_refused_on_every_route() {
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text("allowed_hosts = [\"crm-sync.example.com\"]", ""));
+    d.start().await;
+    let port = d.port;
+    for path in [
+        "/",
+        "/login",
+        "/healthz",
+        "/metrics",
+        "/api/v1/contacts",
+        "/api/v1/accounts",
+        "/oauth/google/callback?state=x",
+    ] {
+        // DNS rebinding: the browser sends the attacker's name in Host.
+        let r = d
+            .http
+            .get(format!("{}{path}", d.base()))
+            .header("host", format!("rebind.attacker.example:{port}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 421, "{path}");
+        assert!(r.text().await.unwrap().contains("allowed_hosts"), "{path}");
+        for ok in [
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            "crm-sync.example.com".to_string(),
+        ] {
+            let r = d
+                .http
+                .get(format!("{}{path}", d.base()))
+                .header("host", &ok)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status(), 421, "{path} with Host {ok}");
+        }
+    }
+    // A write sent by another site's page (its Origin) is refused too.
+    let r = d
+        .http
+        .post(format!("{}/api/v1/contacts", d.base()))
+        .header("origin", "https://attacker.example")
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"first_name": "A", "last_name": "B", "emails": ["a@b.c"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        d.get("/api/v1/contacts").await["contacts"],
+        serde_json::json!([])
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_token_cannot_approve_connect_restore_preview_or_sync() {
+    let sim = start_sim(vec![SeedUser::new("alice@example.com", 5, 2)], vec![]).await;
+    let mut d = daemon_with_account(&sim, "").await;
+    d.wait_synced("acc", None).await;
+    let forbidden = [
+        (
+            Method::PUT,
+            "/api/v1/accounts/acc/grant",
+            Some(serde_json::json!({"refresh_token": "attacker-grant"})),
+        ),
+        (Method::DELETE, "/api/v1/accounts/acc/grant", None),
+        (Method::POST, "/api/v1/accounts/acc/approve", None),
+        (Method::POST, "/api/v1/accounts/acc/preview", None),
+        (Method::POST, "/api/v1/accounts/acc/revoke", None),
+        (Method::POST, "/api/v1/contacts/1/restore", None),
+        (Method::POST, "/api/v1/sync", None),
+    ];
+    for (m, path, body) in forbidden {
+        let (s, v) = d.api(m.clone(), path, body).await;
+        assert_eq!(s, 403, "{m} {path}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.contains("operator") && msg.contains("admin_token_file"),
+            "{msg}"
+        );
+    }
+    // The grant is the one the operator connected: the account still syncs.
+    let a = d.account("acc").await;
+    assert_eq!(a["state"], "idle", "{a}");
+    // The CRM token keeps its own role: contacts, companies, account status.
+    let (s, _) = d
+        .api(
+            Method::POST,
+            "/api/v1/contacts",
+            Some(serde_json::json!({"first_name": "Ann", "last_name": "Lee", "emails": ["ann@example.com"]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    d.get("/api/v1/companies").await;
+    // The operator token may do what the CRM token may not.
+    let (s, v) = d
+        .admin(Method::POST, "/api/v1/accounts/acc/approve", None)
+        .await;
+    assert_eq!(s, 202, "{v}");
+    // The CLI uses the operator token.
+    let out = tokio::process::Command::new(bin())
+        .arg("--config")
+        .arg(d.config_path())
+        .args(["status", "acc"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.stop().await;
+}
+
+/// A loopback listener that counts connections: the "other host" a hostile photo URL names.
+fn trap() -> (u16, Arc<AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            h.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: 4\r\n\r\n\xff\xd8\xff\xd9");
+        }
+    });
+    (port, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn photo_urls_on_link_local_or_other_hosts_are_not_fetched() {
+    let sim = start_sim(vec![SeedUser::new("alice@example.com", 0, 1)], vec![]).await;
+    let (trap_port, hits) = trap();
+    let mut ids = vec![];
+    for (first, url) in [
+        (
+            "Metadata",
+            "http://169.254.169.254/latest/meta-data/photo.jpg".to_string(),
+        ),
+        (
+            "Elsewhere",
+            format!("http://127.0.0.1:{trap_port}/photo.jpg"),
+        ),
+        (
+            "Plainhttp",
+            format!("http://lh3.googleusercontent.com:{trap_port}/a.jpg"),
+        ),
+    ] {
+        let (s, v) = sim.control(
+            Provider::Google,
+            "POST",
+            "/_sim/users/alice@example.com/contacts",
+            Some(serde_json::json!({
+                "names": [{"givenName": first, "familyName": "Photo"}],
+                "emailAddresses": [{"value": format!("{}@example.com", first.to_lowercase())}],
+            })),
+        );
+        assert_eq!(s, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        let (s, v) = sim.control(
+            Provider::Google,
+            "PUT",
+            &format!("/_sim/users/alice@example.com/contacts/{id}/photo-url"),
+            Some(serde_json::json!({ "url": url })),
+        );
+        assert_eq!(s, 204, "{v}");
+        ids.push(id);
+    }
+    let d = daemon_with_account(&sim, "").await;
+    d.wait_synced("acc", None).await;
+    let contacts = d.contacts().await;
+    assert_eq!(contacts.len(), 3, "{contacts:?}");
+    for c in &contacts {
+        assert_eq!(c["has_photo"], false, "{c}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the other host was contacted"
+    );
+    assert!(d.log().contains("not fetched"), "{}", d.log());
+    drop(ids);
+}
+
+#[tokio::test]
+async fn run_without_a_token_key_refuses_and_creates_none() {
+    let d = TestDaemon::new();
+    let text = d.config_text("", "").replace(
+        &format!(
+            "token_key_file = \"{}/token-key\"\n",
+            d.dir.path().display()
+        ),
+        "",
+    );
+    assert!(!text.contains("token_key_file"));
+    d.write_config(&text);
+    let out = tokio::process::Command::new(bin())
+        .arg("--config")
+        .arg(d.config_path())
+        .arg("run")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("No token key") && err.contains("contact-sync gen-key"),
+        "{err}"
+    );
+    // Nothing was made next to the grants.
+    let made: Vec<_> = std::fs::read_dir(d.data_dir())
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !made.iter().any(|n| n.to_string_lossy().contains("key")),
+        "{made:?}"
+    );
+
+    // A key that others can read is refused, naming the file.
+    use std::os::unix::fs::PermissionsExt;
+    let key = d.dir.path().join("token-key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    d.write_config(&d.config_text("", ""));
+    let out = tokio::process::Command::new(bin())
+        .arg("--config")
+        .arg(d.config_path())
+        .arg("run")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&key.display().to_string()) && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // `gen-key` makes one (0600) and never overwrites it.
+    let fresh = d.dir.path().join("fresh-key");
+    let out = std::process::Command::new(bin())
+        .args(["gen-key"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read(&fresh).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["gen-key"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read(&fresh).unwrap(), before);
+}
+
+fn open_store(d: &TestDaemon) -> contact_sync::store::Db {
+    // sled lets go of its lock a moment after the previous handle is dropped.
+    for _ in 0..100 {
+        if let Ok(db) = contact_sync::store::Db::open(&d.data_dir(), phonenumber::country::Id::US) {
+            return db;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("store stays locked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_moved_to_another_account_does_not_decrypt() {
+    use contact_sync::store::{Batch, Op};
+    let sim = start_sim(
+        vec![
+            SeedUser::new("alice@example.com", 4, 1),
+            SeedUser::new("mallory@example.com", 4, 2),
+        ],
+        vec![],
+    )
+    .await;
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}{}",
+            providers_for(&sim),
+            google_account("sales", "two-way"),
+            google_account("intern", "one-way")
+        ),
+    ));
+    d.connect(
+        "sales",
+        &sim.refresh_token(Provider::Google, "alice@example.com")
+            .unwrap(),
+    )
+    .await;
+    d.connect(
+        "intern",
+        &sim.refresh_token(Provider::Google, "mallory@example.com")
+            .unwrap(),
+    )
+    .await;
+    // Someone with write access to the store copies the intern's grant over the sales one.
+    {
+        let db = open_store(&d);
+        let theirs = db.grant("intern").unwrap().unwrap();
+        let mut b = Batch::default();
+        b.push(Op::PutGrant {
+            account: "sales".into(),
+            sealed: theirs,
+        });
+        db.commit_durable(&b).unwrap();
+        db.flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    d.start().await;
+    let a = d.wait_state("sales", "error").await;
+    assert!(
+        a["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("another account"),
+        "{a}"
+    );
+    d.wait_synced("intern", None).await;
+    // Nothing of mallory's address book reached the CRM through the sales account.
+    for c in d.contacts().await {
+        assert!(
+            c["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["account"] != "sales"),
+            "{c}"
+        );
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_sealed_before_binding_are_resealed_to_their_account_at_start() {
+    use contact_sync::store::{Batch, Op};
+    use secrecy::SecretString;
+    let sim = start_sim(vec![SeedUser::new("alice@example.com", 3, 1)], vec![]).await;
+    let mut d = TestDaemon::new();
+    d.write_config(&d.config_text(
+        "",
+        &format!(
+            "{}{}",
+            providers_for(&sim),
+            google_account("acc", "one-way")
+        ),
+    ));
+    {
+        let db = open_store(&d);
+        let sealer = contact_sync::secrets::Sealer::load(&d.dir.path().join("token-key")).unwrap();
+        let token = sim
+            .refresh_token(Provider::Google, "alice@example.com")
+            .unwrap();
+        let mut b = Batch::default();
+        b.push(Op::PutGrant {
+            account: "acc".into(),
+            sealed: sealer.seal_legacy(&SecretString::from(token)),
+        });
+        db.commit_durable(&b).unwrap();
+        db.flush().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    d.start().await;
+    d.wait_synced("acc", None).await;
+    d.stop().await;
+    let db = open_store(&d);
+    let sealed = db.grant("acc").unwrap().unwrap();
+    assert_eq!(sealed[0], contact_sync::secrets::SEALED_V2);
+}
+
+#[tokio::test]
+async fn non_loopback_listen_needs_allow_remote_and_tls() {
+    let d = TestDaemon::new();
+    let check = |text: String| {
+        d.write_config(&text);
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(d.config_path())
+            .arg("check-config")
+            .output()
+            .unwrap()
+    };
+    let remote = d.config_text("", "").replace(
+        &format!("127.0.0.1:{}", d.port),
+        &format!("0.0.0.0:{}", d.port),
+    );
+    let out = check(remote.clone());
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_remote"));
+    let out = check(remote.replace("[daemon]\n", "[daemon]\nallow_remote = true\n"));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls_cert_file"));
+}
