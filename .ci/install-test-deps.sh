@@ -3,12 +3,17 @@
 # already there. Used by .ci/run; run it once by hand before `cargo test` on a new machine.
 #   chromium  - tests/dashboard_browser.rs loads the dashboard in headless Chromium
 #   promtool  - tests/operators.rs checks /metrics (Debian package: prometheus)
+#   systemd   - tests/systemd.rs: systemd-analyze, and the README's install steps under a real
+#               systemd booted by ../shared/tools/systemd-sandbox; curl for its checks
+#   cargo-deny - .ci/run: `cargo deny check licenses bans sources` (built from crates.io)
 # With CI set, those tests fail when a tool is missing; without it they print a skip note.
 set -euo pipefail
 
 need_apt=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+[ -x /lib/systemd/systemd ] && command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -18,6 +23,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
   command -v promtool >/dev/null
   [ -x /usr/bin/chromium ]
+  [ -x /lib/systemd/systemd ]
+fi
+
+# cargo-deny (about 10 minutes to build on 2 cores; see docs/security.md).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "Installing cargo-deny from crates.io"
+  cargo install --locked cargo-deny
 fi
 
 # Google's Python client (ships the People API discovery document) for the simulator's
