@@ -224,15 +224,28 @@ pub fn load_sealer(config: &Config, db: &Db) -> Result<Sealer, anyhow::Error> {
     Sealer::load(&path).map_err(|e| anyhow::anyhow!("{e} {grants} stored grant(s) need that key."))
 }
 
-/// Re-seals grants stored before grants were bound to their account, so that from now on a
-/// grant copied to another account does not open. Returns how many were re-sealed.
-pub fn migrate_grants(sealer: &Sealer, db: &Db) -> Result<usize, anyhow::Error> {
+/// Re-seals, under `sealer`, the grants that do not open with it but open with the key of
+/// a rotation (`previous`), or that were stored before grants were bound to their account
+/// (so that from now on a grant copied to another account does not open). One batch: all
+/// or none. Returns how many were re-sealed.
+pub fn migrate_grants(
+    sealer: &Sealer,
+    previous: Option<&Sealer>,
+    db: &Db,
+) -> Result<usize, anyhow::Error> {
     let mut b = crate::store::Batch::default();
     for (account, sealed) in db.grants()? {
         if sealer.open(&account, &sealed).is_ok() {
             continue;
         }
-        if let Ok(token) = sealer.open_legacy(&sealed) {
+        let old = previous
+            .and_then(|p| {
+                p.open(&account, &sealed)
+                    .or_else(|_| p.open_legacy(&sealed))
+                    .ok()
+            })
+            .or_else(|| sealer.open_legacy(&sealed).ok());
+        if let Some(token) = old {
             b.push(crate::store::Op::PutGrant {
                 sealed: sealer.seal(&account, &token),
                 account,
@@ -242,9 +255,22 @@ pub fn migrate_grants(sealer: &Sealer, db: &Db) -> Result<usize, anyhow::Error> 
     let n = b.ops.len();
     if n > 0 {
         db.commit_durable(&b)?;
-        tracing::info!(grants = n, "Re-sealed grants bound to their account.");
+        tracing::info!(
+            grants = n,
+            "Re-sealed grants under the current token key, bound to their account."
+        );
     }
     Ok(n)
+}
+
+/// The key of a rotation in progress (`previous_token_key_file`), if any.
+fn previous_sealer(config: &Config) -> Result<Option<Sealer>, anyhow::Error> {
+    match &config.daemon.previous_token_key_file {
+        Some(p) => Ok(Some(Sealer::load(&config::secret_path(p)).map_err(
+            |e| anyhow::anyhow!("[daemon] previous_token_key_file: {e}"),
+        )?)),
+        None => Ok(None),
+    }
 }
 
 /// Starts the daemon: store, secrets, actors, HTTP API, watcher. Returns once it is ready.
@@ -271,7 +297,8 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
     let auth = Arc::new(auth(&config).map_err(fail(EXIT_CONFIG))?);
     let tls = tls_config(&config).map_err(fail(EXIT_CONFIG))?;
     let sealer = Arc::new(load_sealer(&config, &db).map_err(fail(EXIT_CONFIG))?);
-    migrate_grants(&sealer, &db).map_err(fail(EXIT_STORE))?;
+    let previous = previous_sealer(&config).map_err(fail(EXIT_CONFIG))?;
+    migrate_grants(&sealer, previous.as_ref(), &db).map_err(fail(EXIT_STORE))?;
     let listen = config.daemon.listen;
     // Bind before any actor starts, so a taken port is a clean start-up error.
     tracing::info!(%listen, "Binding the HTTP API.");

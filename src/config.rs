@@ -192,6 +192,9 @@ pub struct DaemonConfig {
     /// Key file for encrypting refresh tokens at rest. Default: the systemd credential
     /// `token-key`. The daemon never creates it (`contact-sync gen-key PATH` does).
     pub token_key_file: Option<PathBuf>,
+    /// Key rotation: the key the grants were sealed with before `token_key_file` was
+    /// replaced. At start, grants that open with it are re-sealed under the new key.
+    pub previous_token_key_file: Option<PathBuf>,
     /// Share of an account's contacts one run may delete before it is held.
     #[serde(default = "default_deletion_share")]
     pub deletion_guard_share: f64,
@@ -222,6 +225,7 @@ impl Default for DaemonConfig {
             default_region: default_region(),
             audit_values: false,
             token_key_file: None,
+            previous_token_key_file: None,
             deletion_guard_share: default_deletion_share(),
             deletion_guard_min: default_deletion_min(),
             tombstone_retention: default_retention(),
@@ -651,7 +655,7 @@ impl ConfigDiff {
 /// Fails when a `[daemon]` key that cannot change without a restart changed; the reload is
 /// then rejected whole and the running configuration stays in force.
 pub fn diff(old: &Config, new: &Config) -> Result<ConfigDiff, ConfigError> {
-    let fixed: [(&str, bool); 8] = [
+    let fixed: [(&str, bool); 10] = [
         (
             "daemon.data_dir",
             old.daemon.data_dir != new.daemon.data_dir,
@@ -668,6 +672,14 @@ pub fn diff(old: &Config, new: &Config) -> Result<ConfigDiff, ConfigError> {
         (
             "daemon.metrics_token_file",
             old.daemon.metrics_token_file != new.daemon.metrics_token_file,
+        ),
+        (
+            "daemon.token_key_file",
+            old.daemon.token_key_file != new.daemon.token_key_file,
+        ),
+        (
+            "daemon.previous_token_key_file",
+            old.daemon.previous_token_key_file != new.daemon.previous_token_key_file,
         ),
         (
             "daemon.allow_remote",

@@ -515,3 +515,45 @@ async fn non_loopback_listen_needs_allow_remote_and_tls() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tls_cert_file"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_key_rotation_reseals_grants_under_the_new_key() {
+    let sim = start_sim(vec![SeedUser::new("alice@example.com", 3, 1)], vec![]).await;
+    let mut d = daemon_with_account(&sim, "").await;
+    d.wait_synced("acc", None).await;
+    d.stop().await;
+    // The documented rotation: the old key becomes the previous one, a new key takes its
+    // place, and the daemon re-seals at start.
+    let key = d.dir.path().join("token-key");
+    let previous = d.dir.path().join("token-key.previous");
+    std::fs::rename(&key, &previous).unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("gen-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let rest = format!(
+        "{}{}",
+        providers_for(&sim),
+        google_account("acc", "one-way")
+    );
+    d.write_config(&d.config_text(
+        &format!("previous_token_key_file = \"{}\"", previous.display()),
+        &rest,
+    ));
+    d.start().await;
+    let before = d.account("acc").await["last_sync"]
+        .as_str()
+        .map(str::to_string);
+    d.wait_synced("acc", before.as_deref()).await;
+    assert!(d.log().contains("Re-sealed grants"), "{}", d.log());
+    d.stop().await;
+    // The previous key is no longer needed: remove it from the config and destroy it.
+    std::fs::remove_file(&previous).unwrap();
+    d.write_config(&d.config_text("", &rest));
+    d.start().await;
+    let a = d.wait_synced("acc", before.as_deref()).await;
+    assert_eq!(a["state"], "idle", "{a}");
+    d.stop().await;
+}
