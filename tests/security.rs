@@ -514,6 +514,16 @@ async fn non_loopback_listen_needs_allow_remote_and_tls() {
     let out = check(remote.replace("[daemon]\n", "[daemon]\nallow_remote = true\n"));
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tls_cert_file"));
+    let out = check(remote.replace(
+        "[daemon]\n",
+        "[daemon]\nallow_remote = true\ntls_cert_file = \"/etc/c.pem\"\ntls_key_file = \"/etc/k.pem\"\n",
+    ));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,4 +566,95 @@ async fn token_key_rotation_reseals_grants_under_the_new_key() {
     let a = d.wait_synced("acc", before.as_deref()).await;
     assert_eq!(a["state"], "idle", "{a}");
     d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_the_api_with_secure_cookies_and_the_cli_follows() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = TestDaemon::new();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    for f in ["tls-cert.pem", "tls-key.pem"] {
+        let to = d.dir.path().join(f);
+        std::fs::copy(format!("{data}/{f}"), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let dir = d.dir.path().display().to_string();
+    d.write_config(&d.config_text(
+        &format!("tls_cert_file = \"{dir}/tls-cert.pem\"\ntls_key_file = \"{dir}/tls-key.pem\""),
+        "",
+    ));
+    let log = std::fs::File::create(d.dir.path().join("daemon.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(d.config_path())
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let cert =
+        reqwest::Certificate::from_pem(&std::fs::read(format!("{data}/tls-cert.pem")).unwrap())
+            .unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", d.port);
+    let mut last = None;
+    for _ in 0..200 {
+        match https.get(format!("{base}/healthz")).send().await {
+            Ok(r) => {
+                last = Some(Ok(r.status()));
+                break;
+            }
+            Err(e) => last = Some(Err(format!("{e:?}"))),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        matches!(last, Some(Ok(s)) if s.is_success()),
+        "{last:?}\n{}",
+        d.log()
+    );
+    // Plain http gets nowhere.
+    assert!(d
+        .http
+        .get(format!("http://127.0.0.1:{}/healthz", d.port))
+        .send()
+        .await
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true));
+    let r = https
+        .post(format!("{base}/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let out = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(d.config_path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
