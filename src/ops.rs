@@ -741,10 +741,7 @@ async fn run_demo(args: DemoArgs, logging: &Logging, dir: &Path) -> Result<i32, 
         }
     };
     println!("contact-sync demo: simulated Google and Outlook accounts, no credentials needed.");
-    println!(
-        "Dashboard:  http://{}/   (log in with the operator token below)",
-        daemon.addr
-    );
+    println!("Dashboard:  http://{}/", daemon.addr);
     println!(
         "Log in:     http://{}/login#token={admin_token}   (opens an operator session)",
         daemon.addr

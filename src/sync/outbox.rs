@@ -472,6 +472,57 @@ mod tests {
     }
 
     #[test]
+    fn rejected_push_audit_reason_has_no_provider_text_unless_audit_values() {
+        use crate::config::{Direction, ProviderKind};
+        let db = Db::in_memory(phonenumber::country::Id::US);
+        let account = AccountConfig {
+            id: "g".into(),
+            provider: ProviderKind::Google,
+            group: Group::All,
+            direction: Direction::TwoWay,
+            enabled: true,
+        };
+        let item = PushItem {
+            entry: OutboxEntry {
+                account: "g".into(),
+                contact_id: 7,
+                op: OutboxOp::Delete {
+                    provider_id: "people/c7".into(),
+                },
+                attempts: 0,
+                not_before: None,
+                last_error: None,
+                failed: false,
+                created_at: now(),
+            },
+            op: PushOp::Delete {
+                provider_id: "people/c7".into(),
+            },
+        };
+        let echo = "Invalid email \"ann.secret@example.com\" for Ann Secret";
+        let results = [PushResult::Failed(
+            crate::providers::ProviderError::Permanent(echo.into()),
+        )];
+        let reason = |audit_values| {
+            let out = apply_results(
+                &db,
+                &account,
+                std::slice::from_ref(&item),
+                &results,
+                now(),
+                audit_values,
+            )
+            .unwrap();
+            out.audit
+                .iter()
+                .find_map(|e| e.reason.clone())
+                .expect("a rejected event with a reason")
+        };
+        assert_eq!(reason(false), REJECTED_REASON);
+        assert!(reason(true).contains("ann.secret@example.com"));
+    }
+
+    #[test]
     fn outbox_backoff_grows_and_is_capped() {
         assert!(backoff(1) < backoff(3));
         assert_eq!(
