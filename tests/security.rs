@@ -658,3 +658,105 @@ async fn tls_serves_the_api_with_secure_cookies_and_the_cli_follows() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// This machine's first non-loopback IPv4 address, if it has one (no packet is sent).
+fn lan_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_remote_peers_only_with_the_metrics_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(ip) = lan_ip() else {
+        eprintln!("SKIP: no non-loopback address on this machine");
+        return;
+    };
+    let d = TestDaemon::new();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    for f in ["tls-cert.pem", "tls-key.pem"] {
+        let to = d.dir.path().join(f);
+        std::fs::copy(format!("{data}/{f}"), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    write_private(&d.dir.path().join("metrics-token"), "scrape-token-42\n");
+    // A CRM token readable by everyone: started, with a warning naming the file.
+    std::fs::set_permissions(
+        d.dir.path().join("api-token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let dir = d.dir.path().display().to_string();
+    let text = d
+        .config_text(
+            &format!(
+                "allow_remote = true\ntls_cert_file = \"{dir}/tls-cert.pem\"\ntls_key_file = \"{dir}/tls-key.pem\"\nmetrics_token_file = \"{dir}/metrics-token\"\nallowed_hosts = [\"{ip}\"]"
+            ),
+            "",
+        )
+        .replace(&format!("127.0.0.1:{}", d.port), &format!("0.0.0.0:{}", d.port));
+    d.write_config(&text);
+    let log = std::fs::File::create(d.dir.path().join("daemon.log")).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(d.config_path())
+            .arg("run")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    // The test certificate names localhost and 127.0.0.1 only; the peer address is what
+    // this test is about, so the client skips name checks for the LAN address.
+    let https = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let remote = format!("https://{ip}:{}/metrics", d.port);
+    let local = format!("https://127.0.0.1:{}/metrics", d.port);
+    let mut status = None;
+    for _ in 0..200 {
+        if let Ok(r) = https.get(&local).send().await {
+            status = Some(r.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status.map(|s| s.as_u16()), Some(200), "{}", d.log());
+    let r = https.get(&remote).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = https
+        .get(&remote)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = https
+        .get(&remote)
+        .bearer_auth("scrape-token-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("contact_sync_crm_contacts"));
+    let log = d.log();
+    assert!(
+        log.contains("readable by group or others") && log.contains(&format!("{dir}/api-token")),
+        "{log}"
+    );
+}
