@@ -888,5 +888,40 @@ enabled = false
         new.daemon.listen = "127.0.0.1:9999".parse().unwrap();
         let e = diff(&old, &new).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("daemon.listen"));
+        let mut new = old.clone();
+        new.daemon.admin_token_file = Some("/etc/other".into());
+        let e = diff(&old, &new).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.admin_token_file"));
+        // allowed_hosts applies live.
+        let mut new = old.clone();
+        new.daemon.allowed_hosts = vec!["sync.example.com".into()];
+        assert!(diff(&old, &new).unwrap().daemon_changed);
+    }
+
+    #[test]
+    fn remote_listen_tls_and_allowed_hosts_are_validated() {
+        let with =
+            |extra: &str| parse(&GOOD.replace("[daemon]\n", &format!("[daemon]\n{extra}\n")));
+        let remote = |extra: &str| {
+            parse(&GOOD.replace(
+                "listen = \"127.0.0.1:8631\"",
+                &format!("listen = \"0.0.0.0:8631\"\n{extra}"),
+            ))
+        };
+        let e = remote("").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.listen"));
+        assert!(e.to_string().contains("allow_remote"), "{e}");
+        let e = remote("allow_remote = true").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.allow_remote"));
+        assert!(remote(
+            "allow_remote = true\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\""
+        )
+        .is_ok());
+        assert!(GOOD.contains("[daemon]\ndata_dir"));
+        let e = with("tls_cert_file = \"/c.pem\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.tls_key_file"));
+        let e = with("allowed_hosts = [\"evil.example/path\"]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.allowed_hosts[0]"));
+        assert!(with("allowed_hosts = [\"sync.example.com:8631\"]").is_ok());
     }
 }
