@@ -6,6 +6,9 @@
 #   rsyslogd  - tests/audit.rs ships the audit files with rsyslog's imfile (package: rsyslog)
 #   radicale, xandikos - tests/carddav.rs syncs against both real CardDAV servers (PyPI);
 #               git - Xandikos keeps address books in git repositories
+#   systemd   - tests/systemd.rs: systemd-analyze, and the README's install steps under a real
+#               systemd booted by ../shared/tools/systemd-sandbox; curl for its checks
+#   cargo-deny - .ci/run: `cargo deny check licenses bans sources` (built from crates.io)
 # With CI set, those tests fail when a tool is missing; without it they print a skip note.
 set -euo pipefail
 
@@ -14,6 +17,8 @@ command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need_apt+=(ch
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v rsyslogd >/dev/null 2>&1 || [ -x /usr/sbin/rsyslogd ] || need_apt+=(rsyslog)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+[ -x /lib/systemd/systemd ] && command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -24,6 +29,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   command -v promtool >/dev/null
   [ -x /usr/sbin/rsyslogd ]
   [ -x /usr/bin/chromium ]
+  [ -x /lib/systemd/systemd ]
+fi
+
+# cargo-deny (about 10 minutes to build on 2 cores; see docs/security.md).
+if ! command -v cargo-deny >/dev/null 2>&1; then
+  echo "Installing cargo-deny from crates.io"
+  cargo install --locked cargo-deny
 fi
 
 # Google's Python client (ships the People API discovery document) for the simulator's

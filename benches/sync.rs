@@ -56,6 +56,8 @@ const CHUNK: usize = 500;
 /// Printed by a child before its JSON result.
 const RESULT_TAG: &str = "BENCH_RESULT ";
 const API_TOKEN: &str = "bench-api-token-0123456789";
+/// The operator's token: the bench asks for rounds (`POST /api/v1/sync`), an operator action.
+const ADMIN_TOKEN: &str = "bench-admin-token-9876543210";
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -561,9 +563,11 @@ impl Daemon {
         let d = dir.path().display().to_string();
         let port = free_port()?;
         std::fs::write(dir.path().join("api-token"), format!("{API_TOKEN}\n"))?;
+        std::fs::write(dir.path().join("admin-token"), format!("{ADMIN_TOKEN}\n"))?;
+        contact_sync::secrets::generate_key(&dir.path().join("token-key"))?;
         std::fs::write(dir.path().join("google-secret"), "bench-secret\n")?;
         let mut text = format!(
-            "[daemon]\ndata_dir = \"{d}/data\"\nlisten = \"127.0.0.1:{port}\"\napi_token_file = \"{d}/api-token\"\naudit_dir = \"{d}/audit\"\npoll_interval = \"1h\"\n\n[providers.google]\nclient_id = \"bench-google\"\nclient_secret_file = \"{d}/google-secret\"\napi_base = \"{g}\"\ntoken_url = \"{g}/token\"\n\n[providers.outlook]\nclient_id = \"bench-outlook\"\napi_base = \"{o}/v1.0\"\ntoken_url = \"{o}/common/oauth2/v2.0/token\"\n",
+            "[daemon]\ndata_dir = \"{d}/data\"\nlisten = \"127.0.0.1:{port}\"\napi_token_file = \"{d}/api-token\"\nadmin_token_file = \"{d}/admin-token\"\ntoken_key_file = \"{d}/token-key\"\naudit_dir = \"{d}/audit\"\npoll_interval = \"1h\"\n\n[providers.google]\nclient_id = \"bench-google\"\nclient_secret_file = \"{d}/google-secret\"\napi_base = \"{g}\"\ntoken_url = \"{g}/token\"\n\n[providers.outlook]\nclient_id = \"bench-outlook\"\napi_base = \"{o}/v1.0\"\ntoken_url = \"{o}/common/oauth2/v2.0/token\"\n",
             g = sim.google_base,
             o = sim.graph_base
         );
@@ -655,7 +659,7 @@ impl Daemon {
         let r = self
             .http
             .request(method, format!("http://127.0.0.1:{}{path}", self.port))
-            .bearer_auth(API_TOKEN)
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await?;
         Ok(r.json().await?)

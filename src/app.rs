@@ -41,6 +41,26 @@ pub fn run(cli: Cli, logging: Logging) -> i32 {
         Command::Preview { account, limit } => crate::ops::preview(&cli.config, &account, limit),
         Command::Demo(args) => crate::ops::demo(args, &logging),
         Command::Sim(args) => crate::ops::sim(args),
+        Command::GenKey { path } => match crate::secrets::generate_key(&path) {
+            Ok(()) => {
+                println!("Token key written to {} (mode 0600).", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Command::GenToken { path } => match crate::secrets::generate_token(&path) {
+            Ok(()) => {
+                println!("Token written to {} (mode 0600).", path.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
         Command::Approve { account } => crate::ops::approve(&cli.config, &account),
         Command::Restore { contact_id } => crate::ops::restore(&cli.config, contact_id),
         Command::Explain { query, json } => crate::ops::explain(&cli.config, &query, json),
@@ -134,27 +154,125 @@ pub struct Daemon {
     _watcher: Option<crate::watch::ConfigWatcher>,
 }
 
-/// Reads the API bearer token, if one is configured.
-fn api_token(config: &Config) -> Result<Option<Arc<SecretString>>, anyhow::Error> {
-    match &config.daemon.api_token_file {
-        Some(p) => Ok(Some(Arc::new(
-            config::read_secret_file(p).map_err(|e| anyhow::anyhow!("{e}"))?,
-        ))),
-        None => {
-            tracing::warn!("No [daemon] api_token_file is configured: every /api request will be refused with 401.");
-            Ok(None)
+/// Reads the tokens of the two roles and of `/metrics`.
+fn auth(config: &Config) -> Result<api::auth::Auth, anyhow::Error> {
+    let read = |key: &str, p: &Option<PathBuf>| -> Result<Option<SecretString>, anyhow::Error> {
+        match p {
+            Some(p) => Ok(Some(
+                config::read_secret_file(p).map_err(|e| anyhow::anyhow!("[daemon] {key}: {e}"))?,
+            )),
+            None => Ok(None),
+        }
+    };
+    let d = &config.daemon;
+    let crm = read("api_token_file", &d.api_token_file)?;
+    let operator = read("admin_token_file", &d.admin_token_file)?;
+    let metrics = read("metrics_token_file", &d.metrics_token_file)?;
+    if crm.is_none() {
+        tracing::warn!("No [daemon] api_token_file is configured: the CRM's /api requests will be refused with 401.");
+    }
+    if operator.is_none() {
+        tracing::warn!("No [daemon] admin_token_file is configured: the dashboard, connect, approve, restore, preview and sync-now are unavailable.");
+    }
+    if let (Some(c), Some(o)) = (&crm, &operator) {
+        use secrecy::ExposeSecret;
+        if c.expose_secret() == o.expose_secret() {
+            anyhow::bail!("[daemon] api_token_file and admin_token_file hold the same token; the two roles need different tokens (make one with `contact-sync gen-token PATH`).");
         }
     }
+    Ok(api::auth::Auth::new(crm, operator, metrics, config.tls()))
 }
 
-/// Loads the key that seals refresh tokens. It is created when missing, unless sealed
-/// grants already exist (a lost key must not be papered over).
+/// The rustls server configuration of `tls_cert_file` and `tls_key_file`.
+fn tls_config(config: &Config) -> Result<Option<rustls::ServerConfig>, anyhow::Error> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&config.daemon.tls_cert_file, &config.daemon.tls_key_file)
+    else {
+        return Ok(None);
+    };
+    let key = config::secret_path(key);
+    if let Some(mode) = config::loose_mode(&key) {
+        tracing::warn!(file = %key.display(), mode = format!("{mode:o}"), "TLS key file is readable by group or others; chmod 600 it.");
+    }
+    let certs = CertificateDer::pem_file_iter(config::secret_path(cert))
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("[daemon] tls_cert_file {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key)
+        .map_err(|e| anyhow::anyhow!("[daemon] tls_key_file {}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| anyhow::anyhow!("[daemon] tls_cert_file/tls_key_file: {e}"))?;
+    Ok(Some(tls))
+}
+
+/// Loads the key that seals refresh tokens. It is never created here: a key made next to
+/// the sealed grants would leave both in every backup of `data_dir`, and a lost key must
+/// not be papered over with a new one.
 pub fn load_sealer(config: &Config, db: &Db) -> Result<Sealer, anyhow::Error> {
-    let path = config.token_key_file();
     let grants = db.grant_count()?;
-    let create = grants == 0;
-    Sealer::load(&path, create)
-        .map_err(|e| anyhow::anyhow!("{e} {} stored grant(s) need that key.", grants))
+    let Some(path) = config.token_key_file() else {
+        anyhow::bail!(
+            "No token key: set [daemon] token_key_file, or load the systemd credential `token-key` \
+             (LoadCredential=token-key:/etc/contact-sync/token-key). Make a key with \
+             `contact-sync gen-key /etc/contact-sync/token-key`, outside data_dir. \
+             {grants} stored grant(s) need the key they were sealed with."
+        );
+    };
+    Sealer::load(&path).map_err(|e| anyhow::anyhow!("{e} {grants} stored grant(s) need that key."))
+}
+
+/// Re-seals, under `sealer`, the grants that do not open with it but open with the key of
+/// a rotation (`previous`), or that were stored before grants were bound to their account
+/// (so that from now on a grant copied to another account does not open). One batch: all
+/// or none. Returns how many were re-sealed.
+pub fn migrate_grants(
+    sealer: &Sealer,
+    previous: Option<&Sealer>,
+    db: &Db,
+) -> Result<usize, anyhow::Error> {
+    let mut b = crate::store::Batch::default();
+    for (account, sealed) in db.grants()? {
+        if sealer.open(&account, &sealed).is_ok() {
+            continue;
+        }
+        let old = previous
+            .and_then(|p| {
+                p.open(&account, &sealed)
+                    .or_else(|_| p.open_legacy(&sealed))
+                    .ok()
+            })
+            .or_else(|| sealer.open_legacy(&sealed).ok());
+        if let Some(token) = old {
+            b.push(crate::store::Op::PutGrant {
+                sealed: sealer.seal(&account, &token),
+                account,
+            });
+        }
+    }
+    let n = b.ops.len();
+    if n > 0 {
+        db.commit_durable(&b)?;
+        tracing::info!(
+            grants = n,
+            "Re-sealed grants under the current token key, bound to their account."
+        );
+    }
+    Ok(n)
+}
+
+/// The key of a rotation in progress (`previous_token_key_file`), if any.
+fn previous_sealer(config: &Config) -> Result<Option<Sealer>, anyhow::Error> {
+    match &config.daemon.previous_token_key_file {
+        Some(p) => Ok(Some(Sealer::load(&config::secret_path(p)).map_err(
+            |e| anyhow::anyhow!("[daemon] previous_token_key_file: {e}"),
+        )?)),
+        None => Ok(None),
+    }
 }
 
 /// Starts the daemon: store, secrets, actors, HTTP API, watcher. Returns once it is ready.
@@ -191,8 +309,11 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
     let audit = audit.install();
     audit.apply_retention();
     tracing::info!("Reading secrets.");
-    let token = api_token(&config).map_err(fail(EXIT_CONFIG))?;
+    let auth = Arc::new(auth(&config).map_err(fail(EXIT_CONFIG))?);
+    let tls = tls_config(&config).map_err(fail(EXIT_CONFIG))?;
     let sealer = Arc::new(load_sealer(&config, &db).map_err(fail(EXIT_CONFIG))?);
+    let previous = previous_sealer(&config).map_err(fail(EXIT_CONFIG))?;
+    migrate_grants(&sealer, previous.as_ref(), &db).map_err(fail(EXIT_STORE))?;
     let listen = config.daemon.listen;
     // Bind before any actor starts, so a taken port is a clean start-up error.
     tracing::info!(%listen, "Binding the HTTP API.");
@@ -218,17 +339,22 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
         rt: rt.clone(),
         matcher,
         supervisor: supervisor.clone(),
-        token,
+        auth,
         sealer: Some(sealer),
     };
-    tracing::info!(%listen, "Starting HTTP API.");
+    tracing::info!(%listen, tls = tls.is_some(), "Starting HTTP API.");
     let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().configure(api::configure(state.clone()))
+        actix_web::App::new()
+            .wrap(actix_web::middleware::from_fn(api::auth::host_guard))
+            .configure(api::configure(state.clone()))
     })
     .workers(2)
     .shutdown_timeout(8)
-    .disable_signals()
-    .listen(listener)
+    .disable_signals();
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
     .with_context(|| format!("cannot serve on {listen}"))
     .map_err(fail(EXIT_UNAVAILABLE))?;
     let addr = server.addrs().first().copied().unwrap_or(listen);

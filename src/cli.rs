@@ -71,6 +71,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new random key that seals refresh tokens (mode 0600); never overwrites.
+    GenKey {
+        /// Where to write it, e.g. /etc/contact-sync/token-key.
+        path: PathBuf,
+    },
+    /// Write a new random API or operator token (mode 0600); never overwrites.
+    GenToken {
+        /// Where to write it, e.g. /etc/contact-sync/admin-token.
+        path: PathBuf,
+    },
     /// Serve the simulated Google and Microsoft providers alone (tests, benchmarks).
     Sim(crate::sim::SimArgs),
 }

@@ -161,8 +161,25 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// File holding the bearer token the CRM presents on `/api`.
+    /// File holding the bearer token the CRM presents on `/api` (role `crm`).
     pub api_token_file: Option<PathBuf>,
+    /// File holding the operator's token (role `operator`): grants, approve, restore,
+    /// preview, sync-now, the dashboard login and the CLI.
+    pub admin_token_file: Option<PathBuf>,
+    /// File holding the bearer token Prometheus presents on `/metrics` from a
+    /// non-loopback address. Without it `/metrics` answers loopback peers only.
+    pub metrics_token_file: Option<PathBuf>,
+    /// Extra host names (with or without `:port`) the `Host` header may carry, besides the
+    /// listen address, `localhost`, `127.0.0.1` and `[::1]`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Permits a non-loopback `listen`; it then also needs `tls_cert_file` and `tls_key_file`.
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// PEM certificate chain served over TLS (rustls).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     #[serde(default = "default_audit_dir")]
     pub audit_dir: PathBuf,
     #[serde(default = "default_poll", with = "humantime_serde")]
@@ -176,8 +193,12 @@ pub struct DaemonConfig {
     /// Write field values (not only field names) into the audit log.
     #[serde(default)]
     pub audit_values: bool,
-    /// Key file for encrypting refresh tokens at rest; default `<data_dir>/token.key`.
+    /// Key file for encrypting refresh tokens at rest. Default: the systemd credential
+    /// `token-key`. The daemon never creates it (`contact-sync gen-key PATH` does).
     pub token_key_file: Option<PathBuf>,
+    /// Key rotation: the key the grants were sealed with before `token_key_file` was
+    /// replaced. At start, grants that open with it are re-sealed under the new key.
+    pub previous_token_key_file: Option<PathBuf>,
     /// Share of an account's contacts one run may delete before it is held.
     #[serde(default = "default_deletion_share")]
     pub deletion_guard_share: f64,
@@ -198,6 +219,12 @@ impl Default for DaemonConfig {
             data_dir: default_data_dir(),
             listen: default_listen(),
             api_token_file: None,
+            admin_token_file: None,
+            metrics_token_file: None,
+            allowed_hosts: Vec::new(),
+            allow_remote: false,
+            tls_cert_file: None,
+            tls_key_file: None,
             audit_dir: default_audit_dir(),
             poll_interval: default_poll(),
             timezone: default_tz(),
@@ -206,6 +233,7 @@ impl Default for DaemonConfig {
             audit_values: false,
             audit_retention: None,
             token_key_file: None,
+            previous_token_key_file: None,
             deletion_guard_share: default_deletion_share(),
             deletion_guard_min: default_deletion_min(),
             tombstone_retention: default_retention(),
@@ -339,20 +367,39 @@ impl Config {
         self.daemon.timezone.parse().unwrap_or(chrono_tz::UTC)
     }
 
-    /// Path of the key file that encrypts refresh tokens at rest.
-    pub fn token_key_file(&self) -> PathBuf {
+    /// Path of the key file that encrypts refresh tokens at rest: `token_key_file`, else
+    /// the systemd credential `token-key`. `None` when neither exists: the daemon then
+    /// refuses to start (it never makes a key next to the sealed grants it protects).
+    pub fn token_key_file(&self) -> Option<PathBuf> {
         if let Some(p) = &self.daemon.token_key_file {
-            return p.clone();
+            return Some(secret_path(p));
         }
         // systemd's LoadCredential= puts credentials here.
-        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-            let p = Path::new(&dir).join("token-key");
-            if p.exists() {
-                return p;
-            }
-        }
-        self.daemon.data_dir.join("token.key")
+        credential("token-key")
     }
+
+    /// Whether the HTTP API is served over TLS.
+    pub fn tls(&self) -> bool {
+        self.daemon.tls_cert_file.is_some() && self.daemon.tls_key_file.is_some()
+    }
+}
+
+/// A systemd credential (`LoadCredential=NAME:…`) of this service, when it exists.
+pub fn credential(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let p = Path::new(&dir).join(name);
+    p.exists().then_some(p)
+}
+
+/// Where a configured secret file is read from. Under systemd, a file whose name matches a
+/// credential of the service (`LoadCredential=api-token:/etc/contact-sync/api-token`) is
+/// read from `$CREDENTIALS_DIRECTORY`, which the dynamic service user can read; everywhere
+/// else (the CLI run by an administrator) the configured path itself.
+pub fn secret_path(p: &Path) -> PathBuf {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(credential)
+        .unwrap_or_else(|| p.to_path_buf())
 }
 
 /// Reads, parses and validates the file at `path`.
@@ -468,6 +515,42 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
     }
     if d.contact_limit == 0 {
         return Err(("daemon.contact_limit".into(), "must be at least 1".into()));
+    }
+    if d.tls_cert_file.is_some() != d.tls_key_file.is_some() {
+        let missing = if d.tls_cert_file.is_none() {
+            "daemon.tls_cert_file"
+        } else {
+            "daemon.tls_key_file"
+        };
+        return Err((
+            missing.into(),
+            "TLS needs both tls_cert_file and tls_key_file".into(),
+        ));
+    }
+    if !d.listen.ip().is_loopback() {
+        if !d.allow_remote {
+            return Err((
+                "daemon.listen".into(),
+                format!(
+                    "{} is not a loopback address; listening beyond this host needs allow_remote = true and tls_cert_file/tls_key_file (or keep 127.0.0.1 and put a TLS reverse proxy in front)",
+                    d.listen
+                ),
+            ));
+        }
+        if !config.tls() {
+            return Err((
+                "daemon.allow_remote".into(),
+                "a non-loopback listen address needs tls_cert_file and tls_key_file: tokens and the session cookie must not cross the network in clear".into(),
+            ));
+        }
+    }
+    for (i, h) in d.allowed_hosts.iter().enumerate() {
+        if h.trim().is_empty() || h.contains(['/', ' ', '@']) {
+            return Err((
+                format!("daemon.allowed_hosts[{i}]"),
+                format!("{h:?} is not a host name (write e.g. \"crm-sync.example.com\" or \"crm-sync.example.com:8631\")"),
+            ));
+        }
     }
     if !(0.0..=1.0).contains(&d.deletion_guard_share) {
         return Err((
@@ -650,7 +733,7 @@ impl ConfigDiff {
 /// Fails when a `[daemon]` key that cannot change without a restart changed; the reload is
 /// then rejected whole and the running configuration stays in force.
 pub fn diff(old: &Config, new: &Config) -> Result<ConfigDiff, ConfigError> {
-    let fixed: [(&str, bool); 3] = [
+    let fixed: [(&str, bool); 10] = [
         (
             "daemon.data_dir",
             old.daemon.data_dir != new.daemon.data_dir,
@@ -659,6 +742,34 @@ pub fn diff(old: &Config, new: &Config) -> Result<ConfigDiff, ConfigError> {
         (
             "daemon.api_token_file",
             old.daemon.api_token_file != new.daemon.api_token_file,
+        ),
+        (
+            "daemon.admin_token_file",
+            old.daemon.admin_token_file != new.daemon.admin_token_file,
+        ),
+        (
+            "daemon.metrics_token_file",
+            old.daemon.metrics_token_file != new.daemon.metrics_token_file,
+        ),
+        (
+            "daemon.token_key_file",
+            old.daemon.token_key_file != new.daemon.token_key_file,
+        ),
+        (
+            "daemon.previous_token_key_file",
+            old.daemon.previous_token_key_file != new.daemon.previous_token_key_file,
+        ),
+        (
+            "daemon.allow_remote",
+            old.daemon.allow_remote != new.daemon.allow_remote,
+        ),
+        (
+            "daemon.tls_cert_file",
+            old.daemon.tls_cert_file != new.daemon.tls_cert_file,
+        ),
+        (
+            "daemon.tls_key_file",
+            old.daemon.tls_key_file != new.daemon.tls_key_file,
         ),
     ];
     if let Some((key, _)) = fixed.iter().find(|(_, changed)| *changed) {
@@ -696,11 +807,16 @@ pub fn diff(old: &Config, new: &Config) -> Result<ConfigDiff, ConfigError> {
     Ok(d)
 }
 
-/// Reads a secret file, trimming the trailing newline editors add.
+/// Reads a secret file, trimming the trailing newline editors add. A file that group or
+/// others may read gets a warning naming it.
 pub fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, ConfigError> {
+    let path = &secret_path(path);
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::plain(format!("cannot read secret file {}: {e}", path.display()))
     })?;
+    if let Some(mode) = loose_mode(path) {
+        tracing::warn!(file = %path.display(), mode = format!("{mode:o}"), "Secret file is readable by group or others; chmod 600 it (or load it with LoadCredential=).");
+    }
     let t = text.trim();
     if t.is_empty() {
         return Err(ConfigError::plain(format!(
@@ -709,6 +825,21 @@ pub fn read_secret_file(path: &Path) -> Result<secrecy::SecretString, ConfigErro
         )));
     }
     Ok(secrecy::SecretString::from(t.to_string()))
+}
+
+/// The permission bits of `path` when group or others have any access to it.
+pub fn loose_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 #[cfg(test)]
@@ -933,5 +1064,40 @@ direction = "one-way"
         new.daemon.listen = "127.0.0.1:9999".parse().unwrap();
         let e = diff(&old, &new).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("daemon.listen"));
+        let mut new = old.clone();
+        new.daemon.admin_token_file = Some("/etc/other".into());
+        let e = diff(&old, &new).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.admin_token_file"));
+        // allowed_hosts applies live.
+        let mut new = old.clone();
+        new.daemon.allowed_hosts = vec!["sync.example.com".into()];
+        assert!(diff(&old, &new).unwrap().daemon_changed);
+    }
+
+    #[test]
+    fn remote_listen_tls_and_allowed_hosts_are_validated() {
+        let with =
+            |extra: &str| parse(&GOOD.replace("[daemon]\n", &format!("[daemon]\n{extra}\n")));
+        let remote = |extra: &str| {
+            parse(&GOOD.replace(
+                "listen = \"127.0.0.1:8631\"",
+                &format!("listen = \"0.0.0.0:8631\"\n{extra}"),
+            ))
+        };
+        let e = remote("").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.listen"));
+        assert!(e.to_string().contains("allow_remote"), "{e}");
+        let e = remote("allow_remote = true").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.allow_remote"));
+        assert!(remote(
+            "allow_remote = true\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\""
+        )
+        .is_ok());
+        assert!(GOOD.contains("[daemon]\ndata_dir"));
+        let e = with("tls_cert_file = \"/c.pem\"").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.tls_key_file"));
+        let e = with("allowed_hosts = [\"evil.example/path\"]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("daemon.allowed_hosts[0]"));
+        assert!(with("allowed_hosts = [\"sync.example.com:8631\"]").is_ok());
     }
 }

@@ -432,40 +432,55 @@ pub async fn revoke_google(revoke_url: &str, token: &SecretString) -> Result<(),
 /// Authorization requests started from the dashboard, by `state` nonce.
 pub struct WebPending {
     pub account: String,
+    /// The dashboard session that started it.
+    pub session: String,
     pub pending: Pending,
     pub started: Instant,
 }
 
 /// How long a dashboard authorization request stays valid.
 pub const WEB_PENDING_TTL: Duration = Duration::from_secs(600);
+/// Authorization requests in progress at once, over all sessions.
+pub const WEB_PENDING_MAX: usize = 32;
+/// Authorization requests in progress at once for one dashboard session.
+pub const WEB_PENDING_PER_SESSION: usize = 8;
 
 static WEB: LazyLock<Mutex<HashMap<String, WebPending>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
-/// Keeps a dashboard authorization request until its callback (or 10 minutes).
-pub fn remember(account: &str, pending: Pending) -> String {
+/// Keeps a dashboard authorization request until its callback (or 10 minutes). When the
+/// table (or the session's share of it) is full, the new request is refused: a flood of
+/// starts never evicts a flow in progress.
+pub fn remember(account: &str, session: &str, pending: Pending) -> Result<String, String> {
     let mut map = WEB.lock().unwrap_or_else(|p| p.into_inner());
     map.retain(|_, p| p.started.elapsed() < WEB_PENDING_TTL);
-    // Bounded: a page reloaded many times must not grow memory without limit.
-    if map.len() >= 64 {
-        if let Some(oldest) = map
-            .iter()
-            .min_by_key(|(_, p)| p.started)
-            .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
+    let mine = map.values().filter(|p| p.session == session).count();
+    if mine >= WEB_PENDING_PER_SESSION || map.len() >= WEB_PENDING_MAX {
+        return Err(format!(
+            "too many authorizations are in progress; finish one or wait up to {} minutes",
+            WEB_PENDING_TTL.as_secs() / 60
+        ));
     }
     let state = pending.state.clone();
     map.insert(
         state.clone(),
         WebPending {
             account: account.to_string(),
+            session: session.to_string(),
             pending,
             started: Instant::now(),
         },
     );
-    state
+    Ok(state)
+}
+
+/// Whether `state` is a live dashboard authorization request.
+pub fn is_pending(state: &str) -> bool {
+    let map = WEB.lock().unwrap_or_else(|p| p.into_inner());
+    !state.is_empty()
+        && map
+            .get(state)
+            .is_some_and(|p| p.started.elapsed() < WEB_PENDING_TTL)
 }
 
 /// Takes (once) the dashboard authorization request of a `state` nonce.
@@ -541,9 +556,31 @@ mod tests {
     #[test]
     fn web_requests_are_taken_once() {
         let p = begin(&google(), "http://127.0.0.1:5000/oauth/google/callback").unwrap();
-        let state = remember("acc", p);
+        let state = remember("acc", "session-a", p).unwrap();
+        assert!(is_pending(&state));
         assert_eq!(take(&state).map(|p| p.account).as_deref(), Some("acc"));
         assert!(take(&state).is_none());
+        assert!(!is_pending(&state));
         assert!(take("nope").is_none());
+    }
+
+    #[test]
+    fn a_flood_of_starts_is_refused_and_never_evicts_a_flow_in_progress() {
+        let first = remember(
+            "acc",
+            "session-flood",
+            begin(&google(), "http://127.0.0.1:5000/cb").unwrap(),
+        )
+        .unwrap();
+        let mut refused = 0;
+        for _ in 0..100 {
+            let p = begin(&google(), "http://127.0.0.1:5000/cb").unwrap();
+            if remember("acc", "session-flood", p).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 100 - WEB_PENDING_PER_SESSION, "{refused}");
+        assert!(is_pending(&first), "the first flow was evicted");
+        assert!(take(&first).is_some());
     }
 }

@@ -30,7 +30,9 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
-/// A client for the running daemon's API.
+/// A client for the running daemon's API, with the operator's token (`admin_token_file`):
+/// the CLI is the operator's tool. (A token file rather than a Unix socket: one
+/// authenticated interface, and the file's owner and mode decide who may use the CLI.)
 struct DaemonApi {
     base: String,
     token: Option<SecretString>,
@@ -39,15 +41,22 @@ struct DaemonApi {
 
 impl DaemonApi {
     fn new(config: &Config) -> DaemonApi {
-        let token = config
-            .daemon
-            .api_token_file
-            .as_ref()
-            .and_then(|p| config::read_secret_file(p).ok());
+        let token = config.daemon.admin_token_file.as_ref().and_then(|p| {
+            match config::read_secret_file(p) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("Cannot read the operator token: {e}.");
+                    None
+                }
+            }
+        });
+        if config.daemon.admin_token_file.is_none() {
+            eprintln!("Note: [daemon] admin_token_file is not set; the daemon will refuse operator requests.");
+        }
         DaemonApi {
-            base: format!("http://{}", config.daemon.listen),
+            base: daemon_base(config),
             token,
-            http: crate::providers::http::client(std::time::Duration::from_secs(30)),
+            http: cli_client(config, std::time::Duration::from_secs(30)),
         }
     }
 
@@ -85,6 +94,33 @@ impl DaemonApi {
             None => r,
         }
     }
+}
+
+/// The daemon's base URL as the CLI on the same host reaches it.
+fn daemon_base(config: &Config) -> String {
+    let mut listen = config.daemon.listen;
+    if listen.ip().is_unspecified() {
+        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if config.tls() { "https" } else { "http" };
+    format!("{scheme}://{listen}")
+}
+
+/// An HTTP client that trusts the daemon's own certificate when it serves TLS.
+fn cli_client(config: &Config, timeout: std::time::Duration) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout);
+    if let Some(cert) = &config.daemon.tls_cert_file {
+        match std::fs::read(config::secret_path(cert))
+            .ok()
+            .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok())
+        {
+            Some(c) => b = b.add_root_certificate(c),
+            None => eprintln!("Cannot read {} as a PEM certificate.", cert.display()),
+        }
+    }
+    b.build().unwrap_or_else(|_| reqwest::Client::new())
 }
 
 pub fn status(path: &Path, account: Option<&str>, json: bool) -> i32 {
@@ -393,7 +429,7 @@ fn store_grant_offline(config: &Config, account: &str, token: &SecretString) -> 
     let mut b = Batch::default();
     b.push(Op::PutGrant {
         account: account.to_string(),
-        sealed: sealer.seal(token),
+        sealed: sealer.seal(account, token),
     });
     for op in
         crate::sync::outbox::requeue_after_new_grant(&db, account).map_err(|e| e.to_string())?
@@ -537,7 +573,7 @@ fn disconnect_offline(config: &Config, account: &str) -> Result<String, String> 
             crate::app::load_sealer(config, &db),
             config.account(account),
         ) {
-            (Ok(sealer), Some(acc)) => match sealer.open(&sealed) {
+            (Ok(sealer), Some(acc)) => match sealer.open(account, &sealed) {
                 Ok(token) => match runtime().block_on(revoke_grant(config, acc, &token)) {
                     Ok(n) => n.to_string(),
                     Err(e) => format!("not revoked ({e})"),
@@ -625,7 +661,7 @@ pub fn preview(path: &Path, account: &str, limit: usize) -> i32 {
     }
     let mut api = DaemonApi::new(&config);
     // A full listing of a large address book takes a while.
-    api.http = crate::providers::http::client(std::time::Duration::from_secs(600));
+    api.http = cli_client(&config, std::time::Duration::from_secs(600));
     let url = format!("/api/v1/accounts/{account}/preview?limit={limit}");
     match api.call(reqwest::Method::POST, &url) {
         Ok(body) => {
@@ -748,6 +784,8 @@ fn demo_config(dir: &Path, listen: std::net::SocketAddr, g: &str, m: &str) -> St
 data_dir = "{d}/data"
 listen = "{listen}"
 api_token_file = "{d}/api-token"
+admin_token_file = "{d}/admin-token"
+token_key_file = "{d}/token-key"
 audit_dir = "{d}/audit"
 poll_interval = "10s"
 timezone = "UTC"
@@ -857,14 +895,14 @@ async fn run_demo(args: DemoArgs, logging: &Logging, dir: &Path) -> Result<i32, 
     .await
     .map_err(|e| format!("cannot start the simulator: {e:#}"))?;
     std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
-    let api_token = {
-        use rand::RngCore;
-        let mut b = [0u8; 24];
-        rand::thread_rng().fill_bytes(&mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    };
+    // Both tokens and the token key, made for this demo and removed with it.
+    let api_token = crate::secrets::random_hex(24);
+    let admin_token = crate::secrets::random_hex(24);
     crate::secrets::write_private(&dir.join("api-token"), api_token.as_bytes())
         .map_err(|e| format!("cannot write the API token file: {e}"))?;
+    crate::secrets::write_private(&dir.join("admin-token"), admin_token.as_bytes())
+        .map_err(|e| format!("cannot write the operator token file: {e}"))?;
+    crate::secrets::generate_key(&dir.join("token-key")).map_err(|e| e.to_string())?;
     let config_path = dir.join("config.toml");
     std::fs::write(
         &config_path,
@@ -887,7 +925,7 @@ async fn run_demo(args: DemoArgs, logging: &Logging, dir: &Path) -> Result<i32, 
                 .ok_or_else(|| format!("the simulator issued no token for {user}"))?;
             b.push(Op::PutGrant {
                 account: account.to_string(),
-                sealed: sealer.seal(&SecretString::from(token)),
+                sealed: sealer.seal(account, &SecretString::from(token)),
             });
         }
         db.commit_durable(&b).map_err(|e| e.to_string())?;
@@ -915,7 +953,14 @@ async fn run_demo(args: DemoArgs, logging: &Logging, dir: &Path) -> Result<i32, 
     };
     println!("contact-sync demo: simulated Google and Outlook accounts, no credentials needed.");
     println!("Dashboard:  http://{}/", daemon.addr);
-    println!("API token:  {api_token}   (e.g. curl -H 'Authorization: Bearer {api_token}' http://{}/api/v1/accounts)", daemon.addr);
+    println!(
+        "Log in:     http://{}/login#token={admin_token}   (opens an operator session)",
+        daemon.addr
+    );
+    println!(
+        "Operator token: {admin_token}   (dashboard login; the CLI reads it from admin_token_file)"
+    );
+    println!("CRM token:      {api_token}   (e.g. curl -H 'Authorization: Bearer {api_token}' http://{}/api/v1/contacts)", daemon.addr);
     println!(
         "Config:     {} (edit it: the daemon reloads)",
         config_path.display()

@@ -72,7 +72,7 @@ async fn truncated_pages_put_accounts_in_error_lose_nothing_and_converge_afterwa
         let (s, v) = sim.control(p, "POST", &format!("/_sim/users/{u}/expire-cursors"), None);
         assert_eq!(s, 200, "{v}");
     }
-    let (s, _) = d.api(reqwest::Method::POST, "/api/v1/sync", None).await;
+    let (s, _) = d.admin(reqwest::Method::POST, "/api/v1/sync", None).await;
     assert_eq!(s, 202);
     for id in ["g", "o"] {
         let a = d.wait_state(id, "error").await;

@@ -331,9 +331,11 @@ async fn reload_adds_removes_and_changes_accounts_and_keeps_config_on_error() {
         metrics.contains("contact_sync_config_reload_failures_total 1"),
         "{metrics}"
     );
+    let op = d.login().await;
     let page = d
         .http
         .get(format!("{}/", d.base()))
+        .header("cookie", &op.cookie)
         .send()
         .await
         .unwrap()

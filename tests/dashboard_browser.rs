@@ -115,6 +115,7 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let demo = Demo(child);
     let mut token = None;
+    let mut login = None;
     let mut base = None;
     let mut seen = String::new();
     loop {
@@ -132,14 +133,20 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
         if let Some(rest) = line.strip_prefix("Dashboard:") {
             base = Some(rest.trim().trim_end_matches('/').to_string());
         }
-        if let Some(rest) = line.strip_prefix("API token:") {
+        if let Some(rest) = line.strip_prefix("CRM token:") {
             token = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.strip_prefix("Log in:") {
+            login = rest.split_whitespace().next().map(str::to_string);
         }
         if line.starts_with("CRM contacts:") {
             break;
         }
     }
-    let token = token.expect("API token printed");
+    let token = token.expect("CRM token printed");
+    // The dashboard needs an operator session: each Chromium run opens the login link the
+    // demo printed (`/login#token=…`), which posts the login form and lands on `/`.
+    let login = login.expect("login link printed");
     let base = base.expect("dashboard URL printed");
     let http = reqwest::Client::new();
     let read_today = || async {
@@ -161,7 +168,12 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
     let (accounts, dom) = loop {
         attempt += 1;
         let before = read_today().await;
-        let dom = run_chromium(&exe, profile.path(), &["--dump-dom", &format!("{base}/")]).await;
+        let dom = run_chromium(
+            &exe,
+            profile.path(),
+            &["--virtual-time-budget=5000", "--dump-dom", &login],
+        )
+        .await;
         let after = read_today().await;
         let today =
             |v: &[serde_json::Value]| v.iter().map(|a| a["today"].clone()).collect::<Vec<_>>();
@@ -229,7 +241,8 @@ async fn dashboard_in_headless_chromium_shows_the_api_numbers_and_breakdowns() {
         &[
             &format!("--screenshot={}", shot.display()),
             "--window-size=1280,800",
-            &format!("{base}/"),
+            "--virtual-time-budget=5000",
+            &login,
         ],
     )
     .await;

@@ -280,7 +280,7 @@ async fn google_revoked_grant_gives_reauth_required_and_other_accounts_go_on() {
     d.wait_synced("b", None).await;
     assert!(sim.revoke(Provider::Google, USER));
     sim.expire_access_tokens();
-    d.api(Method::POST, "/api/v1/sync", None).await;
+    d.admin(Method::POST, "/api/v1/sync", None).await;
     let a = d.wait_state("a", "reauth_required").await;
     assert!(a["last_error"].as_str().unwrap().contains("connect"), "{a}");
     let b = d.sync_now("b").await;

@@ -31,6 +31,13 @@ fn explain(d: &TestDaemon, query: &str) -> (i32, String) {
     )
 }
 
+/// A GET with the operator's token (the sync-health lists are the operator's).
+async fn op_get(d: &TestDaemon, path: &str) -> Value {
+    let (s, v) = d.admin(reqwest::Method::GET, path, None).await;
+    assert_eq!(s, 200, "GET {path}: {v}");
+    v
+}
+
 fn day(n: i64) -> String {
     (chrono::Utc::now() - chrono::Duration::days(n))
         .format("%Y-%m-%d")
@@ -127,7 +134,11 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
     d.wait_synced("g", None).await;
 
     // Why is Jane Doe not in the CRM? The excluded list finds her by name.
-    let skipped = d.get("/api/v1/accounts/g/skipped?q=jane").await;
+    let (s, v) = d
+        .api(reqwest::Method::GET, "/api/v1/accounts/g/skipped", None)
+        .await;
+    assert_eq!(s, 403, "the excluded list is the operator's: {v}");
+    let skipped = op_get(&d, "/api/v1/accounts/g/skipped?q=jane").await;
     assert_eq!(skipped["total"], 1, "{skipped}");
     assert_eq!(skipped["items"][0]["name"], "Jane Doe");
     assert_eq!(skipped["items"][0]["reason"], "no_email_or_phone");
@@ -147,10 +158,10 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
     );
     assert_eq!(s, 200);
     d.sync_now("g").await;
-    let found = d.get("/api/v1/search?q=bob.story%40example.org").await;
+    let found = op_get(&d, "/api/v1/search?q=bob.story%40example.org").await;
     assert_eq!(found["contacts"].as_array().unwrap().len(), 1, "{found}");
     let id = found["contacts"][0]["id"].as_u64().unwrap();
-    let story = d.get(&format!("/api/v1/contacts/{id}/history")).await;
+    let story = op_get(&d, &format!("/api/v1/contacts/{id}/history")).await;
     assert_eq!(story["name"], "Bob Story");
     assert_eq!(story["links"][0]["account"], "g");
     assert_eq!(story["links"][0]["base"]["job_title"], "Engineer");
@@ -210,11 +221,11 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
     assert_eq!(s, 400, "{v}");
 
     // A failed push is listed by name, and a retry sends it.
-    let failing = d.get("/api/v1/accounts/g/failing?q=retry").await;
+    let failing = op_get(&d, "/api/v1/accounts/g/failing?q=retry").await;
     assert_eq!(failing["total"], 1, "{failing}");
     assert_eq!(failing["items"][0]["name"], "Retry Me");
     let (s, v) = d
-        .api(
+        .admin(
             reqwest::Method::POST,
             &format!("/api/v1/accounts/g/outbox/{retry_id}/retry"),
             None,
@@ -225,7 +236,7 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
         "the retried push",
         std::time::Duration::from_secs(30),
         || async {
-            d.get("/api/v1/accounts/g/failing").await["total"] == 0
+            op_get(&d, "/api/v1/accounts/g/failing").await["total"] == 0
                 && d.account("g").await["outbox"]["pending"] == 0
         },
     )
@@ -246,7 +257,7 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
             .any(|p| p["person"]["names"][0]["familyName"] == "Me"),
         "the retried contact reached Google"
     );
-    let retry_story = d.get(&format!("/api/v1/contacts/{retry_id}/history")).await;
+    let retry_story = op_get(&d, &format!("/api/v1/contacts/{retry_id}/history")).await;
     let actions: Vec<&str> = retry_story["events"]
         .as_array()
         .unwrap()
@@ -256,10 +267,19 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
     assert!(actions.contains(&"retry_requested"), "{retry_story}");
     assert!(actions.contains(&"added"), "{retry_story}");
 
-    // The dashboard shows the chart, the counts by name, and the stories.
+    // The dashboard shows the chart, the counts by name, and the stories, to an operator.
+    let r = d
+        .http
+        .get(format!("{}/accounts/g/health?q=jane", d.base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "no session, no health page");
+    let session = d.login().await;
     let page = d
         .http
         .get(format!("{}/accounts/g/health?q=jane", d.base()))
+        .header("cookie", &session.cookie)
         .send()
         .await
         .unwrap()
@@ -270,6 +290,7 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
     let story_page = d
         .http
         .get(format!("{}/contacts/{id}", d.base()))
+        .header("cookie", &session.cookie)
         .send()
         .await
         .unwrap()

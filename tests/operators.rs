@@ -179,7 +179,7 @@ async fn connect_google_by_loopback_then_disconnect_revokes_and_no_secret_leaks(
     let out2 = connect_by_browser(&d, "acc").await;
     let second_token = sim.refresh_token(Provider::Google, ALICE).unwrap();
     assert_ne!(first_token, second_token);
-    d.api(Method::POST, "/api/v1/sync", None).await;
+    d.admin(Method::POST, "/api/v1/sync", None).await;
     wait_synced(&d, "acc").await;
 
     // /metrics is valid Prometheus text.
@@ -328,7 +328,7 @@ async fn preview_counts_what_the_first_sync_then_does() {
 
     // The API: counts by kind and skip reason, first N of each.
     let (s, p) = d
-        .api(Method::POST, "/api/v1/accounts/acc/preview?limit=3", None)
+        .admin(Method::POST, "/api/v1/accounts/acc/preview?limit=3", None)
         .await;
     assert_eq!(s, 200, "{p}");
     let count = |k: &str| p["counts"][k].as_u64().unwrap();
@@ -381,11 +381,11 @@ async fn preview_counts_what_the_first_sync_then_does() {
     }
     // A second preview finds nothing new.
     let (_, p2) = d
-        .api(Method::POST, "/api/v1/accounts/acc/preview", None)
+        .admin(Method::POST, "/api/v1/accounts/acc/preview", None)
         .await;
     assert_eq!(p2["counts"]["create"], 0, "{p2}");
     let (s, _) = d
-        .api(Method::POST, "/api/v1/accounts/nope/preview", None)
+        .admin(Method::POST, "/api/v1/accounts/nope/preview", None)
         .await;
     assert_eq!(s, 404);
     d.stop().await;
@@ -400,9 +400,15 @@ async fn dashboard_add_account_flow_stores_the_grant() {
         &format!("{}{}", providers(&sim), account("acc", "google", true)),
     ));
     d.start().await;
+    // Without a session the dashboard is the login form.
+    let r = d.http.get(format!("{}/", d.base())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("action=\"/login\""));
+    let op = d.login().await;
     let page = d
         .http
         .get(format!("{}/", d.base()))
+        .header("cookie", &op.cookie)
         .send()
         .await
         .unwrap()
@@ -410,27 +416,27 @@ async fn dashboard_add_account_flow_stores_the_grant() {
         .await
         .unwrap();
     assert!(
-        page.contains("/oauth/google/start?account=acc"),
-        "Add account link"
+        page.contains("action=\"/oauth/google/start\"")
+            && page.contains("name=\"account\" value=\"acc\""),
+        "Add account form"
     );
 
-    let no_redirect = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let no_redirect = no_redirect();
+    let start = |account: &str, csrf: &str| {
+        no_redirect
+            .post(format!("{}/oauth/google/start", d.base()))
+            .header("cookie", &op.cookie)
+            .form(&[("account", account), ("csrf", csrf)])
+            .send()
+    };
     // Unknown accounts are refused.
-    let r = no_redirect
-        .get(format!("{}/oauth/google/start?account=zz", d.base()))
-        .send()
-        .await
-        .unwrap();
+    let r = start("zz", &op.csrf).await.unwrap();
     assert_eq!(r.status(), 404);
-    let r = no_redirect
-        .get(format!("{}/oauth/google/start?account=acc", d.base()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 302);
+    // A form without the session's CSRF token is refused.
+    let r = start("acc", "forged").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = start("acc", &op.csrf).await.unwrap();
+    assert_eq!(r.status(), 303);
     let cookie = r.headers()["set-cookie"]
         .to_str()
         .unwrap()
@@ -446,15 +452,11 @@ async fn dashboard_add_account_flow_stores_the_grant() {
         callback.starts_with(&format!("{}/oauth/google/callback?", d.base())),
         "{callback}"
     );
-    // Without the browser's cookie, the callback is refused (and the state is used up).
+    // Without the browser's cookie, the callback is refused.
     let r = no_redirect.get(&callback).send().await.unwrap();
     assert_eq!(r.status(), 400);
     // A full, proper round trip.
-    let r = no_redirect
-        .get(format!("{}/oauth/google/start?account=acc", d.base()))
-        .send()
-        .await
-        .unwrap();
+    let r = start("acc", &op.csrf).await.unwrap();
     let cookie2 = r.headers()["set-cookie"]
         .to_str()
         .unwrap()

@@ -209,7 +209,7 @@ async fn outlook_sync_converges_under_faults_and_revoked_grant_needs_reauth() {
 
     assert!(sim.revoke(Provider::Outlook, USER));
     sim.expire_access_tokens();
-    d.api(Method::POST, "/api/v1/sync", None).await;
+    d.admin(Method::POST, "/api/v1/sync", None).await;
     d.wait_state("o", "reauth_required").await;
 }
 

@@ -59,7 +59,7 @@ async fn deletion_guard_holds_mass_deletions_until_approved_or_threshold_raised(
 
     // 55 deletions: more than 10 % and at least 50 — held.
     delete_in_google(&sim, &links[..55]);
-    d.api(Method::POST, "/api/v1/sync", None).await;
+    d.admin(Method::POST, "/api/v1/sync", None).await;
     let a = d.wait_state("g", "deletion_held").await;
     assert!(a["last_error"].as_str().unwrap().contains("approve"), "{a}");
     assert_eq!(
@@ -91,7 +91,7 @@ async fn deletion_guard_holds_mass_deletions_until_approved_or_threshold_raised(
     let links: Vec<String> = check_no_duplicates(&after, "g").keys().cloned().collect();
     let n = (links.len() / 2).max(50).min(links.len());
     delete_in_google(&sim, &links[..n]);
-    d.api(Method::POST, "/api/v1/sync", None).await;
+    d.admin(Method::POST, "/api/v1/sync", None).await;
     d.wait_state("g", "deletion_held").await;
     let out = cli(&d, &["approve", "g"]).await;
     assert!(
@@ -209,7 +209,7 @@ async fn deleted_contacts_are_tombstoned_and_restore_brings_them_back_with_links
     })
     .await;
     let (s, restored) = d
-        .api(
+        .admin(
             Method::POST,
             &format!("/api/v1/contacts/{oid}/restore"),
             None,
@@ -229,7 +229,7 @@ async fn deleted_contacts_are_tombstoned_and_restore_brings_them_back_with_links
     })
     .await;
     let (s, _) = d
-        .api(Method::POST, "/api/v1/contacts/987654/restore", None)
+        .admin(Method::POST, "/api/v1/contacts/987654/restore", None)
         .await;
     assert_eq!(s, 404);
 }
@@ -253,7 +253,7 @@ async fn tombstones_expire_after_the_retention_period() {
     d.stop().await;
     d.start().await;
     let (s, _) = d
-        .api(
+        .admin(
             Method::POST,
             &format!("/api/v1/contacts/{id}/restore"),
             None,

@@ -187,7 +187,7 @@ async fn a_full_disk_fails_rounds_cleanly_and_the_daemon_recovers_when_space_ret
         );
         assert_eq!(s, 201, "{v}");
     }
-    let (s, _) = d.api(reqwest::Method::POST, "/api/v1/sync", None).await;
+    let (s, _) = d.admin(reqwest::Method::POST, "/api/v1/sync", None).await;
     assert_eq!(s, 202);
     let a = d.wait_state("g", "error").await;
     let msg = a["last_error"].as_str().unwrap_or_default();

@@ -94,3 +94,62 @@ fn systemd_unit_exposure_is_at_most_2() {
         assert!(unit.contains(key), "{key}");
     }
 }
+
+/// `../shared/tools/systemd-sandbox` (CI: next to the repository), or
+/// `$CONTACT_SYNC_SYSTEMD_SANDBOX`.
+fn sandbox() -> Option<std::path::PathBuf> {
+    let candidates = [
+        std::env::var_os("CONTACT_SYNC_SYSTEMD_SANDBOX").map(std::path::PathBuf::from),
+        Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/tools/systemd-sandbox"),
+        ),
+        Some("/work/shared/tools/systemd-sandbox".into()),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| p.exists());
+    let usable = found.is_some()
+        && std::path::Path::new("/lib/systemd/systemd").exists()
+        && Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !usable {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs ../shared/tools/systemd-sandbox, systemd (apt-get install systemd) and root"
+        );
+        eprintln!("systemd-sandbox, systemd or root missing; skipping");
+        return None;
+    }
+    found
+}
+
+/// The README's install steps, run literally under a real systemd (tests/systemd/install.sh
+/// says what it substitutes), then: the unit is active, /healthz answers, `systemctl reload`
+/// applies a config change, `status` works with the documented operator token, the CRM
+/// token cannot do operator actions, `systemctl stop` is clean.
+#[test]
+fn readme_install_steps_start_the_service_under_real_systemd() {
+    let Some(sandbox) = sandbox() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let out = Command::new(&sandbox)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/systemd/install.sh"
+        ))
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg(env!("CARGO_BIN_EXE_contact-sync"))
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("== all checks passed"), "{text}");
+}

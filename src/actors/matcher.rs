@@ -127,6 +127,7 @@ impl Handler<CommitPush> for Matcher {
             chrono::Utc::now(),
             chrono::Duration::from_std(self.rt.config().daemon.poll_interval)
                 .unwrap_or_else(|_| chrono::Duration::seconds(60)),
+            self.rt.config().daemon.audit_values,
         );
         let writer = self.writer.clone();
         let account = msg.account.id.clone();

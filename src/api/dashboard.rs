@@ -1,9 +1,15 @@
 //! The dashboard at `/`: accounts, their state and today's metrics (hover for the
 //! breakdown), skipped counts, the last audit events, and a notice when the configuration
 //! failed to reload. One self-contained page: no external assets, no scripts needed.
+//!
+//! It needs an operator session (`/login` exchanges the operator token for a cookie), and
+//! every action on it is a POST form carrying the session's CSRF token.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
 
+use super::auth::{csrf_ok, Session};
 use super::ApiState;
 use crate::model::{AccountState, SkipReason};
 
@@ -15,7 +21,28 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-pub fn render(st: &ApiState) -> String {
+/// A POST form with the session's CSRF token and one button.
+fn form(action: &str, csrf: &str, hidden: &[(&str, &str)], label: &str, class: &str) -> String {
+    let fields: String = hidden
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                esc(k),
+                esc(v)
+            )
+        })
+        .collect();
+    format!(
+        "<form method=\"post\" action=\"{}\" class=\"{class}\">{fields}<input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">{}</button></form>",
+        esc(action),
+        esc(csrf),
+        esc(label)
+    )
+}
+
+pub fn render(st: &ApiState, session: &Session) -> String {
+    let csrf = session.csrf.as_str();
     let mut rows = String::new();
     let today = st.rt.today();
     for a in st.rt.accounts() {
@@ -44,16 +71,27 @@ pub fn render(st: &ApiState) -> String {
             )
         };
         let connect = match a.status.state {
-            AccountState::NotConnected | AccountState::ReauthRequired => format!(
-                " <a class=\"connect\" href=\"/oauth/{prov}/start?account={id}\">{label}</a>",
-                prov = a.config.provider.as_str(),
-                id = url::form_urlencoded::byte_serialize(a.config.id.as_bytes())
-                    .collect::<String>(),
-                label = if a.status.state == AccountState::NotConnected {
+            AccountState::NotConnected | AccountState::ReauthRequired => form(
+                &format!("/oauth/{}/start", a.config.provider.as_str()),
+                csrf,
+                &[("account", &a.config.id)],
+                if a.status.state == AccountState::NotConnected {
                     "Add account"
                 } else {
                     "Reconnect"
                 },
+                "connect",
+            ),
+            AccountState::DeletionHeld => form(
+                &format!(
+                    "/dashboard/accounts/{}/approve",
+                    url::form_urlencoded::byte_serialize(a.config.id.as_bytes())
+                        .collect::<String>()
+                ),
+                csrf,
+                &[],
+                "Approve held deletions",
+                "approve",
             ),
             _ => String::new(),
         };
@@ -131,6 +169,8 @@ pub fn render(st: &ApiState) -> String {
         .map(|e| format!("<p class=\"notice\" role=\"alert\">The configuration file failed to reload; the previous configuration is still in force: {}</p>", esc(&e)))
         .unwrap_or_default();
     let contacts = st.rt.db.contact_count().unwrap_or(0);
+    let sync_form = form("/dashboard/sync", csrf, &[], "Sync now", "top");
+    let logout_form = form("/logout", csrf, &[], "Log out", "top");
     format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>contact-sync</title>
@@ -144,11 +184,13 @@ table {{ border-collapse: collapse; }} td, th {{ padding: .4em .8em; border-bott
 .error {{ color: #b00020; max-width: 30em; }}
 .reasons {{ display: block; font-weight: normal; color: #555; }}
 progress {{ display: block; width: 8em; }}
-a.connect {{ margin-left: .5em; }}
 .chart {{ display: block; margin: .3em 0 1.2em; }} .health a {{ margin-right: 1em; }}
 form.search {{ margin: 1em 0; }}
+form.connect, form.approve {{ display: inline; margin-left: .5em; }}
+form.top {{ display: inline; }}
 </style></head><body>
 <h1>contact-sync</h1>
+<p>{sync_form} {logout_form}</p>
 {notice}
 <p>{contacts} contacts in the CRM. Metrics are for today ({today}); hover a number for its breakdown.</p>
 <table><thead><tr><th>Account</th><th>Provider</th><th>Group</th><th>Direction</th><th>State</th><th>Last sync</th>
@@ -167,10 +209,166 @@ form.search {{ margin: 1em 0; }}
     )
 }
 
-pub async fn page(st: web::Data<ApiState>) -> HttpResponse {
-    HttpResponse::Ok()
+/// `GET /`: the dashboard for an operator session; the login form (401) otherwise.
+pub async fn page(st: web::Data<ApiState>, req: HttpRequest) -> HttpResponse {
+    match st.auth.session(&req) {
+        Some(s) => HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .insert_header(("Cache-Control", "no-store"))
+            .body(render(&st, &s)),
+        None => login_form(StatusCode::UNAUTHORIZED, None),
+    }
+}
+
+/// `/login#token=…` (the link `demo` prints) logs in at once: the fragment never reaches
+/// the server or its logs; the script posts it like the form would, and drops it from the
+/// address bar.
+const FRAGMENT_LOGIN: &str = r#"<script>
+(function () {
+  var m = /^#token=([0-9A-Za-z_.~-]+)$/.exec(location.hash);
+  if (!m) return;
+  history.replaceState(null, "", "/login");
+  var f = document.getElementById("login");
+  f.elements.token.value = m[1];
+  f.submit();
+})();
+</script>"#;
+
+fn login_form(status: StatusCode, error: Option<&str>) -> HttpResponse {
+    let script = if error.is_none() { FRAGMENT_LOGIN } else { "" };
+    let error = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
+    HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
-        .body(render(&st))
+        .insert_header(("Cache-Control", "no-store"))
+        .body(format!(
+            r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>contact-sync: log in</title>
+<style>body {{ font: 14px system-ui, sans-serif; margin: 2em; }} .error {{ color: #b00020; }}</style></head><body>
+<h1>contact-sync</h1>
+<p>The dashboard is for operators. Log in with the operator token (the content of <code>admin_token_file</code>).</p>
+{error}<form method="post" action="/login" id="login">
+<label>Operator token <input type="password" name="token" autocomplete="current-password" required></label>
+<button type="submit">Log in</button>
+</form>{script}</body></html>
+"#
+        ))
+}
+
+/// `GET /login`.
+pub async fn login_page(st: web::Data<ApiState>, req: HttpRequest) -> HttpResponse {
+    if st.auth.session(&req).is_some() {
+        return see_other("/", None);
+    }
+    login_form(StatusCode::OK, None)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    token: String,
+}
+
+fn see_other(to: &str, cookie: Option<String>) -> HttpResponse {
+    let mut r = HttpResponse::SeeOther();
+    r.insert_header(("Location", to))
+        .insert_header(("Cache-Control", "no-store"));
+    if let Some(c) = cookie {
+        r.insert_header(("Set-Cookie", c));
+    }
+    r.finish()
+}
+
+/// `POST /login` (form `token`): the operator token for a session cookie.
+pub async fn login(st: web::Data<ApiState>, form: web::Form<LoginForm>) -> HttpResponse {
+    match st.auth.login(form.token.trim()) {
+        Some(s) => {
+            tracing::info!("Operator logged in to the dashboard.");
+            see_other("/", Some(st.auth.session_cookie(Some(&s))))
+        }
+        None => {
+            tracing::warn!("Dashboard login refused: not the operator token.");
+            login_form(
+                StatusCode::FORBIDDEN,
+                Some("That is not the operator token (admin_token_file). The CRM token cannot open the dashboard."),
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The session of a dashboard action, when its form carries the session's CSRF token.
+fn action_session(
+    st: &ApiState,
+    req: &HttpRequest,
+    form: &CsrfForm,
+) -> Result<Session, Box<HttpResponse>> {
+    let Some(s) = st.auth.session(req) else {
+        return Err(Box::new(login_form(
+            StatusCode::FORBIDDEN,
+            Some("This action needs an operator session; log in first."),
+        )));
+    };
+    if !csrf_ok(&s, &form.csrf) {
+        return Err(Box::new(HttpResponse::Forbidden()
+            .content_type("text/plain; charset=utf-8")
+            .body(
+                "Refused: the form's CSRF token does not match your session; reload the dashboard.",
+            )));
+    }
+    Ok(s)
+}
+
+/// `POST /logout`.
+pub async fn logout(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    form: web::Form<CsrfForm>,
+) -> HttpResponse {
+    match action_session(&st, &req, &form) {
+        Ok(s) => {
+            st.auth.logout(&s.id);
+            see_other("/login", Some(st.auth.session_cookie(None)))
+        }
+        Err(r) => *r,
+    }
+}
+
+/// `POST /dashboard/sync`: a round of every account now.
+pub async fn sync_now(
+    st: web::Data<ApiState>,
+    req: HttpRequest,
+    form: web::Form<CsrfForm>,
+) -> HttpResponse {
+    if let Err(r) = action_session(&st, &req, &form) {
+        return *r;
+    }
+    st.supervisor.do_send(crate::actors::supervisor::SyncNow);
+    see_other("/", None)
+}
+
+/// `POST /dashboard/accounts/{id}/approve`: applies the account's held deletions.
+pub async fn approve(
+    st: web::Data<ApiState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+    form: web::Form<CsrfForm>,
+) -> HttpResponse {
+    if let Err(r) = action_session(&st, &req, &form) {
+        return *r;
+    }
+    match super::approve(&st, &id) {
+        Ok(()) => see_other("/", None),
+        Err(e) => HttpResponse::build(actix_web::ResponseError::status_code(&e))
+            .content_type("text/plain; charset=utf-8")
+            .body(e.to_string()),
+    }
 }
 
 /// A CRM contact's name by id, from the contact or its tombstone.
@@ -286,7 +484,12 @@ pub async fn account_health(
     st: web::Data<ApiState>,
     id: web::Path<String>,
     q: web::Query<HealthQuery>,
+    req: HttpRequest,
 ) -> HttpResponse {
+    let Some(session) = st.auth.session(&req) else {
+        return login_form(StatusCode::UNAUTHORIZED, None);
+    };
+    let csrf = session.csrf.clone();
     let id = id.into_inner();
     if st.rt.config().account(&id).is_none() {
         return HttpResponse::NotFound()
@@ -357,12 +560,18 @@ pub async fn account_health(
             let crm = r["crm_id"].as_u64().unwrap_or(0);
             format!(
                 "<tr><td><a href=\"/contacts/{crm}\">{}</a></td><td>{}</td><td class=\"error\">{}</td><td>{} attempts</td>\
-                 <td><form class=\"inline\" method=\"post\" action=\"/accounts/{}/outbox/{crm}/retry\"><button>Retry</button></form></td></tr>\n",
+                 <td>{}</td></tr>\n",
                 esc(&s(&r["name"])),
                 esc(&s(&r["op"])),
                 esc(&s(&r["error"])),
                 r["attempts"],
-                enc(&account)
+                form(
+                    &format!("/accounts/{}/outbox/{crm}/retry", enc(&account)),
+                    &csrf,
+                    &[],
+                    "Retry",
+                    "inline retry"
+                )
             )
         },
     ));
@@ -385,7 +594,15 @@ pub async fn account_health(
 }
 
 /// `POST /accounts/{id}/outbox/{contact}/retry` from the dashboard: retry, then back.
-pub async fn retry(st: web::Data<ApiState>, path: web::Path<(String, u64)>) -> HttpResponse {
+pub async fn retry(
+    st: web::Data<ApiState>,
+    path: web::Path<(String, u64)>,
+    req: HttpRequest,
+    csrf: web::Form<CsrfForm>,
+) -> HttpResponse {
+    if let Err(r) = action_session(&st, &req, &csrf) {
+        return *r;
+    }
     let (account, contact) = path.into_inner();
     match super::health::retry_entry(&st, &account, contact) {
         Ok(()) => HttpResponse::SeeOther()
@@ -404,7 +621,14 @@ pub async fn retry(st: web::Data<ApiState>, path: web::Path<(String, u64)>) -> H
 }
 
 /// `/search?q=`: CRM contacts and excluded provider contacts matching a name, email or phone.
-pub async fn search(st: web::Data<ApiState>, q: web::Query<HealthQuery>) -> HttpResponse {
+pub async fn search(
+    st: web::Data<ApiState>,
+    q: web::Query<HealthQuery>,
+    req: HttpRequest,
+) -> HttpResponse {
+    if st.auth.session(&req).is_none() {
+        return login_form(StatusCode::UNAUTHORIZED, None);
+    }
     let accounts: Vec<String> = st
         .rt
         .accounts()
@@ -467,7 +691,14 @@ pub async fn search(st: web::Data<ApiState>, q: web::Query<HealthQuery>) -> Http
 }
 
 /// `/contacts/{id}`: the story of one CRM contact.
-pub async fn contact(st: web::Data<ApiState>, id: web::Path<u64>) -> HttpResponse {
+pub async fn contact(
+    st: web::Data<ApiState>,
+    id: web::Path<u64>,
+    req: HttpRequest,
+) -> HttpResponse {
+    if st.auth.session(&req).is_none() {
+        return login_form(StatusCode::UNAUTHORIZED, None);
+    }
     let story = match crate::health::story(&st.rt.db, *id) {
         Ok(Some(s)) => s,
         Ok(None) => {

@@ -1,11 +1,15 @@
 //! Sync-health endpoints (see [`crate::health`]): history, excluded and failing records,
 //! held deletions, a contact's story, search, and retrying a failed push.
+//!
+//! History is account status, open to both roles; everything else is the operator's (it
+//! names provider contacts the CRM does not hold, and retry changes how an account syncs).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Operator;
 use super::{ApiError, ApiState};
 use crate::actors::supervisor::PushSoon;
 use crate::audit::{self, AuditEvent};
@@ -85,6 +89,7 @@ fn list_args(q: &ListQuery) -> (usize, usize) {
 
 /// `GET /api/v1/accounts/{id}/skipped?q=&offset=&limit=`: excluded provider contacts.
 pub async fn skipped(
+    _: Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
     q: web::Query<ListQuery>,
@@ -96,6 +101,7 @@ pub async fn skipped(
 
 /// `GET /api/v1/accounts/{id}/failing?q=&offset=&limit=`: CRM changes the provider refused.
 pub async fn failing(
+    _: Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
     q: web::Query<ListQuery>,
@@ -107,6 +113,7 @@ pub async fn failing(
 
 /// `GET /api/v1/accounts/{id}/held`: deletions the deletion guard holds.
 pub async fn held(
+    _: Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
     q: web::Query<ListQuery>,
@@ -118,6 +125,7 @@ pub async fn held(
 
 /// `GET /api/v1/contacts/{id}/history`: the story of one CRM contact.
 pub async fn contact_history(
+    _: Operator,
     st: web::Data<ApiState>,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, ApiError> {
@@ -133,6 +141,7 @@ pub async fn contact_history(
 /// `GET /api/v1/search?q=`: CRM contacts and skipped provider contacts matching a name,
 /// email, phone or CRM id.
 pub async fn search(
+    _: Operator,
     st: web::Data<ApiState>,
     q: web::Query<SearchQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -179,6 +188,7 @@ pub fn retry_entry(st: &ApiState, account: &str, contact: u64) -> Result<(), Api
 
 /// `POST /api/v1/accounts/{id}/outbox/{contact}/retry`.
 pub async fn retry(
+    _: Operator,
     st: web::Data<ApiState>,
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, ApiError> {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::ApiState;
 use crate::model::SkipReason;
@@ -213,7 +213,14 @@ pub fn render(st: &ApiState) -> String {
     out
 }
 
-pub async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
+/// `GET /metrics`: for loopback peers; others need `metrics_token_file`'s bearer token.
+pub async fn metrics(st: web::Data<ApiState>, req: HttpRequest) -> HttpResponse {
+    let loopback = req.peer_addr().is_some_and(|a| a.ip().is_loopback());
+    if !loopback && !st.auth.metrics_token(&req) {
+        return HttpResponse::Forbidden()
+            .content_type("text/plain; charset=utf-8")
+            .body("/metrics answers loopback clients only; set [daemon] metrics_token_file and send its token as a bearer token to scrape from elsewhere.\n");
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(render(&st))

@@ -1,7 +1,9 @@
 //! The local HTTP API (SPEC §7): the CRM's contacts and companies, account status, the
 //! Prometheus `/metrics`, `/healthz` and the dashboard. Everything under `/api` needs
-//! `Authorization: Bearer <token from api_token_file>`, compared in constant time.
+//! `Authorization: Bearer <token>`, compared in constant time; which token may do what is
+//! in [`auth`].
 
+pub mod auth;
 pub mod chart;
 pub mod dashboard;
 pub mod health;
@@ -11,12 +13,10 @@ pub mod ops;
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use futures_util::future::ready;
-use futures_util::FutureExt;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -37,7 +37,8 @@ pub struct ApiState {
     pub rt: Arc<Runtime>,
     pub matcher: Addr<Matcher>,
     pub supervisor: Addr<Supervisor>,
-    pub token: Option<Arc<SecretString>>,
+    /// The tokens, their roles and the dashboard sessions.
+    pub auth: Arc<auth::Auth>,
     /// Seals refresh tokens handed over by `connect` while the daemon runs.
     pub sealer: Option<Arc<crate::secrets::Sealer>>,
 }
@@ -312,6 +313,7 @@ async fn delete_contact(
 }
 
 async fn restore_contact(
+    _: auth::Operator,
     st: web::Data<ApiState>,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, ApiError> {
@@ -321,10 +323,18 @@ async fn restore_contact(
 }
 
 async fn approve_account(
+    _: auth::Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if st.rt.config().account(&id).is_none() {
+    approve(&st, &id)?;
+    Ok(HttpResponse::Accepted()
+        .json(json!({"status": "approved; the next round applies the held deletions"})))
+}
+
+/// Records the operator's approval of an account's held deletions and restarts it.
+pub fn approve(st: &ApiState, id: &str) -> Result<(), ApiError> {
+    if st.rt.config().account(id).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("Account {id} is not configured."),
@@ -332,7 +342,7 @@ async fn approve_account(
     }
     let mut b = crate::store::Batch::default();
     b.push(crate::store::Op::SetMeta {
-        key: crate::actors::account::approval_key(&id),
+        key: crate::actors::account::approval_key(id),
         value: Some(chrono::Utc::now().to_rfc3339().into_bytes()),
     });
     let approved = AuditEvent::new(&id, &provider_name(&st, &id), audit::Action::Approved);
@@ -341,8 +351,7 @@ async fn approve_account(
     audit::committed(&[approved]);
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Held deletions approved by an operator.");
-    Ok(HttpResponse::Accepted()
-        .json(json!({"status": "approved; the next round applies the held deletions"})))
+    Ok(())
 }
 
 async fn list_companies(
@@ -401,7 +410,7 @@ async fn get_account(
     Ok(HttpResponse::Ok().json(account_json(&st.rt, &a)?))
 }
 
-async fn sync_now(st: web::Data<ApiState>) -> HttpResponse {
+async fn sync_now(_: auth::Operator, st: web::Data<ApiState>) -> HttpResponse {
     st.supervisor.do_send(SyncNow);
     HttpResponse::Accepted().json(json!({"status": "sync requested"}))
 }
@@ -414,6 +423,7 @@ struct GrantBody {
 
 /// `connect --refresh-token-file` while the daemon runs (the store is the daemon's).
 async fn put_grant(
+    _: auth::Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
     body: web::Json<GrantBody>,
@@ -438,7 +448,7 @@ async fn put_grant(
             "The token key is not available.",
         )
     })?;
-    let sealed = sealer.seal(&SecretString::from(token.trim().to_string()));
+    let sealed = sealer.seal(&id, &SecretString::from(token.trim().to_string()));
     let had_grant = st.rt.db.grant(&id)?.is_some();
     let mut b = crate::store::Batch::default();
     b.push(crate::store::Op::PutGrant {
@@ -458,6 +468,7 @@ async fn put_grant(
 }
 
 async fn delete_grant(
+    _: auth::Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -487,20 +498,6 @@ async fn healthz(st: web::Data<ApiState>) -> HttpResponse {
         "accounts": st.rt.accounts().len(),
         "config_error": st.rt.reload_error(),
     }))
-}
-
-fn authorized(req: &actix_web::dev::ServiceRequest, token: &Option<Arc<SecretString>>) -> bool {
-    use subtle::ConstantTimeEq;
-    let Some(token) = token else { return false };
-    let Some(h) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
-        return false;
-    };
-    let Ok(h) = h.to_str() else { return false };
-    let Some(given) = h.strip_prefix("Bearer ") else {
-        return false;
-    };
-    let expected = token.expose_secret().as_bytes();
-    given.trim().as_bytes().ct_eq(expected).into()
 }
 
 fn json_error(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
@@ -547,7 +544,6 @@ fn json_error(err: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix
 /// Registers every route.
 pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
-        let token = state.token.clone();
         cfg.app_data(web::Data::new(state))
             .app_data(
                 web::JsonConfig::default()
@@ -563,6 +559,16 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics::metrics))
             .route("/", web::get().to(dashboard::page))
+            .route("/login", web::get().to(dashboard::login_page))
+            .route("/login", web::post().to(dashboard::login))
+            .route("/logout", web::post().to(dashboard::logout))
+            .route("/dashboard/sync", web::post().to(dashboard::sync_now))
+            .route(
+                "/dashboard/accounts/{id}/approve",
+                web::post().to(dashboard::approve),
+            )
+            .route("/oauth/{provider}/start", web::get().to(ops::start_page))
+            .route("/oauth/{provider}/start", web::post().to(ops::start))
             .route(
                 "/accounts/{id}/health",
                 web::get().to(dashboard::account_health),
@@ -573,26 +579,10 @@ pub fn configure(state: ApiState) -> impl FnOnce(&mut web::ServiceConfig) {
             )
             .route("/contacts/{id}", web::get().to(dashboard::contact))
             .route("/search", web::get().to(dashboard::search))
-            .route("/oauth/{provider}/start", web::get().to(ops::start))
             .route("/oauth/{provider}/callback", web::get().to(ops::callback))
             .service(
                 web::scope("/api/v1")
-                    .wrap_fn(move |req, srv| {
-                        if authorized(&req, &token) {
-                            srv.call(req)
-                                .map(|r| r.map(|res| res.map_into_left_body()))
-                                .boxed_local()
-                        } else {
-                            let resp = ApiError::new(
-                                StatusCode::UNAUTHORIZED,
-                                "Missing or wrong bearer token.",
-                            )
-                            .error_response()
-                            .map_into_right_body();
-                            let (http_req, _) = req.into_parts();
-                            ready(Ok(ServiceResponse::new(http_req, resp))).boxed_local()
-                        }
-                    })
+                    .wrap(from_fn(auth::api_gate))
                     .route("/contacts", web::get().to(list_contacts))
                     .route("/contacts", web::post().to(create_contact))
                     .route("/contacts/{id}", web::get().to(get_contact))

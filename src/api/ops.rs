@@ -3,11 +3,12 @@
 //! flow (`GET /oauth/{provider}/start` and `GET /oauth/{provider}/callback`).
 //!
 //! The two `/oauth` routes are outside `/api` because a browser cannot send the bearer
-//! token. `start` only ever redirects to the provider for an account declared in the
-//! configuration; the callback needs the `state` nonce `start` made (single use, 10
-//! minutes), and the same browser: `start` sets the nonce in an HttpOnly, SameSite=Lax
-//! cookie that the callback compares. A grant stored by the callback is the grant of the
-//! person who consented at the provider.
+//! token. `start` is a POST from an operator's dashboard session with its CSRF token, and
+//! only ever redirects to the provider for an account declared in the configuration. The
+//! callback checks the `state` nonce `start` made (single use, 10 minutes) before anything
+//! else, and the same browser: `start` sets the nonce in an HttpOnly, SameSite=Lax cookie
+//! that the callback compares. A grant stored by the callback is the grant of the person
+//! who consented at the provider, started by a logged-in operator.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -149,6 +150,7 @@ pub fn summarise(
 /// `POST /api/v1/accounts/{id}/preview?limit=N`: fetches a round from the provider from the
 /// stored cursor and plans it, writing nothing (no cursor, no CRM change, no metrics).
 pub async fn preview(
+    _: super::auth::Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
     q: web::Query<PreviewQuery>,
@@ -224,6 +226,7 @@ pub async fn preview(
 /// `POST /api/v1/accounts/{id}/revoke`: revokes the stored grant at the provider where it
 /// can be (Google); `disconnect` then forgets it with `DELETE .../grant`.
 pub async fn revoke(
+    _: super::auth::Operator,
     st: web::Data<ApiState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -235,7 +238,7 @@ pub async fn revoke(
     let Some(sealed) = st.rt.db.grant(&id)? else {
         return Ok(HttpResponse::Ok().json(json!({"result": "no grant was stored"})));
     };
-    let result = match st.sealer.as_ref().map(|s| s.open(&sealed)) {
+    let result = match st.sealer.as_ref().map(|s| s.open(&id, &sealed)) {
         Some(Ok(token)) => match crate::ops::revoke_grant(&config, &cfg, &token).await {
             Ok(r) => r.to_string(),
             Err(e) => format!("not revoked ({e})"),
@@ -285,18 +288,8 @@ fn callback_uri(st: &ApiState, provider: &str) -> String {
     } else {
         listen
     };
-    format!("http://{host}/oauth/{provider}/callback")
-}
-
-/// The value of a cookie of the request (actix-web's cookie feature is not built in).
-fn cookie_value(req: &HttpRequest, name: &str) -> Option<String> {
-    req.headers()
-        .get_all(actix_web::http::header::COOKIE)
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+    let scheme = if st.auth.tls { "https" } else { "http" };
+    format!("{scheme}://{host}/oauth/{provider}/callback")
 }
 
 #[derive(Deserialize)]
@@ -304,20 +297,74 @@ pub struct StartQuery {
     account: String,
 }
 
-/// `GET /oauth/{provider}/start?account=ID`: redirects to the provider's consent page.
-pub async fn start(
+#[derive(Deserialize)]
+pub struct StartForm {
+    account: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Refusal of an OAuth start without an operator session.
+fn no_session() -> HttpResponse {
+    page(
+        StatusCode::FORBIDDEN,
+        "Operator login needed",
+        "Connecting an account needs an operator session: log in to the dashboard at /login with the operator token (admin_token_file) first.",
+    )
+}
+
+/// `GET /oauth/{provider}/start?account=ID`: with an operator session, a page whose button
+/// posts the start form (with the session's CSRF token); without one, 403.
+pub async fn start_page(
     st: web::Data<ApiState>,
     provider: web::Path<String>,
     q: web::Query<StartQuery>,
+    req: HttpRequest,
 ) -> HttpResponse {
+    let Some(session) = st.auth.session(&req) else {
+        return no_session();
+    };
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>contact-sync: connect {a}</title></head>\
+             <body style=\"font: 14px system-ui, sans-serif; margin: 2em\"><h1>Connect {a}</h1>\
+             <form method=\"post\" action=\"/oauth/{p}/start\"><input type=\"hidden\" name=\"account\" value=\"{a}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{c}\"><button type=\"submit\">Continue to the provider</button></form>\
+             <p><a href=\"/\">Back to the dashboard</a></p></body></html>",
+            a = esc(&q.account),
+            p = esc(&provider),
+            c = esc(&session.csrf),
+        ))
+}
+
+/// `POST /oauth/{provider}/start` (form `account`, `csrf`): from an operator session only,
+/// redirects to the provider's consent page for an account declared in the configuration.
+pub async fn start(
+    st: web::Data<ApiState>,
+    provider: web::Path<String>,
+    form: web::Form<StartForm>,
+    req: HttpRequest,
+) -> HttpResponse {
+    let Some(session) = st.auth.session(&req) else {
+        return no_session();
+    };
+    if !super::auth::csrf_ok(&session, &form.csrf) {
+        return page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "The form's CSRF token does not match your session; reload the dashboard and try again.",
+        );
+    }
     let config = st.rt.config();
-    let Some(acc) = config.account(&q.account).cloned() else {
+    let Some(acc) = config.account(&form.account).cloned() else {
         return page(
             StatusCode::NOT_FOUND,
             "Unknown account",
             &format!(
                 "Account {} is not declared in the configuration; add an [[accounts]] entry first.",
-                q.account
+                form.account
             ),
         );
     };
@@ -328,48 +375,43 @@ pub async fn start(
             &format!("Account {} is a {} account.", acc.id, acc.provider.as_str()),
         );
     }
-    // This route needs no token (a browser follows it), so it must not let whoever reaches
-    // the dashboard replace a working grant with another mailbox's: only accounts without a
-    // grant, or whose grant the provider revoked, can be connected from here.
-    let connected = matches!(st.rt.db.grant(&acc.id), Ok(Some(_)));
-    let reauth = st
-        .rt
-        .account(&acc.id)
-        .is_some_and(|a| a.status.state == crate::model::AccountState::ReauthRequired);
-    if connected && !reauth {
-        return page(
-            StatusCode::FORBIDDEN,
-            "Already connected",
-            &format!(
-                "Account {} is connected. To replace its grant, run `contact-sync connect {}` on the server.",
-                acc.id, acc.id
-            ),
-        );
-    }
     let pending = crate::oauth_flow::endpoints(&config, &acc)
         .and_then(|ep| crate::oauth_flow::begin(&ep, &callback_uri(&st, &provider)));
-    match pending {
-        Ok(p) => {
-            let url = p.url.clone();
-            let state = crate::oauth_flow::remember(&acc.id, p);
-            tracing::info!(account = %acc.id, "Authorization started from the dashboard.");
-            HttpResponse::Found()
-                .insert_header(("Location", url))
-                .insert_header(("Cache-Control", "no-store"))
-                .insert_header((
-                    "Set-Cookie",
-                    format!(
-                        "{STATE_COOKIE}={state}; Path=/oauth; Max-Age=600; HttpOnly; SameSite=Lax"
-                    ),
-                ))
-                .finish()
+    let pending = match pending {
+        Ok(p) => p,
+        Err(e) => {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Cannot start the authorization",
+                &e,
+            )
         }
-        Err(e) => page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Cannot start the authorization",
-            &e,
-        ),
-    }
+    };
+    let url = pending.url.clone();
+    let state = match crate::oauth_flow::remember(&acc.id, &session.id, pending) {
+        Ok(s) => s,
+        Err(e) => {
+            return page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Cannot start the authorization",
+                &e,
+            )
+        }
+    };
+    tracing::info!(account = %acc.id, "Authorization started from the dashboard.");
+    let secure = if st.auth.tls { "; Secure" } else { "" };
+    // The provider's redirect back is a cross-site navigation: SameSite=Lax lets this
+    // cookie (and not the Strict session cookie) come along.
+    HttpResponse::SeeOther()
+        .insert_header(("Location", url))
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header((
+            "Set-Cookie",
+            format!(
+                "{STATE_COOKIE}={state}; Path=/oauth; Max-Age=600; HttpOnly; SameSite=Lax{secure}"
+            ),
+        ))
+        .finish()
 }
 
 /// `GET /oauth/{provider}/callback`: checks `state`, exchanges the code, stores the sealed
@@ -382,15 +424,16 @@ pub async fn callback(
     let q: HashMap<String, String> = url::form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
         .collect();
+    // The state first: nothing else of the request is looked at for an unknown one.
     let state = q.get("state").cloned().unwrap_or_default();
-    let Some(pending) = crate::oauth_flow::take(&state) else {
+    if !crate::oauth_flow::is_pending(&state) {
         return page(
             StatusCode::BAD_REQUEST,
             "Authorization failed",
             "Unknown or expired authorization request (the state parameter does not match one this daemon started in the last 10 minutes). Start again from the dashboard.",
         );
-    };
-    let cookie = cookie_value(&req, STATE_COOKIE);
+    }
+    let cookie = super::auth::cookie_value(&req, STATE_COOKIE);
     if cookie.as_deref() != Some(state.as_str()) {
         return page(
             StatusCode::BAD_REQUEST,
@@ -398,6 +441,13 @@ pub async fn callback(
             "This authorization was started in another browser. Start again from the dashboard.",
         );
     }
+    let Some(pending) = crate::oauth_flow::take(&state) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Authorization failed",
+            "Unknown or expired authorization request. Start again from the dashboard.",
+        );
+    };
     let account = pending.account.clone();
     let config = st.rt.config();
     let Some(acc) = config.account(&account).cloned() else {
@@ -447,7 +497,7 @@ pub async fn callback(
     let mut b = crate::store::Batch::default();
     b.push(crate::store::Op::PutGrant {
         account: account.clone(),
-        sealed: sealer.seal(&token),
+        sealed: sealer.seal(&account, &token),
     });
     match crate::sync::outbox::requeue_after_new_grant(&st.rt.db, &account) {
         Ok(ops) => {

@@ -93,7 +93,7 @@ pub fn factory(sealer: Arc<Sealer>) -> ProviderFactory {
             .map_err(|e| ProviderError::Transient(e.to_string()))?
             .ok_or_else(|| ProviderError::NotConnected(account.id.clone()))?;
         let refresh = sealer
-            .open(&sealed)
+            .open(&account.id, &sealed)
             .map_err(|e| ProviderError::Permanent(e.to_string()))?;
         let config = rt.config();
         let client = oauth_client(&config, account)?;
@@ -102,7 +102,7 @@ pub fn factory(sealer: Arc<Sealer>) -> ProviderFactory {
             let mut b = Batch::default();
             b.push(Op::PutGrant {
                 account: id.clone(),
-                sealed: seal.seal(token),
+                sealed: seal.seal(&id, token),
             });
             db.commit_durable(&b).map_err(|e| e.to_string())
         });

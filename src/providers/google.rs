@@ -845,6 +845,10 @@ impl GoogleClient {
     }
 
     async fn photo(&self, url: &str) -> Result<Option<Jpeg>, ProviderError> {
+        if !super::http::photo_url_allowed(url, &self.api_base, super::http::GOOGLE_PHOTO_HOSTS) {
+            warn!("Photo URL is not on Google's photo hosts or the API host; not fetched");
+            return Ok(None);
+        }
         let mut attempt: u32 = 0;
         let mut refreshed = false;
         loop {

@@ -422,7 +422,11 @@ pub(crate) fn render(c: &GContact, fields: &[String], base: &str, salt: u64) -> 
                 p.insert("memberships".into(), Value::Array(v));
             }
             "photos" => {
-                let v = if c.photo {
+                // A photo URL set through the control API (a hostile or odd provider
+                // response): served as is.
+                let v = if let Some(url) = c.data.get("_photoUrl").and_then(Value::as_str) {
+                    json!([{"metadata": {"primary": true, "source": source}, "url": url}])
+                } else if c.photo {
                     json!([{"metadata": {"primary": true, "source": source},
                             "url": format!("{base}/photos/{salt:x}-{}.jpg", c.num)}])
                 } else {
@@ -1446,6 +1450,23 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 Some(c) => Resp::json(200, &render(c, &all, &base, salt)),
                 None => control_err(404, "no such contact"),
             }
+        }
+        ("PUT", ["contacts", id, "photo-url"]) => {
+            let Some(num) = parse_num(id).filter(|n| u.contacts.contains_key(n)) else {
+                return Some(control_err(404, "no such contact"));
+            };
+            let Some(url) = r
+                .json()
+                .ok()
+                .and_then(|b| b.get("url").and_then(Value::as_str).map(str::to_string))
+            else {
+                return Some(control_err(400, "body must be {\"url\": \"...\"}"));
+            };
+            if let Some(c) = u.contacts.get_mut(&num) {
+                c.data.insert("_photoUrl".into(), Value::String(url));
+            }
+            u.touch(num, now);
+            Resp::empty(204)
         }
         ("DELETE", ["contacts", id]) => match parse_num(id) {
             Some(n) if u.delete(n, now) => Resp::empty(204),

@@ -503,6 +503,16 @@ impl Db {
         self.kv.get(Tree::Meta, key.as_bytes())
     }
 
+    /// Every stored grant: (account, sealed refresh token).
+    pub fn grants(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self
+            .kv
+            .scan_prefix(Tree::Grants, b"")?
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect())
+    }
+
     pub fn grant_count(&self) -> Result<usize, StoreError> {
         self.kv.len(Tree::Grants)
     }

@@ -291,9 +291,16 @@ pub struct PushOutcome {
     pub audit: Vec<AuditEvent>,
 }
 
+/// The audit reason of a rejected change without `audit_values`.
+pub const REJECTED_REASON: &str =
+    "the provider rejected the change permanently (its message is in the daemon log)";
+
 /// Records the provider's answers. Runs in the matcher, so it sees the CRM as it is now.
 /// A retried entry waits at least `min_retry` (the poll interval): pushes that fail never
 /// repeat faster than the account's rounds.
+///
+/// The audit `reason` of a rejected change carries the provider's text only with
+/// `audit_values`: a provider's error can echo field values back.
 pub fn apply_results(
     db: &Db,
     account: &AccountConfig,
@@ -301,6 +308,7 @@ pub fn apply_results(
     results: &[PushResult],
     now: DateTime<Utc>,
     min_retry: chrono::Duration,
+    audit_values: bool,
 ) -> Result<PushOutcome, StoreError> {
     let mut out = PushOutcome::default();
     let provider = account.provider.as_str();
@@ -522,7 +530,11 @@ pub fn apply_results(
                         event(audit::Action::Rejected)
                             .direction(audit::Direction::ToProvider)
                             .crm_id(e.contact_id)
-                            .reason(err.to_string()),
+                            .reason(if audit_values {
+                                err.to_string()
+                            } else {
+                                REJECTED_REASON.to_string()
+                            }),
                     );
                 } else {
                     next.not_before = Some(now + backoff(next.attempts).max(min_retry));
@@ -625,6 +637,7 @@ mod tests {
             &[reauth],
             now(),
             chrono::Duration::zero(),
+            false,
         )
         .unwrap();
         let Some(Op::PutOutbox(e)) = out.batch.ops.first() else {
@@ -653,6 +666,62 @@ mod tests {
             panic!("{ops:?}")
         };
         assert_eq!((e.contact_id, e.failed, e.attempts), (2, false, 0));
+    }
+
+    #[test]
+    fn rejected_push_audit_reason_has_no_provider_text_unless_audit_values() {
+        use crate::config::{Direction, ProviderKind};
+        let db = Db::in_memory(phonenumber::country::Id::US);
+        let account = AccountConfig {
+            id: "g".into(),
+            provider: ProviderKind::Google,
+            group: Group::All,
+            direction: Direction::TwoWay,
+            enabled: true,
+            url: None,
+            username: None,
+            password_file: None,
+            address_book: None,
+        };
+        let item = PushItem {
+            entry: OutboxEntry {
+                account: "g".into(),
+                contact_id: 7,
+                op: OutboxOp::Delete {
+                    provider_id: "people/c7".into(),
+                },
+                attempts: 0,
+                not_before: None,
+                last_error: None,
+                failed: false,
+                created_at: now(),
+            },
+            op: PushOp::Delete {
+                provider_id: "people/c7".into(),
+            },
+        };
+        let echo = "Invalid email \"ann.secret@example.com\" for Ann Secret";
+        let results = [PushResult::Failed(
+            crate::providers::ProviderError::Permanent(echo.into()),
+        )];
+        let reason = |audit_values| {
+            let out = apply_results(
+                &db,
+                &account,
+                std::slice::from_ref(&item),
+                &results,
+                now(),
+                chrono::Duration::zero(),
+                audit_values,
+            )
+            .unwrap();
+            out.audit
+                .iter()
+                .find_map(|e| e.reason.clone())
+                .expect("a rejected event with a reason")
+        };
+        assert_eq!(reason(false), REJECTED_REASON);
+        assert!(reason(true).contains("ann.secret@example.com"));
     }
 
     #[test]

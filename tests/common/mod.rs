@@ -5,7 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The CRM's token (`api_token_file`).
 pub const TOKEN: &str = "test-token-0123456789";
+/// The operator's token (`admin_token_file`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-9876543210";
+/// The key that seals refresh tokens (`token_key_file`), 64 hex characters.
+pub const TOKEN_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// Writes `data` to `path` with mode 0600 (the daemon refuses a key others can read).
+pub fn write_private(path: &Path, data: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_contact-sync")
@@ -45,7 +57,7 @@ impl TestDaemon {
     pub fn config_text(&self, daemon_extra: &str, rest: &str) -> String {
         let d = self.dir.path().display();
         format!(
-            "[daemon]\ndata_dir = \"{d}/data\"\nlisten = \"127.0.0.1:{}\"\napi_token_file = \"{d}/api-token\"\naudit_dir = \"{d}/audit\"\npoll_interval = \"1s\"\n{daemon_extra}\n{rest}",
+            "[daemon]\ndata_dir = \"{d}/data\"\nlisten = \"127.0.0.1:{}\"\napi_token_file = \"{d}/api-token\"\nadmin_token_file = \"{d}/admin-token\"\ntoken_key_file = \"{d}/token-key\"\naudit_dir = \"{d}/audit\"\npoll_interval = \"1s\"\n{daemon_extra}\n{rest}",
             self.port
         )
     }
@@ -59,7 +71,9 @@ impl TestDaemon {
 
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("api-token"), format!("{TOKEN}\n")).unwrap();
+        write_private(&dir.path().join("api-token"), &format!("{TOKEN}\n"));
+        write_private(&dir.path().join("admin-token"), &format!("{ADMIN_TOKEN}\n"));
+        write_private(&dir.path().join("token-key"), &format!("{TOKEN_KEY}\n"));
         TestDaemon {
             child: None,
             dir,
@@ -161,8 +175,29 @@ impl TestDaemon {
         }
     }
 
+    /// A request with the CRM's token.
     pub async fn api(
         &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.api_as(TOKEN, method, path, body).await
+    }
+
+    /// A request with the operator's token (approve, restore, preview, sync, grants).
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.api_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    pub async fn api_as(
+        &self,
+        token: &str,
         method: reqwest::Method,
         path: &str,
         body: Option<serde_json::Value>,
@@ -170,7 +205,7 @@ impl TestDaemon {
         let mut r = self
             .http
             .request(method, format!("{}{}", self.base(), path))
-            .bearer_auth(TOKEN);
+            .bearer_auth(token);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -267,7 +302,52 @@ pub fn account_toml(id: &str, provider: &str, group: &str, direction: &str) -> S
     format!("\n[[accounts]]\nid = \"{id}\"\nprovider = \"{provider}\"\ngroup = \"{group}\"\ndirection = \"{direction}\"\n")
 }
 
+/// A client that does not follow redirects.
+pub fn no_redirect() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A logged-in dashboard session: the `Cookie` header value and the page's CSRF token.
+pub struct OperatorSession {
+    pub cookie: String,
+    pub csrf: String,
+}
+
 impl TestDaemon {
+    /// Logs in to the dashboard with the operator token.
+    pub async fn login(&self) -> OperatorSession {
+        let c = no_redirect();
+        let r = c
+            .post(format!("{}/login", self.base()))
+            .form(&[("token", ADMIN_TOKEN)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "login");
+        let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_string();
+        let page = c
+            .get(format!("{}/", self.base()))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let marker = "name=\"csrf\" value=\"";
+        let at = page.find(marker).expect("a CSRF field") + marker.len();
+        let csrf = page[at..at + page[at..].find('"').unwrap()].to_string();
+        OperatorSession { cookie, csrf }
+    }
+
     /// Imports a refresh token with `contact-sync connect ACCOUNT --refresh-token-file`.
     pub async fn connect(&self, account: &str, refresh_token: &str) {
         let f = self.dir.path().join(format!("{account}.refresh"));
@@ -331,7 +411,9 @@ impl TestDaemon {
         let before = self.account(id).await["last_sync"]
             .as_str()
             .map(str::to_string);
-        let (s, _) = self.api(reqwest::Method::POST, "/api/v1/sync", None).await;
+        let (s, _) = self
+            .admin(reqwest::Method::POST, "/api/v1/sync", None)
+            .await;
         assert_eq!(s, 202);
         self.wait_synced(id, before.as_deref()).await
     }
