@@ -92,8 +92,16 @@ fn seed_store(d: &TestDaemon) -> u64 {
     id
 }
 
-#[tokio::test]
-async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_one() {
+/// The scenario both tests read: Jane Doe is skipped (no email or phone), Bob Story is added
+/// and then changed in Google, a known history is in the store, and a push has failed.
+struct Scenario {
+    sim: contact_sync::sim::Sim,
+    d: TestDaemon,
+    retry_id: u64,
+    bob_id: String,
+}
+
+async fn scenario() -> Scenario {
     let sim = start_sim(vec![SeedUser::new(USER, 20, 17)], vec![]).await;
     // Jane Doe has no email and no phone: she is skipped.
     let (s, _) = sim.control(
@@ -133,6 +141,31 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
         .await;
     d.wait_synced("g", None).await;
 
+    // Bob's job title changes in Google.
+    let (s, _) = sim.control(
+        Provider::Google,
+        "PATCH",
+        &format!("/_sim/users/{USER}/contacts/{bob_id}"),
+        Some(json!({"organizations": [{"name": "Initech", "title": "Engineer"}]})),
+    );
+    assert_eq!(s, 200);
+    d.sync_now("g").await;
+    Scenario {
+        sim,
+        d,
+        retry_id,
+        bob_id,
+    }
+}
+
+#[tokio::test]
+async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_one() {
+    let Scenario {
+        sim,
+        d,
+        retry_id,
+        bob_id: _,
+    } = scenario().await;
     // Why is Jane Doe not in the CRM? The excluded list finds her by name.
     let (s, v) = d
         .api(reqwest::Method::GET, "/api/v1/accounts/g/skipped", None)
@@ -150,14 +183,6 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
     );
 
     // What happened to Bob? He was added, then his job title changed in Google.
-    let (s, _) = sim.control(
-        Provider::Google,
-        "PATCH",
-        &format!("/_sim/users/{USER}/contacts/{bob_id}"),
-        Some(json!({"organizations": [{"name": "Initech", "title": "Engineer"}]})),
-    );
-    assert_eq!(s, 200);
-    d.sync_now("g").await;
     let found = op_get(&d, "/api/v1/search?q=bob.story%40example.org").await;
     assert_eq!(found["contacts"].as_array().unwrap().len(), 1, "{found}");
     let id = found["contacts"][0]["id"].as_u64().unwrap();
@@ -299,4 +324,146 @@ async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_
         .unwrap();
     assert!(story_page.contains("Bob Story"), "{story_page}");
     assert!(story_page.contains("job_title"), "{story_page}");
+}
+
+/// The same answers through the dashboard in headless Chromium (driven by
+/// `tests/browser/health.mjs` with playwright-core): log in, read the chart of a known
+/// history, find a skipped contact by name, retry a failed push, open a contact's story and
+/// check it agrees with the API. Screenshots are saved under `target/tmp/`.
+#[tokio::test]
+async fn health_browser_operator_reads_the_chart_finds_a_skipped_contact_retries_and_reads_a_story()
+{
+    let chromium = std::path::Path::new("/usr/bin/chromium");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/health.mjs");
+    let playwright = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/browser/node_modules/playwright-core");
+    if !chromium.exists() || !playwright.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Chromium or playwright-core is missing in CI (.ci/install-test-deps.sh installs both)"
+        );
+        eprintln!("SKIP: /usr/bin/chromium or tests/browser/node_modules is missing");
+        return;
+    }
+    let Scenario {
+        sim,
+        d,
+        retry_id,
+        bob_id: _,
+    } = scenario().await;
+    let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .arg(d.base())
+        .arg(ADMIN_TOKEN)
+        .arg(&out_dir)
+        .args(["g", "Jane Doe", "Retry Me", "bob.story@example.org"])
+        .output()
+        .await
+        .expect("node runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let got: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "browser script output ({e}): {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(
+        got["error"].is_null(),
+        "browser script failed: {}",
+        got["error"]
+    );
+    assert_eq!(got["before_login_status"], 401, "{got}");
+    assert_eq!(got["logged_in"], true, "{got}");
+
+    // The chart shows the known history, and the day of mass deletions stands out.
+    let bars: Vec<&str> = got["bars"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b.as_str())
+        .collect();
+    let mass = format!("{}: 140 deleted", day(4));
+    assert!(bars.contains(&mass.as_str()), "{bars:?}");
+    assert!(
+        bars.contains(&format!("{}: 3 added", day(5)).as_str()),
+        "{bars:?}"
+    );
+    assert_eq!(
+        got["unusual"],
+        json!([format!("{}: unusual number of deletions", day(4))])
+    );
+    assert_eq!(got["unusual_labels"], json!(["140 deleted"]));
+
+    // The skipped contact, found by name.
+    assert_eq!(got["excluded"], json!(["no_email_or_phone: Jane Doe"]));
+
+    // The failed push, retried from the page, reaches Google.
+    assert_eq!(got["failing_before"], 1, "{got}");
+    assert!(got["after_retry_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/accounts/g/health#failing"));
+    d.wait_for(
+        "the retried push",
+        std::time::Duration::from_secs(30),
+        || async { d.account("g").await["outbox"]["pending"] == 0 },
+    )
+    .await;
+    let failing = op_get(&d, "/api/v1/accounts/g/failing").await;
+    assert_eq!(failing["total"], 0, "{failing}");
+    let people = sim
+        .control(
+            Provider::Google,
+            "GET",
+            &format!("/_sim/users/{USER}/contacts"),
+            None,
+        )
+        .1;
+    assert!(people
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["person"]["names"][0]["familyName"] == "Me"));
+    let retry_story = op_get(&d, &format!("/api/v1/contacts/{retry_id}/history")).await;
+    assert!(retry_story["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "retry_requested"));
+
+    // The story page agrees with the API, event for event.
+    let found = op_get(&d, "/api/v1/search?q=bob.story%40example.org").await;
+    let id = found["contacts"][0]["id"].as_u64().unwrap();
+    let story = op_get(&d, &format!("/api/v1/contacts/{id}/history")).await;
+    let seqs: Vec<Value> = story["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].clone())
+        .collect();
+    let actions: Vec<Value> = story["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].clone())
+        .collect();
+    assert_eq!(got["story_seqs"], Value::Array(seqs), "{got}");
+    assert_eq!(got["story_actions"], Value::Array(actions), "{got}");
+    assert_eq!(got["story_title"], format!("Bob Story (CRM #{id})"));
+    for shot in [
+        "health-dashboard",
+        "health-excluded",
+        "health-failing",
+        "health-story",
+    ] {
+        let p = out_dir.join(format!("{shot}.png"));
+        assert!(
+            std::fs::metadata(&p)
+                .map(|m| m.len() > 10_000)
+                .unwrap_or(false),
+            "{shot} saved"
+        );
+    }
 }

@@ -427,7 +427,7 @@ async fn permanent_error_is_terminal_until_sync_now_or_config_change() {
         assert_eq!(s, 200, "{v}");
     };
     disable(true);
-    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    let (s, _) = d.admin(Method::POST, "/api/v1/sync", None).await;
     assert_eq!(s, 202);
     let a = d.wait_state("o", "error").await;
     assert!(
@@ -460,7 +460,7 @@ async fn permanent_error_is_terminal_until_sync_now_or_config_change() {
 
     // Again broken; this time a config change starts it again.
     disable(true);
-    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    let (s, _) = d.admin(Method::POST, "/api/v1/sync", None).await;
     assert_eq!(s, 202);
     d.wait_state("o", "error").await;
     disable(false);
@@ -628,14 +628,14 @@ async fn outlook_folder_moved_to_deleted_items_counts_as_deleted_and_the_guard_a
     assert_ne!(v["parentFolderId"], default.as_str());
 
     // A third of the account at once: held by the guard, nothing deleted yet.
-    let (s, _) = d.api(Method::POST, "/api/v1/sync", None).await;
+    let (s, _) = d.admin(Method::POST, "/api/v1/sync", None).await;
     assert_eq!(s, 202);
     d.wait_state("o", "deletion_held").await;
     let held = check_no_duplicates(&d.contacts().await, "o");
     assert!(linked_in_child.iter().all(|p| held.contains_key(p)));
 
     let (s, v) = d
-        .api(Method::POST, "/api/v1/accounts/o/approve", None)
+        .admin(Method::POST, "/api/v1/accounts/o/approve", None)
         .await;
     assert!(s < 300, "{v}");
     d.wait_for(

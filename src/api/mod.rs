@@ -345,7 +345,7 @@ pub fn approve(st: &ApiState, id: &str) -> Result<(), ApiError> {
         key: crate::actors::account::approval_key(id),
         value: Some(chrono::Utc::now().to_rfc3339().into_bytes()),
     });
-    let approved = AuditEvent::new(&id, &provider_name(&st, &id), audit::Action::Approved);
+    let approved = AuditEvent::new(id, &provider_name(st, id), audit::Action::Approved);
     b.push(crate::store::Op::Audit(approved.clone()));
     st.rt.db.commit_durable(&b)?;
     audit::committed(&[approved]);

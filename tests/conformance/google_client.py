@@ -74,7 +74,7 @@ def main():
 
     # 2. Create, update (etag chain), then sync with the token.
     created = svc.people().createContact(
-        personFields="names,emailAddresses",
+        personFields="names,emailAddresses,metadata",
         body={
             "names": [{"givenName": "Ada", "familyName": "Lovelace"}],
             "emailAddresses": [{"value": "ada@example.com", "type": "work"}],
@@ -82,18 +82,23 @@ def main():
     ).execute()
     rn = created["resourceName"]
     assert created["names"][0]["displayName"] == "Ada Lovelace", created
+    # Updates carry the CONTACT source's etag (Source.etag), a different value from the
+    # person's etag (Person.etag).
+    source = [s for s in created["metadata"]["sources"] if s["type"] == "CONTACT"][0]
+    assert source["etag"] != created["etag"], created
+    sources = {"sources": [{"type": "CONTACT", "etag": source["etag"]}]}
     updated = svc.people().updateContact(
         resourceName=rn,
         updatePersonFields="emailAddresses",
         personFields="emailAddresses",
-        body={"etag": created["etag"], "emailAddresses": [{"value": "ada@analytical.example"}]},
+        body={"metadata": sources, "emailAddresses": [{"value": "ada@analytical.example"}]},
     ).execute()
     assert updated["emailAddresses"][0]["value"] == "ada@analytical.example"
     try:
         svc.people().updateContact(
             resourceName=rn,
             updatePersonFields="emailAddresses",
-            body={"etag": created["etag"], "emailAddresses": []},
+            body={"metadata": sources, "emailAddresses": []},
         ).execute()
         raise AssertionError("stale etag accepted")
     except HttpError as e:
