@@ -50,3 +50,18 @@ if ! command -v radicale >/dev/null 2>&1 || ! command -v xandikos >/dev/null 2>&
   echo "Installing radicale and xandikos from PyPI"
   python3 -m pip install --quiet --disable-pip-version-check radicale xandikos
 fi
+
+# playwright-core (npm; no browser download: it drives Debian's Chromium) for the sync-health
+# browser test in tests/health.rs.
+if ! command -v node >/dev/null 2>&1; then
+  echo "Installing Debian packages: nodejs npm"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+fi
+browser_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/browser"
+if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  echo "Installing playwright-core from the npm registry"
+  (cd "$browser_dir" && npm ci --no-audit --no-fund --silent)
+fi

@@ -120,7 +120,13 @@ def main():
     assert len(made) == 3
     upd = svc.people().batchUpdateContacts(
         body={
-            "contacts": {p["resourceName"]: {"etag": p["etag"], "names": [{"givenName": "Renamed"}]} for p in made},
+            "contacts": {
+                p["resourceName"]: {
+                    "metadata": {"sources": [s for s in p["metadata"]["sources"] if s["type"] == "CONTACT"]},
+                    "names": [{"givenName": "Renamed"}],
+                }
+                for p in made
+            },
             "updateMask": "names",
             "readMask": "names",
         }
