@@ -98,7 +98,6 @@ struct Scenario {
     sim: contact_sync::sim::Sim,
     d: TestDaemon,
     retry_id: u64,
-    bob_id: String,
 }
 
 async fn scenario() -> Scenario {
@@ -150,22 +149,12 @@ async fn scenario() -> Scenario {
     );
     assert_eq!(s, 200);
     d.sync_now("g").await;
-    Scenario {
-        sim,
-        d,
-        retry_id,
-        bob_id,
-    }
+    Scenario { sim, d, retry_id }
 }
 
 #[tokio::test]
 async fn health_an_operator_finds_why_a_contact_is_missing_and_what_happened_to_one() {
-    let Scenario {
-        sim,
-        d,
-        retry_id,
-        bob_id: _,
-    } = scenario().await;
+    let Scenario { sim, d, retry_id } = scenario().await;
     // Why is Jane Doe not in the CRM? The excluded list finds her by name.
     let (s, v) = d
         .api(reqwest::Method::GET, "/api/v1/accounts/g/skipped", None)
@@ -345,12 +334,7 @@ async fn health_browser_operator_reads_the_chart_finds_a_skipped_contact_retries
         eprintln!("SKIP: /usr/bin/chromium or tests/browser/node_modules is missing");
         return;
     }
-    let Scenario {
-        sim,
-        d,
-        retry_id,
-        bob_id: _,
-    } = scenario().await;
+    let Scenario { sim, d, retry_id } = scenario().await;
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tmp");
     std::fs::create_dir_all(&out_dir).unwrap();
     let out = tokio::process::Command::new("node")
