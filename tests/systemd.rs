@@ -135,13 +135,29 @@ fn readme_install_steps_start_the_service_under_real_systemd() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap();
+    // The sandbox hides the host's /tmp (and a few other paths) behind fresh tmpfs mounts, and
+    // a checkout may live under /tmp: stage what the steps read in a host directory it keeps.
+    let stage = tempfile::Builder::new()
+        .prefix("contact-sync-systemd-test.")
+        .tempdir_in("/var/cache")
+        .unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for item in ["config", "systemd", "README.md"] {
+        let ok = Command::new("cp")
+            .arg("-r")
+            .arg(repo.join(item))
+            .arg(stage.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "staging {item}");
+    }
+    let bin = stage.path().join("contact-sync");
+    std::fs::copy(env!("CARGO_BIN_EXE_contact-sync"), &bin).unwrap();
     let out = Command::new(&sandbox)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/systemd/install.sh"
-        ))
-        .arg(env!("CARGO_MANIFEST_DIR"))
-        .arg(env!("CARGO_BIN_EXE_contact-sync"))
+        .arg(repo.join("tests/systemd/install.sh"))
+        .arg(stage.path())
+        .arg(&bin)
         .arg(port.to_string())
         .output()
         .unwrap();
