@@ -503,3 +503,36 @@ async fn the_request_budget_keeps_a_sync_free_of_throttling() {
     }
     assert!(sim.graph_budget_refusals() > 0);
 }
+
+/// Issue 16, the stalled fault runs: an access token that lives only seconds (the fault
+/// suite's 2 s) is refreshed about once per lifetime, not before every request. Refreshing
+/// under the token lock before every request serialised a mailbox's requests behind the
+/// token endpoint, so one hung token request held up all of them.
+#[tokio::test]
+async fn a_short_lived_token_is_not_refreshed_before_every_request() {
+    let mut u = SeedUser::new(OLGA, 400, 21);
+    u.child_folders = 1;
+    let sim = Sim::start(SimOptions {
+        outlook_users: vec![u],
+        access_token_ttl: std::time::Duration::from_secs(2),
+        ..SimOptions::default()
+    })
+    .await
+    .expect("sim starts");
+    let (client, _) = client_for(&sim);
+    let started = std::time::Instant::now();
+    let r = client.fetch_round(None, &quiet()).await.unwrap();
+    for p in upserts(&r).into_iter().filter(|p| p.photo_url.is_some()) {
+        client.fetch_photo(p).await.unwrap();
+    }
+    let log = sim.requests(Provider::Outlook);
+    let tokens = log.iter().filter(|e| e.path.ends_with("/token")).count();
+    let api = log.len() - tokens;
+    let lifetimes = started.elapsed().as_secs_f64() / 2.0;
+    assert!(api > 40, "{api}");
+    assert!(
+        (tokens as f64) <= 2.0 * lifetimes + 2.0,
+        "{tokens} token requests for {api} API requests in {:?}",
+        started.elapsed()
+    );
+}
