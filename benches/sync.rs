@@ -954,7 +954,6 @@ fn initial(case: &str, p: Provider, runs: usize, latency_ms: u64) -> Res<Summary
                         .count() as f64,
                 );
                 s.put("seeded contacts with a photo", with_photo as f64);
-                s.put("contacts created with a photo", 0.0);
             }
             put_requests(&mut s, "fetch-only ", fetch_requests);
             s.put("fetch + photos alone (s)", f.round_s + f.photos_s);
