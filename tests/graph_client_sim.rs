@@ -536,3 +536,45 @@ async fn a_short_lived_token_is_not_refreshed_before_every_request() {
         started.elapsed()
     );
 }
+
+/// Issue 16: photos in `$batch`, 20 per request, give the same bytes as one by one, and a
+/// contact without a photo gives none.
+#[tokio::test]
+async fn photos_come_through_batch_twenty_at_a_time() {
+    let sim = sim_with(500, 0).await;
+    let (client, _) = client_for(&sim);
+    let r = client.fetch_round(None, &quiet()).await.unwrap();
+    let mut contacts: Vec<ProviderContact> = upserts(&r)
+        .into_iter()
+        .filter(|p| p.photo_url.is_some())
+        .cloned()
+        .collect();
+    assert!(contacts.len() > 20, "{}", contacts.len());
+    // One contact without a photo, asked for anyway.
+    let without = upserts(&r)
+        .into_iter()
+        .find(|p| p.photo_url.is_none())
+        .unwrap()
+        .clone();
+    contacts.push(without);
+    sim.clear_requests(Provider::Outlook);
+    let batched = client.fetch_photos(&contacts).await;
+    let log = sim.requests(Provider::Outlook);
+    let batches = log.iter().filter(|e| e.path.ends_with("$batch")).count();
+    assert_eq!(batches, contacts.len().div_ceil(20));
+    assert!(
+        log.iter().all(|e| !e.path.ends_with("/photo/$value")),
+        "nothing asked alone"
+    );
+    assert_eq!(batched.len(), contacts.len());
+    for (c, got) in contacts.iter().zip(&batched) {
+        let one = client.fetch_photo(c).await.unwrap();
+        assert_eq!(got.as_ref().unwrap(), &one, "{}", c.provider_id);
+    }
+    assert!(batched.last().unwrap().as_ref().unwrap().is_none());
+    assert!(batched[0]
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|b| b.starts_with(&[0xff, 0xd8])));
+}

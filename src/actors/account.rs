@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::Utc;
-use futures_util::StreamExt;
 
 use super::matcher::{CommitPush, MarkSent, Matcher, SyncChunk};
 use crate::audit::{self, AuditEvent};
@@ -540,15 +539,8 @@ async fn run_round(
                 _ => None,
             })
             .collect();
-        let fetched: Vec<_> = futures_util::stream::iter(wanted)
-            .map(|pc| {
-                let provider = provider.clone();
-                async move { (pc.provider_id.clone(), provider.fetch_photo(&pc).await) }
-            })
-            .buffer_unordered(4)
-            .collect()
-            .await;
-        for (pid, res) in fetched {
+        let fetched = provider.fetch_photos(&wanted).await;
+        for (pid, res) in wanted.iter().map(|pc| pc.provider_id.clone()).zip(fetched) {
             match res {
                 Ok(Some(jpeg)) if jpeg.len() <= MAX_PHOTO_BYTES => {
                     photos.insert(pid, jpeg);

@@ -274,6 +274,9 @@ pub(crate) struct MUser {
     pub budget: Option<SimBudget>,
     /// Requests refused because the budget was spent.
     pub budget_refusals: u64,
+    /// `METHOD url` of every `$batch` part served (the request log has one entry per
+    /// `$batch`), newest last; the oldest tenth goes beyond 200,000.
+    pub batch_parts: Vec<String>,
 }
 
 /// The token bucket behind [`MUser::budget`].
@@ -330,6 +333,7 @@ impl MUser {
             omit_token_scope: false,
             budget: None,
             budget_refusals: 0,
+            batch_parts: Vec::new(),
         };
         m.root_id = m.new_id("AQMkAD");
         m.default_id = m.new_id("AQMkAD");
@@ -1425,6 +1429,10 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp 
             .unwrap_or_default();
         let method = q.get("method").and_then(Value::as_str).unwrap_or("GET");
         let url = q.get("url").and_then(Value::as_str).unwrap_or("");
+        if u.batch_parts.len() >= 200_000 {
+            u.batch_parts.drain(..20_000);
+        }
+        u.batch_parts.push(format!("{method} {url}"));
         if id.is_empty() || url.is_empty() {
             return bad(
                 r,

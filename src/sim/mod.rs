@@ -222,6 +222,24 @@ impl Sim {
             .sum()
     }
 
+    /// `METHOD url` of every `$batch` part an Outlook user's requests carried (the request
+    /// log counts a `$batch` once).
+    pub fn graph_batch_parts(&self, user: &str) -> Vec<String> {
+        self.shared
+            .graph()
+            .users
+            .get(user)
+            .map(|u| u.batch_parts.clone())
+            .unwrap_or_default()
+    }
+
+    /// Clears the `$batch` parts of every Outlook user.
+    pub fn clear_graph_batch_parts(&self) {
+        for u in self.shared.graph().users.values_mut() {
+            u.batch_parts.clear();
+        }
+    }
+
     /// The log of API and OAuth requests served by one provider.
     pub fn requests(&self, provider: Provider) -> Vec<LogEntry> {
         self.shared.requests(provider)
