@@ -33,10 +33,9 @@ use contact_sync::providers::http::RetryPolicy;
 use contact_sync::providers::oauth::{OAuthClient, TokenSource};
 use contact_sync::providers::outlook::GraphClient;
 use contact_sync::providers::ProgressFn;
-use contact_sync::sim::{Provider, SeedUser, Sim, SimOptions};
+use contact_sync::sim::{FaultConfig, Provider, SeedUser, Sim, SimOptions};
 use contact_sync::store::{Batch, Db, Op};
 use contact_sync::sync::{self, Action, PlanContext};
-use futures_util::StreamExt as _;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
@@ -44,6 +43,8 @@ const CASES: &[&str] = &[
     "plan_write_25k",
     "google_initial_25k",
     "outlook_initial_25k",
+    "google_initial_25k_50ms",
+    "outlook_initial_25k_50ms",
     "ten_accounts_25k",
     "incremental_1pct",
     "no_change_poll",
@@ -750,11 +751,27 @@ fn tail(log: &str) -> String {
 }
 
 /// Requests the sim served since the last clear: (all, contact pages, photos, token).
+/// Outlook photos may come as `$batch` parts: those count one by one (as Graph's budget
+/// counts them) and their `$batch` requests are not listing requests.
 fn request_counts(sim: &Sim, p: Provider) -> (usize, usize, usize, usize) {
     let log = sim.requests(p);
     let photos = log.iter().filter(|e| e.path.contains("photo")).count();
     let token = log.iter().filter(|e| e.path.contains("token")).count();
-    (log.len(), log.len() - photos - token, photos, token)
+    let batches = log.iter().filter(|e| e.path.ends_with("$batch")).count();
+    let parts = match p {
+        Provider::Outlook => sim
+            .graph_batch_parts("bench-outlook@example.com")
+            .iter()
+            .filter(|p| p.contains("photo"))
+            .count(),
+        Provider::Google => 0,
+    };
+    (
+        log.len() - batches + parts,
+        log.len() - photos - token - batches,
+        photos + parts,
+        token,
+    )
 }
 
 fn put_requests(s: &mut Sample, prefix: &str, c: (usize, usize, usize, usize)) {
@@ -770,7 +787,7 @@ struct FetchOnly {
     round_s: f64,
     listed: usize,
     /// The photos the daemon's initial one-way sync asks for (eligible contacts with a
-    /// photo URL), 4 at a time as `actors::account::run_round` does.
+    /// photo URL), through `Provider::fetch_photos` as `actors::account::run_round` does.
     photos_s: f64,
     photos_asked: usize,
 }
@@ -832,13 +849,10 @@ async fn fetch_only(sim: &Sim, p: Provider, user: &str) -> Res<FetchOnly> {
         })
         .collect();
     let photos_asked = wanted.len();
+    let wanted: Vec<ProviderContact> = wanted.into_iter().cloned().collect();
     let t = Instant::now();
-    let provider = &provider;
-    let _: Vec<_> = futures_util::stream::iter(wanted)
-        .map(|pc| async move { provider.fetch_photo(pc).await })
-        .buffer_unordered(4)
-        .collect()
-        .await;
+    // As the account actor does: `fetch_photos` (Graph: `$batch`, 20 per request).
+    let _ = provider.fetch_photos(&wanted).await;
     Ok(FetchOnly {
         round_s,
         listed: round.changes.len(),
@@ -857,7 +871,14 @@ fn runtime() -> Res<tokio::runtime::Runtime> {
 // Cases 2 and 3: initial syncs
 // ---------------------------------------------------------------------------------------
 
-fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
+/// Latency of the `_50ms` cases: closer to what a user sees than loopback.
+const REAL_LATENCY_MS: u64 = 50;
+
+/// Outlook's documented budget per app and mailbox, enforced by the simulator in the
+/// Outlook cases (the daemon's default `request_budget` is the same).
+const GRAPH_BUDGET: (u32, Duration) = (10_000, Duration::from_secs(600));
+
+fn initial(case: &str, p: Provider, runs: usize, latency_ms: u64) -> Res<Summary> {
     let n = contacts_per_account();
     let user = match p {
         Provider::Google => "bench-google@example.com",
@@ -876,14 +897,42 @@ fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
             },
         };
         let sim = Sim::start(opts).await?;
+        if latency_ms > 0 {
+            sim.set_faults(
+                p,
+                FaultConfig {
+                    latency_ms,
+                    ..FaultConfig::default()
+                },
+            );
+        }
+        // Which seeded contacts have a photo (the simulator's own view).
+        let with_photo = match p {
+            Provider::Outlook => {
+                let (_, all) = sim.control(p, "GET", &format!("/_sim/users/{user}/contacts"), None);
+                all.as_array()
+                    .map(|a| a.iter().filter(|c| c["hasPhoto"] == true).count())
+                    .unwrap_or(0)
+            }
+            Provider::Google => 0,
+        };
         let mut samples = vec![];
         for r in 0..runs {
             let mut s = Sample::default();
             sim.clear_requests(p);
+            sim.clear_graph_batch_parts();
+            // A fresh budget for each client: each starts with a full bucket of its own.
+            if p == Provider::Outlook {
+                sim.set_graph_budget(Some(GRAPH_BUDGET));
+            }
             let f = fetch_only(&sim, p, user).await?;
             let fetch_s = f.round_s;
             let fetch_requests = request_counts(&sim, p);
             sim.clear_requests(p);
+            sim.clear_graph_batch_parts();
+            if p == Provider::Outlook {
+                sim.set_graph_budget(Some(GRAPH_BUDGET));
+            }
             let acct = Acct {
                 id: "acct".into(),
                 provider: p,
@@ -910,6 +959,24 @@ fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
             s.put("daemon peak RSS (MiB)", d.peak_rss_mb());
             s.put("daemon RSS after the sync (MiB)", d.rss_mb());
             put_requests(&mut s, "daemon ", request_counts(&sim, p));
+            let log = sim.requests(p);
+            s.put(
+                "daemon 429 responses",
+                log.iter().filter(|e| e.status == 429).count() as f64,
+            );
+            if p == Provider::Outlook {
+                s.put(
+                    "↳ of which photo-id listing pages (PidLidHasPicture)",
+                    log.iter()
+                        .filter(|e| e.query.contains("singleValueExtendedProperties"))
+                        .count() as f64,
+                );
+                s.put("seeded contacts with a photo", with_photo as f64);
+                s.put(
+                    "daemon $batch requests (photos, 20 per request)",
+                    log.iter().filter(|e| e.path.ends_with("$batch")).count() as f64,
+                );
+            }
             put_requests(&mut s, "fetch-only ", fetch_requests);
             s.put("fetch + photos alone (s)", f.round_s + f.photos_s);
             s.put("contacts listed", f.listed as f64);
@@ -918,6 +985,26 @@ fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
                 .api(reqwest::Method::GET, "/api/v1/accounts/acct")
                 .await?;
             s.put("linked after sync", a["linked"].as_f64().unwrap_or(f64::NAN));
+            if p == Provider::Outlook {
+                let mut n = 0;
+                let mut after: Option<u64> = None;
+                loop {
+                    let path = match after {
+                        Some(a) => format!("/api/v1/contacts?limit=1000&after={a}"),
+                        None => "/api/v1/contacts?limit=1000".to_string(),
+                    };
+                    let page = d.api(reqwest::Method::GET, &path).await?;
+                    n += page["contacts"]
+                        .as_array()
+                        .map(|a| a.iter().filter(|c| c["has_photo"] == true).count())
+                        .unwrap_or(0);
+                    match page["next"].as_u64() {
+                        Some(a) => after = Some(a),
+                        None => break,
+                    }
+                }
+                s.put("contacts created with a photo", n as f64);
+            }
             d.stop().await;
             eprintln!("{case} run {}: {wall:.2}s (fetch-only {fetch_s:.2}s)", r + 1);
             samples.push(s);
@@ -927,8 +1014,17 @@ fn initial(case: &str, p: Provider, runs: usize) -> Res<Summary> {
             Provider::Google => "Google simulator (People API)",
             Provider::Outlook => "Graph simulator (Outlook contacts, default folder only)",
         };
+        let lat = if latency_ms > 0 {
+            format!("The simulator adds {latency_ms} ms to every request (token requests included). ")
+        } else {
+            "Loopback, no added latency. ".to_string()
+        };
+        let budget = match p {
+            Provider::Outlook => "The simulator enforces Outlook's budget of 10,000 requests per 10 minutes per mailbox (a fresh bucket for each client), and the daemon runs with its default `request_budget` (the same). ",
+            Provider::Google => "",
+        };
         let params = format!(
-            "The {what} seeded with one user of {n} generated contacts (about 10 % with a photo); the release `contact-sync run` (default retry policy, `poll_interval = \"1h\"`, one one-way account, grant imported with `connect --refresh-token-file`) does its initial sync, photos included. Fetch-only: `fetch_round(None, ..)` of the same client type in the benchmark process against the same simulator, no photos, no store."
+            "{lat}{budget}The {what} seeded with one user of {n} generated contacts (about 10 % with a photo); the release `contact-sync run` (default retry policy, `poll_interval = \"1h\"`, one one-way account, grant imported with `connect --refresh-token-file`) does its initial sync, photos included. Fetch-only: `fetch_round(None, ..)` of the same client type in the benchmark process against the same simulator, no photos, no store."
         );
         Ok(Summary::new(case, params, &samples)
             .ratio(
@@ -1217,9 +1313,17 @@ fn main() {
         }
         match *case {
             "plan_write_25k" => report(plan_write(runs).map(|s| vec![s])),
-            "google_initial_25k" => report(initial(case, Provider::Google, runs).map(|s| vec![s])),
+            "google_initial_25k" => {
+                report(initial(case, Provider::Google, runs, 0).map(|s| vec![s]))
+            }
             "outlook_initial_25k" => {
-                report(initial(case, Provider::Outlook, runs).map(|s| vec![s]))
+                report(initial(case, Provider::Outlook, runs, 0).map(|s| vec![s]))
+            }
+            "google_initial_25k_50ms" => {
+                report(initial(case, Provider::Google, runs, REAL_LATENCY_MS).map(|s| vec![s]))
+            }
+            "outlook_initial_25k_50ms" => {
+                report(initial(case, Provider::Outlook, runs, REAL_LATENCY_MS).map(|s| vec![s]))
             }
             "ten_accounts_25k" => report(ten_accounts(runs).map(|s| vec![s])),
             "incremental_1pct" => report(steady(true, has("no_change_poll"), runs)),

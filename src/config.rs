@@ -283,11 +283,26 @@ pub struct OutlookProvider {
     pub auth_url: Option<String>,
     pub token_url: Option<String>,
     pub device_code_url: Option<String>,
+    /// Requests per mailbox per `request_budget_window`, shared by reads, photos and
+    /// writes (Graph allows 10,000 per 10 minutes per app and mailbox). 0 turns it off.
+    #[serde(default = "OutlookProvider::default_request_budget")]
+    pub request_budget: u32,
+    #[serde(
+        default = "OutlookProvider::default_request_budget_window",
+        with = "humantime_serde"
+    )]
+    pub request_budget_window: Duration,
 }
 
 impl OutlookProvider {
     fn default_api_base() -> String {
         "https://graph.microsoft.com/v1.0".into()
+    }
+    fn default_request_budget() -> u32 {
+        crate::providers::outlook::DEFAULT_REQUEST_BUDGET
+    }
+    fn default_request_budget_window() -> Duration {
+        crate::providers::outlook::DEFAULT_BUDGET_WINDOW
     }
     pub fn auth_url(&self) -> String {
         self.auth_url.clone().unwrap_or_else(|| {
@@ -589,6 +604,12 @@ pub fn validate(config: &Config) -> Result<(), (String, String)> {
             return Err((
                 "providers.outlook.client_id".into(),
                 "must not be empty".into(),
+            ));
+        }
+        if o.request_budget > 0 && o.request_budget_window.is_zero() {
+            return Err((
+                "providers.outlook.request_budget_window".into(),
+                "must be longer than 0s when request_budget is set".into(),
             ));
         }
     }
@@ -1007,6 +1028,30 @@ direction = "one-way"
         let e = parse(&text).unwrap_err();
         assert_eq!(e.key.as_deref(), Some("accounts[1].id"));
         assert_eq!(e.line, Some(21), "{e}");
+    }
+
+    #[test]
+    fn outlook_request_budget_defaults_to_graphs_limit_and_is_configurable() {
+        let c = parse(GOOD).unwrap();
+        let o = c.providers.outlook.as_ref().unwrap();
+        assert_eq!(o.request_budget, 10_000);
+        assert_eq!(o.request_budget_window, Duration::from_secs(600));
+        let text = GOOD.replace(
+            "client_id = \"def\"",
+            "client_id = \"def\"\nrequest_budget = 5000\nrequest_budget_window = \"5m\"",
+        );
+        let o = parse(&text).unwrap().providers.outlook.unwrap();
+        assert_eq!(o.request_budget, 5000);
+        assert_eq!(o.request_budget_window, Duration::from_secs(300));
+        // Bad input: a zero window, a negative budget, a window that is not a duration.
+        let e = parse(&text.replace("\"5m\"", "\"0s\"")).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("providers.outlook.request_budget_window"),
+            "{e}"
+        );
+        assert!(parse(&text.replace("5000", "-1")).is_err());
+        assert!(parse(&text.replace("\"5m\"", "\"soon\"")).is_err());
     }
 
     #[test]

@@ -399,3 +399,182 @@ async fn token_scope_without_contacts_readwrite_is_reauth_required_for_a_two_way
         .await
         .expect("read with a read-write grant");
 }
+
+/// Issue 16: the initial listing learns which contacts have a photo (PidLidHasPicture, one
+/// filtered `$select=id` listing per folder) and only those carry a photo URL, so photo
+/// requests equal the contacts with a photo. Delta requests carry `$select` only.
+#[tokio::test]
+async fn only_contacts_with_a_photo_get_a_photo_url() {
+    let sim = sim_with(450, 2).await;
+    let (client, _) = client_for(&sim);
+    let r = client.fetch_round(None, &quiet()).await.unwrap();
+    let with_url: Vec<&ProviderContact> = upserts(&r)
+        .into_iter()
+        .filter(|p| p.photo_url.is_some())
+        .collect();
+    assert!(!with_url.is_empty());
+    let log = sim.requests(Provider::Outlook);
+    let listings = log
+        .iter()
+        .filter(|e| e.query.contains("singleValueExtendedProperties"))
+        .count();
+    assert_eq!(
+        listings, 3,
+        "one photo listing per folder (each fits one page)"
+    );
+    for e in log.iter().filter(|e| e.path.ends_with("/delta")) {
+        assert!(
+            !e.query.contains("%24filter")
+                && !e.query.contains("$filter")
+                && !e.query.contains("expand"),
+            "{}",
+            e.query
+        );
+    }
+    // Every contact with a URL has a photo; every other contact has none.
+    for p in upserts(&r) {
+        let got = client.fetch_photo(p).await.unwrap();
+        if p.photo_url.is_some() {
+            assert!(got.is_some(), "{} has a photo", p.provider_id);
+        } else {
+            let forced = ProviderContact {
+                photo_url: None,
+                ..(*p).clone()
+            };
+            // Asked anyway (by id): the simulator has no photo for it.
+            assert!(client.fetch_photo(&forced).await.unwrap().is_none());
+        }
+    }
+    // The next round is a delta round: no photo listing, no photo URLs.
+    sim.clear_requests(Provider::Outlook);
+    let r2 = client.fetch_round(Some(&r.cursor), &quiet()).await.unwrap();
+    assert!(upserts(&r2).iter().all(|p| p.photo_url.is_none()));
+    assert!(sim
+        .requests(Provider::Outlook)
+        .iter()
+        .all(|e| !e.query.contains("singleValueExtendedProperties")));
+}
+
+/// Issue 16: with the simulator enforcing a request budget and the client configured with
+/// the same budget, a whole initial sync with its photos gets no 429; a client without the
+/// budget does.
+#[tokio::test]
+async fn the_request_budget_keeps_a_sync_free_of_throttling() {
+    let sim = sim_with(600, 1).await;
+    let (budget, window) = (40u32, std::time::Duration::from_secs(1));
+    sim.set_graph_budget(Some((budget, window)));
+    let (client, _) = client_for(&sim);
+    let client = client.with_budget(budget, window);
+    let started = std::time::Instant::now();
+    let r = client.fetch_round(None, &quiet()).await.unwrap();
+    let mut photos = 0;
+    for p in upserts(&r).into_iter().filter(|p| p.photo_url.is_some()) {
+        assert!(client.fetch_photo(p).await.unwrap().is_some());
+        photos += 1;
+    }
+    let sent = client.requests_sent();
+    assert!(
+        photos > 20 && sent > u64::from(budget) + 20,
+        "{photos} {sent}"
+    );
+    assert_eq!(sim.graph_budget_refusals(), 0, "no request was throttled");
+    assert!(
+        sim.requests(Provider::Outlook)
+            .iter()
+            .all(|e| e.status != 429),
+        "no 429 in the log"
+    );
+    // The sync slowed itself down to the budget instead.
+    let floor = (sent - u64::from(budget)) as f64 / f64::from(budget) * window.as_secs_f64();
+    assert!(
+        started.elapsed().as_secs_f64() >= floor * 0.9,
+        "{:?} < {floor}",
+        started.elapsed()
+    );
+
+    // Control: the same work without a budget in the client is throttled.
+    sim.set_graph_budget(Some((budget, window)));
+    let (unbounded, _) = client_for(&sim);
+    let unbounded = unbounded.with_budget(0, window);
+    if let Ok(r) = unbounded.fetch_round(None, &quiet()).await {
+        for p in upserts(&r).into_iter().filter(|p| p.photo_url.is_some()) {
+            let _ = unbounded.fetch_photo(p).await;
+        }
+    }
+    assert!(sim.graph_budget_refusals() > 0);
+}
+
+/// Issue 16, the stalled fault runs: an access token that lives only seconds (the fault
+/// suite's 2 s) is refreshed about once per lifetime, not before every request. Refreshing
+/// under the token lock before every request serialised a mailbox's requests behind the
+/// token endpoint, so one hung token request held up all of them.
+#[tokio::test]
+async fn a_short_lived_token_is_not_refreshed_before_every_request() {
+    let mut u = SeedUser::new(OLGA, 400, 21);
+    u.child_folders = 1;
+    let sim = Sim::start(SimOptions {
+        outlook_users: vec![u],
+        access_token_ttl: std::time::Duration::from_secs(2),
+        ..SimOptions::default()
+    })
+    .await
+    .expect("sim starts");
+    let (client, _) = client_for(&sim);
+    let started = std::time::Instant::now();
+    let r = client.fetch_round(None, &quiet()).await.unwrap();
+    for p in upserts(&r).into_iter().filter(|p| p.photo_url.is_some()) {
+        client.fetch_photo(p).await.unwrap();
+    }
+    let log = sim.requests(Provider::Outlook);
+    let tokens = log.iter().filter(|e| e.path.ends_with("/token")).count();
+    let api = log.len() - tokens;
+    let lifetimes = started.elapsed().as_secs_f64() / 2.0;
+    assert!(api > 40, "{api}");
+    assert!(
+        (tokens as f64) <= 2.0 * lifetimes + 2.0,
+        "{tokens} token requests for {api} API requests in {:?}",
+        started.elapsed()
+    );
+}
+
+/// Issue 16: photos in `$batch`, 20 per request, give the same bytes as one by one, and a
+/// contact without a photo gives none.
+#[tokio::test]
+async fn photos_come_through_batch_twenty_at_a_time() {
+    let sim = sim_with(500, 0).await;
+    let (client, _) = client_for(&sim);
+    let r = client.fetch_round(None, &quiet()).await.unwrap();
+    let mut contacts: Vec<ProviderContact> = upserts(&r)
+        .into_iter()
+        .filter(|p| p.photo_url.is_some())
+        .cloned()
+        .collect();
+    assert!(contacts.len() > 20, "{}", contacts.len());
+    // One contact without a photo, asked for anyway.
+    let without = upserts(&r)
+        .into_iter()
+        .find(|p| p.photo_url.is_none())
+        .unwrap()
+        .clone();
+    contacts.push(without);
+    sim.clear_requests(Provider::Outlook);
+    let batched = client.fetch_photos(&contacts).await;
+    let log = sim.requests(Provider::Outlook);
+    let batches = log.iter().filter(|e| e.path.ends_with("$batch")).count();
+    assert_eq!(batches, contacts.len().div_ceil(20));
+    assert!(
+        log.iter().all(|e| !e.path.ends_with("/photo/$value")),
+        "nothing asked alone"
+    );
+    assert_eq!(batched.len(), contacts.len());
+    for (c, got) in contacts.iter().zip(&batched) {
+        let one = client.fetch_photo(c).await.unwrap();
+        assert_eq!(got.as_ref().unwrap(), &one, "{}", c.provider_id);
+    }
+    assert!(batched.last().unwrap().as_ref().unwrap().is_none());
+    assert!(batched[0]
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|b| b.starts_with(&[0xff, 0xd8])));
+}

@@ -175,7 +175,9 @@ async fn outlook_updates_deletions_expired_delta_and_vanished_folder() {
 
 #[tokio::test]
 async fn outlook_sync_converges_under_faults_and_revoked_grant_needs_reauth() {
-    let sim = start_sim(vec![], vec![user(160, 23)]).await;
+    // 400 contacts (160 before issue 16): photos now go 20 to a `$batch`, and at 160 the
+    // sync made too few requests for the seeded 30 % to hit one.
+    let sim = start_sim(vec![], vec![user(400, 23)]).await;
     let (eligible, _) = expected(&graph_changes(&sim, USER));
     sim.set_faults(
         Provider::Outlook,
@@ -858,4 +860,89 @@ async fn link_committed_by_a_push_during_a_full_listing_is_not_read_as_a_deletio
     let pushed: Vec<_> = all.iter().filter(|c| c["first_name"] == "Pushed").collect();
     assert_eq!(pushed.len(), 1, "{pushed:?}");
     assert_eq!(pushed[0]["id"], crm_id);
+}
+
+/// SPEC §3 (issue 16): photos only during the initial sync of a one-way account, only for
+/// contacts that sync newly creates. A contact that matches an existing CRM contact does not
+/// get its photo downloaded, and a contact without a photo is never asked for one
+/// (PidLidHasPicture tells the client which have one).
+#[tokio::test]
+async fn photos_are_fetched_only_for_contacts_the_sync_creates() {
+    let sim = start_sim(vec![], vec![user(150, 31)]).await;
+    let changes = graph_changes(&sim, USER);
+    let (eligible, _) = expected(&changes);
+    let (_, all) = sim.control(
+        Provider::Outlook,
+        "GET",
+        &format!("/_sim/users/{USER}/contacts"),
+        None,
+    );
+    let all = all.as_array().unwrap().clone();
+    let with_photo: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|c| {
+            c["hasPhoto"] == true && eligible.contains(&c["id"].as_str().unwrap().to_string())
+        })
+        .collect();
+    // Three contacts with a photo (and a name and an email) exist in the CRM already.
+    let matched: Vec<&serde_json::Value> = with_photo
+        .iter()
+        .copied()
+        .filter(|c| {
+            c["contact"]["emailAddresses"][0]["address"].is_string()
+                && c["contact"]["givenName"].is_string()
+                && c["contact"]["surname"].is_string()
+        })
+        .take(3)
+        .collect();
+    assert_eq!(matched.len(), 3, "the seed has contacts with photos");
+    let d = daemon_for(&sim, "", &account_toml("o", "outlook", "all", "one-way")).await;
+    for c in &matched {
+        let (s, v) = d
+            .api(
+                Method::POST,
+                "/api/v1/contacts",
+                Some(json!({
+                    "first_name": c["contact"]["givenName"],
+                    "last_name": c["contact"]["surname"],
+                    "emails": [c["contact"]["emailAddresses"][0]["address"]],
+                })),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    let a = d.wait_synced("o", None).await;
+    assert_eq!(today(&a, &["updated", "in_crm"]), 3, "{a}");
+    // Photo requests alone or as `$batch` parts.
+    let photo_requests: Vec<String> = sim
+        .requests(Provider::Outlook)
+        .iter()
+        .filter(|e| e.path.ends_with("/photo/$value"))
+        .map(|e| e.path.clone())
+        .chain(
+            sim.graph_batch_parts(USER)
+                .into_iter()
+                .filter(|p| p.ends_with("/photo/$value")),
+        )
+        .collect();
+    for c in &matched {
+        let id = c["id"].as_str().unwrap();
+        assert!(
+            !photo_requests
+                .iter()
+                .any(|p| p.contains(&id.replace('=', "%3D")) || p.contains(id)),
+            "the photo of matched contact {id} was downloaded"
+        );
+    }
+    // One request per created contact with a photo, none for any other.
+    assert_eq!(
+        photo_requests.len(),
+        with_photo.len() - 3,
+        "{photo_requests:?}"
+    );
+    let contacts = d.contacts().await;
+    let photos = contacts.iter().filter(|c| c["has_photo"] == true).count();
+    assert_eq!(photos, with_photo.len() - 3);
 }

@@ -955,3 +955,243 @@ async fn partial_delta_rows_carry_only_changed_properties_and_read_tokens_cannot
     assert_eq!(s, 403, "{v}");
     assert_eq!(v["error"]["code"], "ErrorAccessDenied");
 }
+
+const HAS_PICTURE: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
+
+fn has_picture_filter() -> String {
+    format!(
+        "singleValueExtendedProperties/Any(ep: ep/id eq '{HAS_PICTURE}' and ep/value eq 'true')"
+    )
+}
+
+/// PidLidHasPicture: the contacts that have a photo carry it (`true`); the listing filters on
+/// it (paged, with the filter kept in the next link), `$expand` reads it on a listing and on
+/// one contact, and a filter the simulator does not know is refused as Graph refuses it.
+#[tokio::test]
+async fn has_picture_property_filter_and_expand() {
+    let sim = sim_with(60, 1).await;
+    let api = Api {
+        sim: &sim,
+        tok: access_token(&sim, OLGA).await,
+    };
+    let (_, _, root) = api.get("/me/contactFolders/contacts", &[]).await;
+    let root = root["id"].as_str().unwrap().to_string();
+    let (_, _, kids) = api
+        .get(&format!("/me/contactFolders/{root}/childFolders"), &[])
+        .await;
+    let mut folders = vec![root];
+    folders.extend(
+        kids["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_string()),
+    );
+    let mut total_with_photo = 0;
+    for f in &folders {
+        let (s, _, all) = api
+            .get(
+                &format!("/me/contactFolders/{f}/contacts?$top=1000&$select=id"),
+                &[],
+            )
+            .await;
+        assert_eq!(s, 200);
+        // The truth: which contacts have a photo, asked one by one.
+        let mut truth = HashSet::new();
+        for c in all["value"].as_array().unwrap() {
+            let id = c["id"].as_str().unwrap();
+            let r = client()
+                .get(format!(
+                    "{}/v1.0/me/contacts/{id}/photo/$value",
+                    sim.graph_base
+                ))
+                .bearer_auth(&api.tok)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                truth.insert(id.to_string());
+            }
+            // $expand on one contact.
+            let (s, _, one) = api
+                .get(
+                    &format!(
+                        "/me/contacts/{id}?$select=id&$expand=singleValueExtendedProperties($filter=id eq '{HAS_PICTURE}')"
+                    ),
+                    &[],
+                )
+                .await;
+            assert_eq!(s, 200, "{one}");
+            let props = one["singleValueExtendedProperties"].as_array().unwrap();
+            if truth.contains(id) {
+                assert_eq!(props.len(), 1, "{one}");
+                assert_eq!(props[0]["value"], "true");
+                assert_eq!(props[0]["id"], HAS_PICTURE);
+            } else {
+                assert!(props.is_empty(), "{one}");
+            }
+        }
+        total_with_photo += truth.len();
+        // The filtered listing, three per page.
+        let mut url = format!(
+            "/me/contactFolders/{f}/contacts?$filter={}&$select=id&$top=3",
+            has_picture_filter()
+        );
+        let mut listed = HashSet::new();
+        let mut pages = 0;
+        loop {
+            let (s, _, v) = api.get(&url, &[]).await;
+            assert_eq!(s, 200, "{v}");
+            pages += 1;
+            for c in v["value"].as_array().unwrap() {
+                assert!(c.get("givenName").is_none(), "$select=id is kept");
+                listed.insert(c["id"].as_str().unwrap().to_string());
+            }
+            match v["@odata.nextLink"].as_str() {
+                Some(n) => url = n.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(listed, truth, "folder {f}");
+        assert_eq!(pages, truth.len().div_ceil(3).max(1));
+        // `$expand` on a listing.
+        let (s, _, v) = api
+            .get(
+                &format!("/me/contactFolders/{f}/contacts?$top=1000&$select=id&$expand=singleValueExtendedProperties($filter=id eq '{HAS_PICTURE}')"),
+                &[],
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let expanded: HashSet<String> = v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["singleValueExtendedProperties"][0]["value"] == "true")
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(expanded, truth);
+    }
+    assert!(total_with_photo > 0, "some seeded contacts have a photo");
+    // Filters on a value nobody has, and on another property, find nothing.
+    let f = &folders[0];
+    let (s, _, v) = api
+        .get(
+            &format!("/me/contactFolders/{f}/contacts?$filter=singleValueExtendedProperties/any(x: x/id eq 'String {{66f5a359-4659-4830-9070-00047ec6ac6e}} Name Color' and x/value eq 'Green')"),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["value"].as_array().unwrap().is_empty());
+    // Bad input: a filter the simulator does not know, a broken expand.
+    let (s, _, v) = api
+        .get(
+            &format!("/me/contactFolders/{f}/contacts?$filter=startswith(givenName,'A')"),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["code"], "ErrorInvalidUrlQueryFilter");
+    let (s, _, v) = api
+        .get(
+            &format!("/me/contactFolders/{f}/contacts?$expand=photo"),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+}
+
+/// Contact `delta` takes `$select` only (plus its state tokens): Graph answers `$filter`,
+/// `$expand`, `$top`, `$orderby`, `$search` and friends with 400 `ErrorInvalidUrlQuery`
+/// naming them, on a first request and on a followed link alike.
+#[tokio::test]
+async fn delta_refuses_the_query_options_graph_refuses() {
+    let sim = sim_with(30, 0).await;
+    let api = Api {
+        sim: &sim,
+        tok: access_token(&sim, OLGA).await,
+    };
+    let base = "/me/contactFolders/contacts/contacts/delta";
+    let expand = format!("singleValueExtendedProperties($filter=id eq '{HAS_PICTURE}')");
+    for (k, v) in [
+        ("$filter", has_picture_filter()),
+        ("$expand", expand),
+        ("$top", "5".to_string()),
+        ("$orderby", "displayName".to_string()),
+        ("$search", "\"Anna\"".to_string()),
+        ("$skip", "5".to_string()),
+        ("$count", "true".to_string()),
+    ] {
+        let (s, _, body) = api
+            .get(&format!("{base}?$select=id,givenName&{k}={v}"), &[])
+            .await;
+        assert_eq!(s, 400, "{k}: {body}");
+        assert_eq!(body["error"]["code"], "ErrorInvalidUrlQuery", "{k}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("not supported with change tracking over the 'Contacts' resource")
+                && msg.contains(k),
+            "{msg}"
+        );
+    }
+    // `$select` alone is fine; a next link with `$top` added is refused too.
+    let (s, _, v) = api
+        .get(
+            &format!("{base}?$select=id,givenName"),
+            &[("Prefer", "odata.maxpagesize=10")],
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let next = v["@odata.nextLink"].as_str().unwrap();
+    let (s, _, v) = api.get(&format!("{next}&$top=2"), &[]).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "ErrorInvalidUrlQuery");
+}
+
+/// The per-mailbox request budget: a token bucket; a request over it gets Graph's 429
+/// `TooManyRequests` with `Retry-After`; `$batch` parts count one by one; another mailbox
+/// is not affected.
+#[tokio::test]
+async fn request_budget_is_enforced_per_mailbox() {
+    let sim = sim_with(5, 0).await;
+    let api = Api {
+        sim: &sim,
+        tok: access_token(&sim, OLGA).await,
+    };
+    let otto = Api {
+        sim: &sim,
+        tok: access_token(&sim, "otto@example.com").await,
+    };
+    sim.set_graph_budget(Some((5, Duration::from_secs(600))));
+    for _ in 0..5 {
+        let (s, _, v) = api.get("/me/contacts?$select=id", &[]).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (s, h, v) = api.get("/me/contacts?$select=id", &[]).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["code"], "TooManyRequests");
+    let ra: f64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(
+        ra > 100.0 && ra <= 120.5,
+        "one request's share of 10 minutes: {ra}"
+    );
+    let (s, _, _) = otto.get("/me/contacts?$select=id", &[]).await;
+    assert_eq!(s, 200, "another mailbox has its own budget");
+    assert_eq!(sim.graph_budget_refusals(), 1);
+
+    // A batch of three parts needs three requests of budget.
+    sim.set_graph_budget(Some((3, Duration::from_secs(600))));
+    let batch = json!({"requests": [
+        {"id": "1", "method": "GET", "url": "/me/contacts?$select=id"},
+        {"id": "2", "method": "GET", "url": "/me/contacts?$select=id"},
+        {"id": "3", "method": "GET", "url": "/me/contacts?$select=id"},
+    ]});
+    let (s, _, v) = api
+        .call(reqwest::Method::POST, "/$batch", &[], Some(batch.clone()))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, v) = api.get("/me/contacts?$select=id", &[]).await;
+    assert_eq!(s, 429, "{v}");
+    sim.set_graph_budget(None);
+    let (s, _, _) = api.get("/me/contacts?$select=id", &[]).await;
+    assert_eq!(s, 200);
+}

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use chrono::Utc;
-use futures_util::StreamExt;
 
 use super::matcher::{CommitPush, MarkSent, Matcher, SyncChunk};
 use crate::audit::{self, AuditEvent};
@@ -559,30 +558,35 @@ async fn run_round(
         return Err(RoundError::Limit(msg));
     }
 
+    let ctx = PlanContext {
+        account: cfg.id.clone(),
+        provider: cfg.provider.clone(),
+        direction: cfg.direction,
+        audit_values: config.daemon.audit_values,
+        now: Utc::now(),
+        two_way: two_way_accounts(&config),
+    };
     // Photos: only during the initial sync of a one-way account, only for contacts that
-    // sync may create (no link yet).
+    // sync creates (SPEC §3). A dry run of the plan says which those are, so the photo of
+    // a contact that matches an existing CRM contact is never downloaded.
     let mut photos = HashMap::new();
     if initial && cfg.direction == Direction::OneWay {
+        let creates = sync::creations(&rt.db, ctx.clone(), &changes)?;
         let wanted: Vec<_> = changes
             .iter()
             .filter_map(|c| match c {
                 Change::Upsert(pc)
-                    if pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok() =>
+                    if pc.photo_url.is_some()
+                        && eligibility::check(&pc.fields).is_ok()
+                        && creates.contains(&pc.provider_id) =>
                 {
                     Some(pc.clone())
                 }
                 _ => None,
             })
             .collect();
-        let fetched: Vec<_> = futures_util::stream::iter(wanted)
-            .map(|pc| {
-                let provider = provider.clone();
-                async move { (pc.provider_id.clone(), provider.fetch_photo(&pc).await) }
-            })
-            .buffer_unordered(4)
-            .collect()
-            .await;
-        for (pid, res) in fetched {
+        let fetched = provider.fetch_photos(&wanted).await;
+        for (pid, res) in wanted.iter().map(|pc| pc.provider_id.clone()).zip(fetched) {
             match res {
                 Ok(Some(jpeg)) if jpeg.len() <= MAX_PHOTO_BYTES => {
                     photos.insert(pid, jpeg);
@@ -595,14 +599,6 @@ async fn run_round(
         }
     }
 
-    let ctx = PlanContext {
-        account: cfg.id.clone(),
-        provider: cfg.provider.clone(),
-        direction: cfg.direction,
-        audit_values: config.daemon.audit_values,
-        now: Utc::now(),
-        two_way: two_way_accounts(&config),
-    };
     let mut total = DayMetrics::default();
     let chunks: Vec<&[Change]> = if changes.is_empty() {
         vec![&[]]

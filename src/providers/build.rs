@@ -161,11 +161,10 @@ fn build_client(
             let p = config.providers.outlook.as_ref().ok_or_else(|| {
                 ProviderError::Permanent("[providers.outlook] is not configured.".into())
             })?;
-            Ok(Arc::new(super::outlook::GraphClient::new(
-                p.api_base.clone(),
-                tokens,
-                retry_policy(),
-            )))
+            Ok(Arc::new(
+                super::outlook::GraphClient::new(p.api_base.clone(), tokens, retry_policy())
+                    .with_budget(p.request_budget, p.request_budget_window),
+            ))
         }
         ProviderKind::CardDav => carddav_client(account),
     }

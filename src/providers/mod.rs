@@ -178,4 +178,20 @@ pub trait Provider: Send + Sync {
         let _ = provider_ids;
         Box::pin(async { Ok(vec![]) })
     }
+
+    /// Fetches the photos of several contacts: one result per contact, in order. The
+    /// default asks [`Provider::fetch_photo`] four at a time; a provider with a batch
+    /// endpoint may do better.
+    fn fetch_photos<'a>(
+        &'a self,
+        contacts: &'a [crate::model::ProviderContact],
+    ) -> BoxFuture<'a, Vec<Result<Option<Jpeg>, ProviderError>>> {
+        use futures_util::StreamExt as _;
+        Box::pin(
+            futures_util::stream::iter(contacts)
+                .map(move |c| self.fetch_photo(c))
+                .buffered(4)
+                .collect(),
+        )
+    }
 }

@@ -46,7 +46,9 @@ impl std::fmt::Debug for OAuthClient {
 
 struct Cached {
     access: SecretString,
-    expires: Instant,
+    /// When to refresh: [`EARLY`] before expiry, or after three quarters of a shorter
+    /// lifetime.
+    refresh_at: Instant,
 }
 
 struct State {
@@ -90,7 +92,7 @@ impl TokenSource {
     pub async fn access_token(&self) -> Result<SecretString, ProviderError> {
         let mut st = self.state.lock().await;
         if let Some(c) = &st.cached {
-            if Instant::now() + EARLY < c.expires {
+            if Instant::now() < c.refresh_at {
                 return Ok(c.access.clone());
             }
         }
@@ -155,7 +157,11 @@ impl TokenSource {
                     let ttl = tok.expires_in().unwrap_or(Duration::from_secs(3600));
                     st.cached = Some(Cached {
                         access: access.clone(),
-                        expires: Instant::now() + ttl,
+                        // A token that lives less than four minutes would otherwise be
+                        // "about to expire" at once and be refreshed before every request,
+                        // every request of the account waiting in turn for the token
+                        // endpoint (issue 16).
+                        refresh_at: Instant::now() + ttl - EARLY.min(ttl / 4),
                     });
                     return Ok(access);
                 }

@@ -47,12 +47,40 @@ pub const PREFER: &str = "odata.maxpagesize=200, IdType=\"ImmutableId\"";
 /// Requests in flight per mailbox (Outlook's documented concurrency limit).
 pub const MAX_IN_FLIGHT: usize = 4;
 
+/// Outlook's documented request budget per app and mailbox: 10,000 requests…
+pub const DEFAULT_REQUEST_BUDGET: u32 = 10_000;
+/// …in a 10-minute period.
+pub const DEFAULT_BUDGET_WINDOW: Duration = Duration::from_secs(600);
+
+/// A token bucket of `budget` requests refilled evenly over `window` (GCRA), full at start.
+pub type Budget = governor::DefaultDirectRateLimiter;
+
+/// The request budget of one mailbox; `None` when `budget` or `window` is zero.
+///
+/// The refill rate is `budget` per `window`, but the bucket holds a tenth less than
+/// `budget`: requests reach the service a little later than they leave, and an uneven delay
+/// could otherwise make one of them arrive before the service's own bucket has refilled. The
+/// tenth held back is that tolerance (60 s of requests at Graph's defaults).
+pub fn request_budget(budget: u32, window: Duration) -> Option<Budget> {
+    let period = window.checked_div(budget)?;
+    let burst = std::num::NonZeroU32::new((budget - budget / 10).max(1))?;
+    let quota = governor::Quota::with_period(period)?.allow_burst(burst);
+    Some(governor::RateLimiter::direct(quota))
+}
+
 /// Contact properties requested from delta and get-by-id.
 pub const SELECT: &str = "id,givenName,surname,displayName,emailAddresses,businessPhones,\
 homePhones,mobilePhone,homeAddress,businessAddress,otherAddress,companyName,jobTitle,birthday,\
 parentFolderId,changeKey";
 
 const FOLDER_SELECT: &str = "id,displayName,parentFolderId";
+
+/// PidLidHasPicture (property set PSETID_Address, long id 0x8015, Boolean) as a Graph
+/// single-value extended property: TRUE when the contact has a photo attachment.
+pub const HAS_PICTURE: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
+
+/// Page size of the photo-id listing (a non-delta list accepts `$top`; delta does not).
+const PHOTO_LIST_TOP: usize = 999;
 
 /// Largest JSON response we read (a 200-contact page is far below this).
 const MAX_JSON_BYTES: usize = super::MAX_PAGE_BYTES;
@@ -444,6 +472,8 @@ struct Call<'a> {
     body: Option<&'a Value>,
     if_match: Option<&'a str>,
     cap: usize,
+    /// Requests this call counts against the mailbox's budget (a `$batch`: its parts).
+    cost: u32,
     /// Whether the request may be sent again after a failure that may have reached the
     /// service (a timeout, a 5xx). A `$batch` with creates may not: only 429 and failures to
     /// connect are retried for it.
@@ -458,6 +488,7 @@ impl<'a> Call<'a> {
             body: None,
             if_match: None,
             cap: MAX_JSON_BYTES,
+            cost: 1,
             idempotent: true,
         }
     }
@@ -549,6 +580,10 @@ pub struct GraphClient {
     retry: RetryPolicy,
     http: reqwest::Client,
     in_flight: Semaphore,
+    /// Requests per window for this mailbox, shared by reads, photos and writes.
+    budget: Option<Budget>,
+    /// Requests sent (every attempt), for tests and the benchmark.
+    sent: std::sync::atomic::AtomicU64,
     /// No request before this instant (a `Retry-After` holds for the whole mailbox).
     pause_until: StdMutex<Option<Instant>>,
 }
@@ -569,8 +604,22 @@ impl GraphClient {
             tokens,
             retry,
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            budget: request_budget(DEFAULT_REQUEST_BUDGET, DEFAULT_BUDGET_WINDOW),
+            sent: std::sync::atomic::AtomicU64::new(0),
             pause_until: StdMutex::new(None),
         }
+    }
+
+    /// Sets the mailbox's request budget: at most `budget` requests per `window` (a zero
+    /// turns the budget off).
+    pub fn with_budget(mut self, budget: u32, window: Duration) -> Self {
+        self.budget = request_budget(budget, window);
+        self
+    }
+
+    /// Requests sent so far (every attempt, `$batch` parts counted one by one).
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn api_base(&self) -> &str {
@@ -619,6 +668,19 @@ impl GraphClient {
         loop {
             let token = self.tokens.access_token().await?;
             self.wait_for_pause().await;
+            // The budget first, then a slot: a request waiting for budget holds no slot.
+            if let Some(b) = &self.budget {
+                let n = std::num::NonZeroU32::new(call.cost.max(1))
+                    .unwrap_or(std::num::NonZeroU32::MIN);
+                if b.until_n_ready(n).await.is_err() {
+                    // More parts than the whole budget: wait for a full bucket instead.
+                    b.until_ready().await;
+                }
+            }
+            self.sent.fetch_add(
+                u64::from(call.cost.max(1)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let permit = self
                 .in_flight
                 .acquire()
@@ -869,6 +931,46 @@ impl GraphClient {
         }
     }
 
+    /// The URL listing the ids of a folder's contacts that have a photo (PidLidHasPicture
+    /// TRUE). Contact `delta` refuses `$filter` and `$expand`, so this is a plain listing.
+    pub fn photo_list_url(&self, folder: &str) -> String {
+        let filter = format!(
+            "singleValueExtendedProperties/Any(ep: ep/id eq '{HAS_PICTURE}' and ep/value eq 'true')"
+        );
+        let filter: String = url::form_urlencoded::byte_serialize(filter.as_bytes()).collect();
+        format!(
+            "{}/me/contactFolders/{}/contacts?$filter={filter}&$select=id&$top={PHOTO_LIST_TOP}",
+            self.api_base,
+            seg(folder)
+        )
+    }
+
+    /// The ids of the contacts of `folder` that have a photo, following next links. `None`
+    /// when the mailbox refuses the query (4xx): then no photo is known and none is asked
+    /// for.
+    async fn photo_ids(&self, folder: &str) -> Result<Option<HashSet<String>>, ProviderError> {
+        let mut url = self.photo_list_url(folder);
+        let mut ids = HashSet::new();
+        loop {
+            let page = match self.get_page(&url, false).await? {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(folder, error = %e.describe(), "Graph refused the listing of contacts with a photo; photos of this folder are not fetched");
+                    return Ok(None);
+                }
+            };
+            for v in page.value {
+                if let Some(id) = v.get("id").and_then(Value::as_str) {
+                    ids.insert(id.to_string());
+                }
+            }
+            match page.next_link {
+                Some(n) => url = n,
+                None => return Ok(Some(ids)),
+            }
+        }
+    }
+
     fn delta_start(&self, folder: &str) -> String {
         format!(
             "{}/me/contactFolders/{}/contacts/delta?$select={SELECT}",
@@ -1014,7 +1116,8 @@ impl GraphClient {
         for folder in &folders {
             let mut link = stored.folders.get(folder).cloned();
             let mut restarts = 0;
-            let (folder_changes, delta_link) = loop {
+            let mut listed_full = false;
+            let (mut folder_changes, delta_link) = loop {
                 let full = link.is_none();
                 let start = match link.take() {
                     // A link to another host (the API base was changed in the config):
@@ -1036,6 +1139,7 @@ impl GraphClient {
                     } => {
                         if full {
                             complete.push(folder.clone());
+                            listed_full = true;
                         }
                         break (changes, delta_link);
                     }
@@ -1049,7 +1153,25 @@ impl GraphClient {
                     }
                 }
             };
-            tracing::debug!(folder = %folder, changes = folder_changes.len(), "folder listed");
+            // A photo URL only for a contact known to have a photo: on a full listing, from
+            // PidLidHasPicture; a delta round does not ask (photos are an initial-sync
+            // matter, SPEC §3).
+            let with_photo = if listed_full {
+                self.photo_ids(folder).await?
+            } else {
+                None
+            };
+            for c in &mut folder_changes {
+                if let Change::Upsert(pc) = c {
+                    if !with_photo
+                        .as_ref()
+                        .is_some_and(|s| s.contains(&pc.provider_id))
+                    {
+                        pc.photo_url = None;
+                    }
+                }
+            }
+            tracing::debug!(folder = %folder, changes = folder_changes.len(), photos = with_photo.as_ref().map_or(0, HashSet::len), "folder listed");
             changes.extend(folder_changes.into_iter().map(|c| (folder.clone(), c)));
             next.folders.insert(folder.clone(), delta_link);
         }
@@ -1276,6 +1398,7 @@ impl GraphClient {
                 let call = Call {
                     method: Method::POST,
                     body: Some(&body),
+                    cost: pending.len() as u32,
                     idempotent,
                     ..Call::get(&url)
                 };
@@ -1561,6 +1684,96 @@ impl Provider for GraphClient {
         contact: &'a ProviderContact,
     ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>> {
         Box::pin(self.photo(contact))
+    }
+
+    fn fetch_photos<'a>(
+        &'a self,
+        contacts: &'a [ProviderContact],
+    ) -> BoxFuture<'a, Vec<Result<Option<Jpeg>, ProviderError>>> {
+        Box::pin(self.photos_batched(contacts))
+    }
+}
+
+impl GraphClient {
+    /// Photos through `$batch`, [`MAX_BATCH`] per request and up to four requests at once
+    /// (the in-flight limit);
+    /// Graph returns each photo's bytes base64-encoded in its part. A part that is throttled
+    /// or fails (anything but 200 or 404), or a batch that fails as a whole, is asked again
+    /// on its own with [`GraphClient::photo`] (and its retries). Each part counts against
+    /// the request budget.
+    async fn photos_batched(
+        &self,
+        contacts: &[ProviderContact],
+    ) -> Vec<Result<Option<Jpeg>, ProviderError>> {
+        // Every chunk at once: the client's four slots (and the budget) pace them.
+        let mut chunks = Vec::new();
+        for chunk in contacts.chunks(MAX_BATCH) {
+            chunks.push(self.photo_chunk(chunk));
+        }
+        let per_chunk = futures_util::future::join_all(chunks).await;
+        per_chunk.into_iter().flatten().collect()
+    }
+
+    /// One `$batch` of photos (see [`GraphClient::photos_batched`]).
+    async fn photo_chunk(
+        &self,
+        chunk: &[ProviderContact],
+    ) -> Vec<Result<Option<Jpeg>, ProviderError>> {
+        use base64::Engine as _;
+        let requests: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({
+                    "id": i.to_string(),
+                    "method": "GET",
+                    "url": format!("/me/contacts/{}/photo/$value", seg(&c.provider_id)),
+                })
+            })
+            .collect();
+        let body = json!({ "requests": requests });
+        let url = format!("{}/$batch", self.api_base);
+        let call = Call {
+            method: Method::POST,
+            body: Some(&body),
+            cost: chunk.len() as u32,
+            ..Call::get(&url)
+        };
+        let reply = self
+            .exec(call, |b| {
+                serde_json::from_slice::<BatchResponses>(b).map_err(|e| e.to_string())
+            })
+            .await;
+        let parts: HashMap<String, BatchItem> = match reply {
+            Ok(Reply::Ok(b)) => b.responses.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            _ => HashMap::new(),
+        };
+        let mut out = Vec::with_capacity(chunk.len());
+        for (i, c) in chunk.iter().enumerate() {
+            let got = parts.get(&i.to_string()).and_then(|p| match p.status {
+                200 => match &p.body {
+                    Value::String(b64) => {
+                        match base64::engine::general_purpose::STANDARD.decode(b64) {
+                            Ok(b) if b.is_empty() => Some(Ok(None)),
+                            Ok(b) if b.len() > MAX_PHOTO_BYTES => {
+                                tracing::warn!(contact = %c.provider_id, max = MAX_PHOTO_BYTES, "contact photo is larger than the limit; skipped");
+                                Some(Ok(None))
+                            }
+                            Ok(b) => Some(Ok(Some(b))),
+                            Err(_) => None,
+                        }
+                    }
+                    _ => None,
+                },
+                404 => Some(Ok(None)),
+                _ => None,
+            });
+            out.push(match got {
+                Some(r) => r,
+                None => self.photo(c).await,
+            });
+        }
+        out
     }
 }
 

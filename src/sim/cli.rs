@@ -26,6 +26,17 @@ pub struct SimArgs {
     /// Listen address of the Graph simulator.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen_graph: SocketAddr,
+    /// Milliseconds added to every request of both providers (50 is closer to what a user
+    /// sees than loopback).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Outlook's request budget per mailbox, enforced with 429 `TooManyRequests` (Graph's
+    /// is 10000 per 10 minutes); 0 leaves it off.
+    #[arg(long, default_value_t = 0)]
+    pub graph_request_budget: u32,
+    /// The window of `--graph-request-budget`.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub graph_budget_window: Duration,
 }
 
 impl SimArgs {
@@ -56,6 +67,20 @@ pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     let opts = args.options();
     let started = std::time::Instant::now();
     let sim = Sim::start_on(args.listen_google, args.listen_graph, opts.clone()).await?;
+    if args.latency_ms > 0 {
+        for p in [Provider::Google, Provider::Outlook] {
+            sim.set_faults(
+                p,
+                super::FaultConfig {
+                    latency_ms: args.latency_ms,
+                    ..super::FaultConfig::default()
+                },
+            );
+        }
+    }
+    if args.graph_request_budget > 0 {
+        sim.set_graph_budget(Some((args.graph_request_budget, args.graph_budget_window)));
+    }
     println!("google_base = {}", sim.google_base);
     println!("google_token_url = {}/token", sim.google_base);
     println!("graph_base = {}", sim.graph_base);

@@ -83,6 +83,128 @@ const DEFAULT_PAGE: usize = 10;
 const MAX_PAGE: usize = 1000;
 const BATCH_MAX: usize = 20;
 
+/// PidLidHasPicture (PSETID_Address, long id 0x8015, Boolean) as a Graph single-value
+/// extended property id: TRUE when the contact has a photo attachment.
+pub const HAS_PICTURE: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
+
+/// Query options Graph refuses on contact `delta` (`ErrorInvalidUrlQuery`): only
+/// `$select`, `$deltatoken` and `$skiptoken` are documented for it.
+const REFUSED_ON_DELTA: &[&str] = &[
+    "$filter", "$expand", "$orderby", "$search", "$top", "$skip", "$count",
+];
+
+/// Whether two extended property ids name the same property (the GUID and the `Id`/`Name`
+/// keyword are case-insensitive, as in Exchange).
+fn same_property(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    norm(a).eq_ignore_ascii_case(&norm(b))
+}
+
+/// The value of extended property `id` on a contact, as Graph sends it (a string).
+fn extended_value(c: &MContact, id: &str) -> Option<String> {
+    (same_property(id, HAS_PICTURE) && c.photo).then(|| "true".to_string())
+}
+
+/// A parsed `$filter` of the contact listing: the one form the simulator knows,
+/// `singleValueExtendedProperties/Any(ep: ep/id eq '<id>' and ep/value eq '<value>')`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExtFilter {
+    pub id: String,
+    pub value: String,
+}
+
+/// Parses a quoted OData string literal at the start of `s`: (value, rest).
+fn quoted(s: &str) -> Option<(String, &str)> {
+    let s = s.trim_start().strip_prefix('\'')?;
+    let mut out = String::new();
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, ch)) = chars.next() {
+        if ch == '\'' {
+            if let Some((_, '\'')) = chars.peek() {
+                out.push('\'');
+                chars.next();
+                continue;
+            }
+            return Some((out, &s[i + 1..]));
+        }
+        out.push(ch);
+    }
+    None
+}
+
+/// Strips a case-insensitive keyword (after optional whitespace).
+fn kw<'a>(s: &'a str, k: &str) -> Option<&'a str> {
+    let s = s.trim_start();
+    (s.len() >= k.len() && s[..k.len()].eq_ignore_ascii_case(k)).then(|| &s[k.len()..])
+}
+
+pub(crate) fn parse_ext_filter(f: &str) -> Option<ExtFilter> {
+    let rest = kw(f, "singleValueExtendedProperties/any(")?;
+    let (var, rest) = rest.split_once(':')?;
+    let var = var.trim();
+    if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let rest = kw(rest, &format!("{var}/id"))?;
+    let rest = kw(rest, "eq")?;
+    let (id, rest) = quoted(rest)?;
+    let rest = kw(rest, "and")?;
+    let rest = kw(rest, &format!("{var}/value"))?;
+    let rest = kw(rest, "eq")?;
+    let (value, rest) = quoted(rest)?;
+    let rest = kw(rest, ")")?;
+    rest.trim().is_empty().then_some(ExtFilter { id, value })
+}
+
+/// Parses `$expand=singleValueExtendedProperties($filter=id eq '<id>')`: the property id.
+pub(crate) fn parse_ext_expand(e: &str) -> Option<String> {
+    let rest = kw(e, "singleValueExtendedProperties(")?;
+    let rest = kw(rest, "$filter=")?;
+    let rest = kw(rest, "id")?;
+    let rest = kw(rest, "eq")?;
+    let (id, rest) = quoted(rest)?;
+    let rest = kw(rest, ")")?;
+    rest.trim().is_empty().then_some(id)
+}
+
+fn invalid_filter(r: &Req) -> Resp {
+    bad(
+        r,
+        "ErrorInvalidUrlQueryFilter",
+        "The query filter contains one or more invalid nodes.",
+    )
+}
+
+fn parse_expand(r: &Req) -> Result<Option<String>, Resp> {
+    match r.q("$expand") {
+        None => Ok(None),
+        Some(e) => parse_ext_expand(e).map(Some).ok_or_else(|| {
+            bad(
+                r,
+                "BadRequest",
+                &format!("Parsing OData Select and Expand failed: could not expand '{e}'."),
+            )
+        }),
+    }
+}
+
+/// Adds `singleValueExtendedProperties` for an expanded property id to a rendered contact.
+fn with_expand(mut v: Value, c: &MContact, expand: Option<&str>) -> Value {
+    if let Some(id) = expand {
+        let props: Vec<Value> = extended_value(c, id)
+            .map(|val| json!({"id": HAS_PICTURE, "value": val}))
+            .into_iter()
+            .collect();
+        v["singleValueExtendedProperties"] = Value::Array(props);
+    }
+    v
+}
+
+/// Percent-encodes a query value for a next link.
+fn enc(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Folder {
     pub id: String,
@@ -146,6 +268,46 @@ pub(crate) struct MUser {
     /// Token answers leave out `scope` (RFC 6749 allows it when the scope is the one
     /// requested), so a client learns of a missing permission only from a 403.
     pub omit_token_scope: bool,
+    /// Outlook's request budget per app and mailbox (10,000 per 10 minutes in production),
+    /// as a token bucket; a request over it gets 429 `TooManyRequests` with the wait in
+    /// `Retry-After`. `$batch` parts count one by one. Off by default.
+    pub budget: Option<SimBudget>,
+    /// Requests refused because the budget was spent.
+    pub budget_refusals: u64,
+    /// `METHOD url` of every `$batch` part served (the request log has one entry per
+    /// `$batch`), newest last; the oldest tenth goes beyond 200,000.
+    pub batch_parts: Vec<String>,
+}
+
+/// The token bucket behind [`MUser::budget`].
+pub(crate) struct SimBudget(governor::DefaultDirectRateLimiter);
+
+impl std::fmt::Debug for SimBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimBudget")
+    }
+}
+
+impl SimBudget {
+    pub fn new(budget: u32, window: std::time::Duration) -> Option<SimBudget> {
+        let burst = std::num::NonZeroU32::new(budget)?;
+        let quota = governor::Quota::with_period(window.checked_div(budget)?)?.allow_burst(burst);
+        Some(SimBudget(governor::RateLimiter::direct(quota)))
+    }
+
+    /// Takes `n` requests from the bucket, or says how long until they would fit.
+    fn take(&self, n: usize) -> Result<(), std::time::Duration> {
+        use governor::clock::Clock;
+        let n = std::num::NonZeroU32::new(n.max(1) as u32).unwrap_or(std::num::NonZeroU32::MIN);
+        match self.0.check_n(n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                Err(not_until.wait_time_from(governor::clock::DefaultClock::default().now()))
+            }
+            // More parts than the whole budget: never fits; wait a full window.
+            Err(_) => Err(std::time::Duration::from_secs(60)),
+        }
+    }
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -169,6 +331,9 @@ impl MUser {
             partial_delta: false,
             mailbox_disabled: false,
             omit_token_scope: false,
+            budget: None,
+            budget_refusals: 0,
+            batch_parts: Vec::new(),
         };
         m.root_id = m.new_id("AQMkAD");
         m.default_id = m.new_id("AQMkAD");
@@ -589,7 +754,24 @@ pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
                     r.header("client-request-id"),
                 );
             }
-            if rest == ["$batch"] && m == "POST" {
+            let is_batch = rest == ["$batch"] && m == "POST";
+            if let Some(b) = &u.budget {
+                let cost = if is_batch {
+                    r.json()
+                        .ok()
+                        .and_then(|v| v.get("requests").and_then(Value::as_array).map(Vec::len))
+                        .unwrap_or(1)
+                } else {
+                    1
+                };
+                if let Err(wait) = b.take(cost) {
+                    u.budget_refusals += 1;
+                    // Whole milliseconds, rounded up, so the wait is never too short.
+                    let secs = (wait.as_millis() as f64 + 1.0).ceil() / 1000.0;
+                    return super::common::throttled(super::Provider::Outlook, secs, false);
+                }
+            }
+            if is_batch {
                 return batch(u, r, &ctx, &base, write_ok);
             }
             api(u, r, rest, &ctx, &base, write_ok)
@@ -764,24 +946,46 @@ fn list_contacts(u: &MUser, r: &Req, folder: &str, base: &str, path: &str, p: &P
         Ok(s) => s,
         Err(e) => return e,
     };
+    let expand = match parse_expand(r) {
+        Ok(e) => e,
+        Err(e) => return e,
+    };
+    let filter = match r.q("$filter") {
+        None => None,
+        Some(f) => match parse_ext_filter(f) {
+            Some(f) => Some(f),
+            None => return invalid_filter(r),
+        },
+    };
     let (mut top, skip) = page_params(r);
     if r.q("$top").is_none() {
         if let Some(n) = p.maxpagesize {
             top = n;
         }
     }
-    let all: Vec<&MContact> = u.contacts.values().filter(|c| c.folder == folder).collect();
+    let all: Vec<&MContact> = u
+        .contacts
+        .values()
+        .filter(|c| c.folder == folder)
+        .filter(|c| {
+            filter.as_ref().is_none_or(|f| {
+                extended_value(c, &f.id).is_some_and(|v| v.eq_ignore_ascii_case(&f.value))
+            })
+        })
+        .collect();
     let page: Vec<Value> = all
         .iter()
         .skip(skip)
         .take(top)
-        .map(|c| render(c, select.as_deref()))
+        .map(|c| with_expand(render(c, select.as_deref()), c, expand.as_deref()))
         .collect();
     let mut out = json!({"@odata.context": format!("{base}/v1.0/$metadata#users('{}')/contacts", u.login), "value": page});
     if skip + top < all.len() {
         let mut next = format!("{base}/v1.0/{path}?$top={top}&$skip={}", skip + top);
-        if let Some(s) = r.q("$select") {
-            next.push_str(&format!("&$select={s}"));
+        for k in ["$select", "$filter", "$expand"] {
+            if let Some(v) = r.q(k) {
+                next.push_str(&format!("&{k}={}", enc(v)));
+            }
         }
         out["@odata.nextLink"] = json!(next);
     }
@@ -960,9 +1164,13 @@ fn item(u: &mut MUser, r: &Req, id: &str, folder: Option<&str>, ctx: &Ctx, base:
                 Ok(s) => s,
                 Err(e) => return e,
             };
+            let expand = match parse_expand(r) {
+                Ok(e) => e,
+                Err(e) => return e,
+            };
             match u.contacts.get(id) {
                 Some(c) => {
-                    let mut v = render(c, select.as_deref());
+                    let mut v = with_expand(render(c, select.as_deref()), c, expand.as_deref());
                     v["@odata.context"] = json!(format!(
                         "{base}/v1.0/$metadata#users('{}')/contacts/$entity",
                         u.login
@@ -1051,6 +1259,23 @@ fn sync_state_not_found(r: &Req, base: &str, folder: &str) -> Resp {
 }
 
 fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) -> Resp {
+    // Graph documents only `$select` (plus its own state tokens) for contact delta and
+    // answers anything else with 400 `ErrorInvalidUrlQuery`.
+    let refused: Vec<&str> = REFUSED_ON_DELTA
+        .iter()
+        .copied()
+        .filter(|k| r.query.iter().any(|(q, _)| q.eq_ignore_ascii_case(k)))
+        .collect();
+    if !refused.is_empty() {
+        return bad(
+            r,
+            "ErrorInvalidUrlQuery",
+            &format!(
+                "The following parameters are not supported with change tracking over the 'Contacts' resource: '{}'.",
+                refused.join(", ")
+            ),
+        );
+    }
     let tok = r
         .q("$skiptoken")
         .or_else(|| r.q("$deltatoken"))
@@ -1204,6 +1429,10 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp 
             .unwrap_or_default();
         let method = q.get("method").and_then(Value::as_str).unwrap_or("GET");
         let url = q.get("url").and_then(Value::as_str).unwrap_or("");
+        if u.batch_parts.len() >= 200_000 {
+            u.batch_parts.drain(..20_000);
+        }
+        u.batch_parts.push(format!("{method} {url}"));
         if id.is_empty() || url.is_empty() {
             return bad(
                 r,

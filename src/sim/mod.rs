@@ -201,6 +201,45 @@ impl Sim {
         self.shared.set_quota(provider, max_concurrent);
     }
 
+    /// Enforces Outlook's per-mailbox request budget on every existing Outlook user: at most
+    /// `budget` requests per `window` (a token bucket, full at first), each over it answered
+    /// 429 `TooManyRequests` with `Retry-After`. `None` lifts it.
+    pub fn set_graph_budget(&self, budget: Option<(u32, Duration)>) {
+        let mut st = self.shared.graph();
+        for u in st.users.values_mut() {
+            u.budget = budget.and_then(|(n, w)| graph::SimBudget::new(n, w));
+            u.budget_refusals = 0;
+        }
+    }
+
+    /// Requests the Outlook budget refused, over all users.
+    pub fn graph_budget_refusals(&self) -> u64 {
+        self.shared
+            .graph()
+            .users
+            .values()
+            .map(|u| u.budget_refusals)
+            .sum()
+    }
+
+    /// `METHOD url` of every `$batch` part an Outlook user's requests carried (the request
+    /// log counts a `$batch` once).
+    pub fn graph_batch_parts(&self, user: &str) -> Vec<String> {
+        self.shared
+            .graph()
+            .users
+            .get(user)
+            .map(|u| u.batch_parts.clone())
+            .unwrap_or_default()
+    }
+
+    /// Clears the `$batch` parts of every Outlook user.
+    pub fn clear_graph_batch_parts(&self) {
+        for u in self.shared.graph().users.values_mut() {
+            u.batch_parts.clear();
+        }
+    }
+
     /// The log of API and OAuth requests served by one provider.
     pub fn requests(&self, provider: Provider) -> Vec<LogEntry> {
         self.shared.requests(provider)

@@ -124,6 +124,8 @@ pub struct Planner<'a> {
     ctx: PlanContext,
     overlay: Overlay,
     plan: Plan,
+    /// A dry run ([`creations`]): new ids come from this counter, not the store.
+    dry_ids: Option<u64>,
 }
 
 type Keys = Vec<(IndexKind, String, String)>;
@@ -135,6 +137,18 @@ impl<'a> Planner<'a> {
             ctx,
             overlay: Overlay::default(),
             plan: Plan::default(),
+            dry_ids: None,
+        }
+    }
+
+    /// A new id: from the store, or (dry run) from a private counter far above any real id.
+    fn new_id(&mut self) -> Result<u64, StoreError> {
+        match self.dry_ids.as_mut() {
+            Some(n) => {
+                *n -= 1;
+                Ok(*n)
+            }
+            None => self.db.next_id(),
         }
     }
 
@@ -378,7 +392,7 @@ impl<'a> Planner<'a> {
         if let Some(id) = self.db.company_by_name(name)? {
             return Ok(Some(id));
         }
-        let id = self.db.next_id()?;
+        let id = self.new_id()?;
         self.overlay.companies.insert(key, id);
         self.overlay.company_names.insert(id, name.clone());
         self.plan.batch.push(Op::PutCompany(Company {
@@ -696,7 +710,7 @@ impl<'a> Planner<'a> {
         new_link: impl Fn(ContactId) -> LinkRecord,
         photo: Option<&Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let id = self.db.next_id()?;
+        let id = self.new_id()?;
         let company_id = self.company_for(&provider.organization)?;
         let contact = Contact {
             id,
@@ -974,6 +988,29 @@ pub fn plan(
         p.add(c, photos.get(c.provider_id()))?;
     }
     Ok(p.finish())
+}
+
+/// The provider ids of `changes` that planning them now would create as new CRM contacts
+/// (not matched to an existing one, not skipped). A dry run: nothing is written and no id is
+/// taken from the store. Photos are fetched only for these (SPEC §3).
+pub fn creations(
+    db: &Db,
+    ctx: PlanContext,
+    changes: &[Change],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut p = Planner::new(db, ctx);
+    p.dry_ids = Some(u64::MAX);
+    for c in collapse(changes) {
+        p.add(c, None)?;
+    }
+    Ok(p.finish()
+        .actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Create { provider_id, .. } => Some(provider_id),
+            _ => None,
+        })
+        .collect())
 }
 
 /// How many links the account would have after applying `changes` (SPEC §5 limit).
