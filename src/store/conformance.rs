@@ -288,3 +288,118 @@ fn changing_default_region_rebuilds_the_phone_index_without_stale_keys() {
         vec![1]
     );
 }
+
+#[test]
+fn contact_count_is_kept_by_transactions_not_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    for kv in [
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        Arc::new(SledStore::open(dir.path()).unwrap()),
+    ] {
+        let db = Db::with_store(kv.clone(), Id::US).unwrap();
+        assert_eq!(db.contact_count().unwrap(), 0);
+        let put = |c| Batch {
+            ops: vec![Op::PutContact(c)],
+        };
+        db.commit(&put(contact(1, "Ann", "a@x.org", "1", None)))
+            .unwrap();
+        db.commit(&put(contact(2, "Bo", "b@x.org", "2", None)))
+            .unwrap();
+        // An update is not a new contact; one batch may write the same contact twice.
+        db.commit(&Batch {
+            ops: vec![
+                Op::PutContact(contact(2, "Bob", "b@x.org", "2", None)),
+                Op::PutContact(contact(2, "Bobby", "b@x.org", "2", None)),
+            ],
+        })
+        .unwrap();
+        assert_eq!(db.contact_count().unwrap(), 2);
+        db.commit(&Batch {
+            ops: vec![
+                Op::DeleteContact(1),
+                Op::DeleteContact(1),
+                Op::DeleteContact(9),
+            ],
+        })
+        .unwrap();
+        assert_eq!(db.contact_count().unwrap(), 1);
+        // Restoring a deleted contact counts it again.
+        db.commit(&put(contact(1, "Ann", "a@x.org", "1", None)))
+            .unwrap();
+        assert_eq!(db.contact_count().unwrap(), kv.len(Tree::Contacts).unwrap());
+    }
+}
+
+#[test]
+fn contact_count_of_a_store_written_before_it_was_kept_is_counted_once_at_open() {
+    let kv: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let db = Db::with_store(kv.clone(), Id::US).unwrap();
+    for id in 1..=3 {
+        db.commit(&Batch {
+            ops: vec![Op::PutContact(contact(id, "Ann", "a@x.org", "1", None))],
+        })
+        .unwrap();
+    }
+    // An older build kept no count.
+    kv.transaction(&|tx| tx.remove(Tree::Meta, b"contact_count"))
+        .unwrap();
+    let reopened = Db::with_store(kv.clone(), Id::US).unwrap();
+    assert_eq!(reopened.contact_count().unwrap(), 3);
+    reopened
+        .commit(&Batch {
+            ops: vec![Op::PutContact(contact(4, "Bo", "b@x.org", "2", None))],
+        })
+        .unwrap();
+    assert_eq!(reopened.contact_count().unwrap(), 4);
+}
+
+#[test]
+fn link_count_is_kept_per_account_and_counted_once_for_an_older_store() {
+    let kv: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let db = Db::with_store(kv.clone(), Id::US).unwrap();
+    let link = |account: &str, pid: &str| Op::PutLink {
+        account: account.into(),
+        provider_id: pid.into(),
+        link: LinkRecord {
+            contact_id: 1,
+            etag: None,
+            scope: String::new(),
+        },
+    };
+    db.commit(&Batch {
+        ops: vec![
+            link("g", "a"),
+            link("g", "b"),
+            link("g", "a"),
+            link("gx", "a"),
+        ],
+    })
+    .unwrap();
+    assert_eq!(db.link_count("g").unwrap(), 2);
+    assert_eq!(db.link_count("gx").unwrap(), 1);
+    assert_eq!(db.link_count("none").unwrap(), 0);
+    db.commit(&Batch {
+        ops: vec![
+            Op::DeleteLink {
+                account: "g".into(),
+                provider_id: "a".into(),
+            },
+            Op::DeleteLink {
+                account: "g".into(),
+                provider_id: "never".into(),
+            },
+        ],
+    })
+    .unwrap();
+    assert_eq!(db.link_count("g").unwrap(), 1);
+    // An older build kept no counts: they are counted once when the store opens.
+    kv.transaction(&|tx| {
+        tx.remove(Tree::Meta, b"link_counts_kept")?;
+        tx.remove(Tree::Meta, b"link_count/g")?;
+        tx.remove(Tree::Meta, b"link_count/gx")
+    })
+    .unwrap();
+    let reopened = Db::with_store(kv.clone(), Id::US).unwrap();
+    assert_eq!(reopened.link_count("g").unwrap(), 1);
+    assert_eq!(reopened.link_count("gx").unwrap(), 1);
+}
