@@ -42,6 +42,7 @@ use serde_json::{json, Value};
 
 const CASES: &[&str] = &[
     "plan_write_25k",
+    "plan_write_250k",
     "google_initial_25k",
     "outlook_initial_25k",
     "ten_accounts_25k",
@@ -368,8 +369,10 @@ fn build_crm_store(dir: &Path, n: usize) -> Res<()> {
 }
 
 /// `n` provider contacts: persons `0..n/2` (same name and email as CRM contacts, with a new
-/// job title and a second phone) interleaved with persons `n..n + n/2` (new to the CRM).
-fn provider_changes(n: usize) -> Vec<Change> {
+/// job title and a second phone) interleaved with persons `crm..crm + n/2` (new to the CRM of
+/// `crm` contacts). Past person 256,000 names and companies repeat together, so when the new
+/// persons reach that far their last names get a suffix: they stay new to the CRM.
+fn provider_changes(n: usize, crm: usize) -> Vec<Change> {
     let half = n / 2;
     let mut out = Vec::with_capacity(2 * half);
     let upsert = |pid: String, fields: Fields| {
@@ -388,7 +391,11 @@ fn provider_changes(n: usize) -> Vec<Change> {
             .phones
             .push(format!("+1 628 {:03} {:04}", 200 + k / 10_000, k % 10_000));
         out.push(upsert(format!("people/m{k}"), matched));
-        out.push(upsert(format!("people/n{k}"), person(n + k)));
+        let mut new = person(crm + k);
+        if crm + half > 256_000 {
+            new.last_name.push_str("-Neu");
+        }
+        out.push(upsert(format!("people/n{k}"), new));
     }
     out
 }
@@ -407,11 +414,12 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The measured part of `plan_write_25k`, in a fresh child process.
+/// The measured part of `plan_write_25k` / `plan_write_250k`, in a fresh child process.
 fn child_plan_write() -> Res<Value> {
     let dir = PathBuf::from(std::env::var("BENCH_STORE")?);
     let n = contacts_per_account();
-    let changes = provider_changes(n);
+    let crm = env_usize("BENCH_CRM_SIZE", n);
+    let changes = provider_changes(n, crm);
     let rss_before = proc_status_mb("self", "VmRSS");
     let (cpu0, t0) = (cpu_self(), Instant::now());
     let db = Db::open(&dir, region())?;
@@ -497,13 +505,16 @@ fn run_child(case: &str, envs: &[(&str, String)]) -> Res<Sample> {
     Ok(s)
 }
 
-fn plan_write(runs: usize) -> Res<Summary> {
+/// `plan_write_25k` (a CRM as large as the account) and `plan_write_250k` (the same 25,000
+/// provider contacts against a CRM ten times larger).
+fn plan_write(case: &str, crm_factor: usize, runs: usize) -> Res<Summary> {
     let n = contacts_per_account();
+    let crm = n * crm_factor;
     let template = tempfile::tempdir()?;
     let t = Instant::now();
-    build_crm_store(&template.path().join("store"), n)?;
+    build_crm_store(&template.path().join("store"), crm)?;
     eprintln!(
-        "plan_write_25k: CRM store of {n} contacts built in {:.1}s",
+        "{case}: CRM store of {crm} contacts built in {:.1}s",
         t.elapsed().as_secs_f64()
     );
     let mut samples = vec![];
@@ -512,16 +523,19 @@ fn plan_write(runs: usize) -> Res<Summary> {
         let store = run_dir.path().join("store");
         copy_dir(&template.path().join("store"), &store)?;
         let s = run_child(
-            "plan_write_25k",
-            &[("BENCH_STORE", store.display().to_string())],
+            "plan_write",
+            &[
+                ("BENCH_STORE", store.display().to_string()),
+                ("BENCH_CRM_SIZE", crm.to_string()),
+            ],
         )?;
-        eprintln!("plan_write_25k run {}: {:?}", r + 1, s.0.first());
+        eprintln!("{case} run {}: {:?}", r + 1, s.0.first());
         samples.push(s);
     }
     let params = format!(
-        "A sled store (tempdir) holding {n} CRM contacts ({COMPANIES} companies); {n} provider contacts, half matching CRM contacts by name + email, half new, planned with `sync::plan` and written with `Db::commit_durable` in chunks of {CHUNK}, in a fresh process per run."
+        "A sled store (tempdir) holding {crm} CRM contacts ({COMPANIES} companies); {n} provider contacts, half matching CRM contacts by name + email, half new, planned with `sync::plan` and written with `Db::commit_durable` in chunks of {CHUNK}, in a fresh process per run."
     );
-    Ok(Summary::new("plan_write_25k", params, &samples).ratio(
+    Ok(Summary::new(case, params, &samples).ratio(
         "share of the time in commit_durable",
         "↳ of which commit_durable (s)",
         "plan + write time (s)",
@@ -1141,7 +1155,7 @@ fn usage() {
 fn main() {
     if let Ok(case) = std::env::var(CHILD_ENV) {
         let res = match case.as_str() {
-            "plan_write_25k" => child_plan_write(),
+            "plan_write" => child_plan_write(),
             other => Err(format!("unknown child case {other}").into()),
         };
         match res {
@@ -1212,7 +1226,8 @@ fn main() {
             continue;
         }
         match *case {
-            "plan_write_25k" => report(plan_write(runs).map(|s| vec![s])),
+            "plan_write_25k" => report(plan_write(case, 1, runs).map(|s| vec![s])),
+            "plan_write_250k" => report(plan_write(case, 10, runs).map(|s| vec![s])),
             "google_initial_25k" => report(initial(case, Provider::Google, runs).map(|s| vec![s])),
             "outlook_initial_25k" => {
                 report(initial(case, Provider::Outlook, runs).map(|s| vec![s]))

@@ -6,6 +6,26 @@ use unicode_normalization::UnicodeNormalization;
 
 /// NFKC, full Unicode case folding, and runs of white space folded to one space.
 pub fn text_key(s: &str) -> String {
+    if s.is_ascii() {
+        return ascii_text_key(s);
+    }
+    unicode_text_key(s)
+}
+
+/// ASCII is its own NFKC form and folds to its lower case: the same key as
+/// [`unicode_text_key`], without the Unicode tables (most names and companies take this path).
+fn ascii_text_key(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for w in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(w.chars().map(|c| c.to_ascii_lowercase()));
+    }
+    out
+}
+
+fn unicode_text_key(s: &str) -> String {
     let nfkc: String = s.nfkc().collect();
     let folded = caseless::default_case_fold_str(&nfkc);
     // Case folding can produce non-NFKC sequences; normalise once more so that keys compare.
@@ -21,6 +41,9 @@ pub fn name_key(first: &str, last: &str) -> String {
 /// Emails compare case-insensitively (and without surrounding white space).
 pub fn email_key(s: &str) -> String {
     let t = s.trim();
+    if t.is_ascii() {
+        return t.to_ascii_lowercase();
+    }
     caseless::default_case_fold_str(t)
 }
 
@@ -28,27 +51,27 @@ pub fn email_key(s: &str) -> String {
 /// `+`). `None` when there is no digit at all.
 ///
 /// Parsing is the most expensive step of planning and the same numbers are keyed many
-/// times (cleaning, matching, indexing), so results are memoised per thread.
+/// times (cleaning and matching on the matcher's thread, indexing on the writer's), so
+/// results are memoised once for the whole process: each number is parsed once per version
+/// of a contact, whichever thread keys it first.
 pub fn phone_key(raw: &str, region: phonenumber::country::Id) -> Option<String> {
-    use std::cell::RefCell;
     use std::collections::HashMap;
-    thread_local! {
-        static MEMO: RefCell<HashMap<(String, phonenumber::country::Id), Option<String>>> =
-            RefCell::new(HashMap::new());
-    }
-    const MEMO_MAX: usize = 200_000;
-    let key = (raw.to_string(), region);
-    if let Some(hit) = MEMO.with(|m| m.borrow().get(&key).cloned()) {
-        return hit;
+    use std::sync::{Mutex, OnceLock};
+    type Memo = Mutex<HashMap<(Box<str>, phonenumber::country::Id), Option<Box<str>>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    // Enough for the numbers of a few rounds in flight; a full memo starts over.
+    const MEMO_MAX: usize = 100_000;
+    let memo = MEMO.get_or_init(Default::default);
+    let key = (Box::<str>::from(raw), region);
+    if let Some(hit) = memo.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return hit.as_deref().map(String::from);
     }
     let value = phone_key_uncached(raw, region);
-    MEMO.with(|m| {
-        let mut m = m.borrow_mut();
-        if m.len() >= MEMO_MAX {
-            m.clear();
-        }
-        m.insert(key, value.clone());
-    });
+    let mut m = memo.lock().unwrap_or_else(|p| p.into_inner());
+    if m.len() >= MEMO_MAX {
+        m.clear();
+    }
+    m.insert(key, value.as_deref().map(Box::from));
     value
 }
 
@@ -91,6 +114,24 @@ mod tests {
         // Composed and decomposed forms of é are the same name.
         assert_eq!(text_key("Ren\u{e9}"), text_key("Rene\u{301}"));
         assert_ne!(text_key("René"), text_key("Rene"));
+    }
+
+    #[test]
+    fn ascii_fast_path_gives_the_unicode_key() {
+        for s in [
+            "  Ada\tLOVELACE ",
+            "a\u{b}b\u{c}c\rd\ne",
+            "O'Brien-Smith & Co. 123",
+            "",
+            "   ",
+        ] {
+            assert_eq!(ascii_text_key(s), unicode_text_key(s), "{s:?}");
+            assert_eq!(
+                email_key(s),
+                caseless::default_case_fold_str(s.trim()),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

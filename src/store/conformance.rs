@@ -288,3 +288,67 @@ fn changing_default_region_rebuilds_the_phone_index_without_stale_keys() {
         vec![1]
     );
 }
+
+#[test]
+fn contact_count_is_kept_by_transactions_not_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    for kv in [
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        Arc::new(SledStore::open(dir.path()).unwrap()),
+    ] {
+        let db = Db::with_store(kv.clone(), Id::US).unwrap();
+        assert_eq!(db.contact_count().unwrap(), 0);
+        let put = |c| Batch {
+            ops: vec![Op::PutContact(c)],
+        };
+        db.commit(&put(contact(1, "Ann", "a@x.org", "1", None)))
+            .unwrap();
+        db.commit(&put(contact(2, "Bo", "b@x.org", "2", None)))
+            .unwrap();
+        // An update is not a new contact; one batch may write the same contact twice.
+        db.commit(&Batch {
+            ops: vec![
+                Op::PutContact(contact(2, "Bob", "b@x.org", "2", None)),
+                Op::PutContact(contact(2, "Bobby", "b@x.org", "2", None)),
+            ],
+        })
+        .unwrap();
+        assert_eq!(db.contact_count().unwrap(), 2);
+        db.commit(&Batch {
+            ops: vec![
+                Op::DeleteContact(1),
+                Op::DeleteContact(1),
+                Op::DeleteContact(9),
+            ],
+        })
+        .unwrap();
+        assert_eq!(db.contact_count().unwrap(), 1);
+        // Restoring a deleted contact counts it again.
+        db.commit(&put(contact(1, "Ann", "a@x.org", "1", None)))
+            .unwrap();
+        assert_eq!(db.contact_count().unwrap(), kv.len(Tree::Contacts).unwrap());
+    }
+}
+
+#[test]
+fn contact_count_of_a_store_written_before_it_was_kept_is_counted_once_at_open() {
+    let kv: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let db = Db::with_store(kv.clone(), Id::US).unwrap();
+    for id in 1..=3 {
+        db.commit(&Batch {
+            ops: vec![Op::PutContact(contact(id, "Ann", "a@x.org", "1", None))],
+        })
+        .unwrap();
+    }
+    // An older build kept no count.
+    kv.transaction(&|tx| tx.remove(Tree::Meta, b"contact_count"))
+        .unwrap();
+    let reopened = Db::with_store(kv.clone(), Id::US).unwrap();
+    assert_eq!(reopened.contact_count().unwrap(), 3);
+    reopened
+        .commit(&Batch {
+            ops: vec![Op::PutContact(contact(4, "Bo", "b@x.org", "2", None))],
+        })
+        .unwrap();
+    assert_eq!(reopened.contact_count().unwrap(), 4);
+}

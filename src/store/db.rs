@@ -30,6 +30,23 @@ const VALUE_V1: u8 = 1;
 
 /// The `meta` key of the last audit `seq` given.
 const AUDIT_SEQ: &[u8] = b"audit_seq";
+/// The `meta` key of the number of CRM contacts, kept by every transaction that adds or
+/// removes one (so counting never scans the `contacts` tree).
+const CONTACT_COUNT: &[u8] = b"contact_count";
+
+fn be_u64(v: Option<Vec<u8>>) -> u64 {
+    v.and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0)
+}
+
+/// What a transaction accumulates over its operations and writes once at its end.
+#[derive(Default)]
+struct TxState {
+    /// The last audit `seq` given in this transaction (read on the first event).
+    audit_seq: Option<u64>,
+    /// Contacts added minus contacts removed.
+    contacts: i64,
+}
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![VALUE_V1];
@@ -261,6 +278,9 @@ impl Batch {
 pub struct Db {
     kv: Arc<dyn Store>,
     region: phonenumber::country::Id,
+    /// Company names by id. A company record never changes once written, so this never
+    /// goes stale; index maintenance reads it instead of decoding the company.
+    company_names: Arc<std::sync::RwLock<std::collections::HashMap<CompanyId, Arc<str>>>>,
 }
 
 impl Db {
@@ -319,19 +339,41 @@ impl Db {
                         Tree::Meta,
                         b"schema_version",
                         SCHEMA_VERSION.to_be_bytes().to_vec(),
-                    )
+                    )?;
+                    tx.insert(Tree::Meta, CONTACT_COUNT, 0u64.to_be_bytes().to_vec())
                 })?;
                 // A new store is marked at once: a store file without it is a damaged one.
                 kv.flush()?;
             }
         }
-        let db = Db { kv, region };
+        let db = Db {
+            kv,
+            region,
+            company_names: Default::default(),
+        };
+        db.count_contacts_once()?;
         db.reindex_if_region_changed()?;
         Ok(db)
     }
 
     pub fn region(&self) -> phonenumber::country::Id {
         self.region
+    }
+
+    /// A store written before the contact count was kept: count once (a scan), then every
+    /// transaction keeps it.
+    fn count_contacts_once(&self) -> Result<(), StoreError> {
+        if self.kv.get(Tree::Meta, CONTACT_COUNT)?.is_some() {
+            return Ok(());
+        }
+        let n = self.kv.len(Tree::Contacts)? as u64;
+        self.kv.transaction(&|tx| {
+            // Counted again inside the transaction, in case a writer raced the scan.
+            if tx.get(Tree::Meta, CONTACT_COUNT)?.is_none() {
+                tx.insert(Tree::Meta, CONTACT_COUNT, n.to_be_bytes().to_vec())?;
+            }
+            Ok(())
+        })
     }
 
     /// Phone index keys depend on the default region; rebuild them when it changed.
@@ -418,8 +460,10 @@ impl Db {
             .collect()
     }
 
+    /// How many contacts the CRM holds: a counter kept by the transactions that add and
+    /// remove contacts, not a scan.
     pub fn contact_count(&self) -> Result<usize, StoreError> {
-        self.kv.len(Tree::Contacts)
+        Ok(be_u64(self.kv.get(Tree::Meta, CONTACT_COUNT)?) as usize)
     }
 
     pub fn company(&self, id: CompanyId) -> Result<Option<Company>, StoreError> {
@@ -587,15 +631,59 @@ impl Db {
             }
         }
         if let Some(cid) = c.company_id {
-            if let Some(v) = tx.get(Tree::Companies, &cid.to_be_bytes())? {
-                let company: Company = dec(Tree::Companies, &v)?;
-                push(IndexKind::NameOrg, &normalize::text_key(&company.name));
+            if let Some(name) = self.company_name_in(tx, cid)? {
+                push(IndexKind::NameOrg, &normalize::text_key(&name));
             }
         }
         Ok(keys)
     }
 
-    fn apply_op(&self, tx: &dyn TxView, op: &Op) -> Result<(), StoreError> {
+    /// A company's name, from the cache or read (and cached) inside the transaction.
+    fn company_name_in(
+        &self,
+        tx: &dyn TxView,
+        id: CompanyId,
+    ) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(n) = self.cached_company_name(id) {
+            return Ok(Some(n));
+        }
+        let Some(v) = tx.get(Tree::Companies, &id.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let company: Company = dec(Tree::Companies, &v)?;
+        // Cached even if this transaction is retried or fails: the id is never given to
+        // another company, so the name can never be wrong for it.
+        Ok(Some(self.cache_company_name(id, &company.name)))
+    }
+
+    fn cached_company_name(&self, id: CompanyId) -> Option<Arc<str>> {
+        self.company_names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn cache_company_name(&self, id: CompanyId, name: &str) -> Arc<str> {
+        let name: Arc<str> = Arc::from(name);
+        self.company_names
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, name.clone());
+        name
+    }
+
+    /// A company's name (cached: company records never change).
+    pub fn company_name(&self, id: CompanyId) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(n) = self.cached_company_name(id) {
+            return Ok(Some(n));
+        }
+        Ok(self
+            .company(id)?
+            .map(|c| self.cache_company_name(id, &c.name)))
+    }
+
+    fn apply_op(&self, tx: &dyn TxView, op: &Op, st: &mut TxState) -> Result<(), StoreError> {
         match op {
             Op::PutContact(c) => {
                 let key = c.id.to_be_bytes();
@@ -604,6 +692,8 @@ impl Db {
                     for k in self.index_keys(tx, &old)? {
                         tx.remove(Tree::Index, &k)?;
                     }
+                } else {
+                    st.contacts += 1;
                 }
                 for k in self.index_keys(tx, c)? {
                     tx.insert(Tree::Index, &k, vec![])?;
@@ -620,6 +710,7 @@ impl Db {
                     }
                     // The photo stays with the tombstone until it is purged.
                     tx.remove(Tree::Contacts, &key)?;
+                    st.contacts -= 1;
                     let t = Tombstone {
                         contact: old,
                         deleted_at: Utc::now(),
@@ -712,12 +803,12 @@ impl Db {
                 enc(label),
             )?,
             Op::Audit(event) => {
-                let seq = tx
-                    .get(Tree::Meta, AUDIT_SEQ)?
-                    .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
-                    .unwrap_or(0)
-                    + 1;
-                tx.insert(Tree::Meta, AUDIT_SEQ, seq.to_be_bytes().to_vec())?;
+                let last = match st.audit_seq {
+                    Some(s) => s,
+                    None => be_u64(tx.get(Tree::Meta, AUDIT_SEQ)?),
+                };
+                let seq = last + 1;
+                st.audit_seq = Some(seq);
                 let mut e = event.clone();
                 e.seq = Some(seq);
                 let mut v = e.time.timestamp_millis().to_be_bytes().to_vec();
@@ -876,8 +967,20 @@ impl Db {
             return Ok(());
         }
         self.kv.transaction(&|tx| {
+            let mut st = TxState::default();
             for op in &batch.ops {
-                self.apply_op(tx, op)?;
+                self.apply_op(tx, op, &mut st)?;
+            }
+            if let Some(seq) = st.audit_seq {
+                tx.insert(Tree::Meta, AUDIT_SEQ, seq.to_be_bytes().to_vec())?;
+            }
+            if st.contacts != 0 {
+                let n = be_u64(tx.get(Tree::Meta, CONTACT_COUNT)?) as i64 + st.contacts;
+                tx.insert(
+                    Tree::Meta,
+                    CONTACT_COUNT,
+                    (n.max(0) as u64).to_be_bytes().to_vec(),
+                )?;
             }
             Ok(())
         })

@@ -106,11 +106,14 @@ pub struct PlanContext {
     pub two_way: Vec<String>,
 }
 
+/// What this plan wrote so far, for the changes planned after it. Contacts, links and base
+/// snapshots are not copied: the overlay holds the position of their operation in the
+/// plan's batch (`None`: deleted by this plan).
 #[derive(Default)]
 struct Overlay {
-    contacts: HashMap<ContactId, Option<Contact>>,
-    links: HashMap<String, Option<LinkRecord>>,
-    bases: HashMap<String, Option<Fields>>,
+    contacts: HashMap<ContactId, Option<usize>>,
+    links: HashMap<String, Option<usize>>,
+    bases: HashMap<String, Option<usize>>,
     skips: HashMap<String, Option<SkipMark>>,
     outbox: HashMap<(String, ContactId), Option<OutboxEntry>>,
     companies: HashMap<String, CompanyId>,
@@ -153,23 +156,39 @@ impl<'a> Planner<'a> {
 
     // ---- reads through the overlay ----
 
+    fn op(&self, at: usize) -> &Op {
+        &self.plan.batch.ops[at]
+    }
+
     fn contact(&self, id: ContactId) -> Result<Option<Contact>, StoreError> {
         match self.overlay.contacts.get(&id) {
-            Some(c) => Ok(c.clone()),
+            Some(Some(at)) => match self.op(*at) {
+                Op::PutContact(c) => Ok(Some(c.clone())),
+                _ => Ok(None),
+            },
+            Some(None) => Ok(None),
             None => self.db.contact(id),
         }
     }
 
     fn link(&self, pid: &str) -> Result<Option<LinkRecord>, StoreError> {
         match self.overlay.links.get(pid) {
-            Some(l) => Ok(l.clone()),
+            Some(Some(at)) => match self.op(*at) {
+                Op::PutLink { link, .. } => Ok(Some(link.clone())),
+                _ => Ok(None),
+            },
+            Some(None) => Ok(None),
             None => self.db.link(&self.ctx.account, pid),
         }
     }
 
     fn base(&self, pid: &str) -> Result<Option<Fields>, StoreError> {
         match self.overlay.bases.get(pid) {
-            Some(b) => Ok(b.clone()),
+            Some(Some(at)) => match self.op(*at) {
+                Op::PutBase { base, .. } => Ok(Some(base.clone())),
+                _ => Ok(None),
+            },
+            Some(None) => Ok(None),
             None => self.db.base(&self.ctx.account, pid),
         }
     }
@@ -178,7 +197,7 @@ impl<'a> Planner<'a> {
         if let Some(n) = self.overlay.company_names.get(&id) {
             return Ok(Some(n.clone()));
         }
-        Ok(self.db.company(id)?.map(|c| c.name))
+        Ok(self.db.company_name(id)?.map(|n| n.to_string()))
     }
 
     /// The CRM contact's synced fields, with its company by name.
@@ -191,20 +210,30 @@ impl<'a> Planner<'a> {
     }
 
     fn keys_of(&self, f: &Fields) -> Keys {
-        let name = normalize::name_key(&f.first_name, &f.last_name);
-        let mut keys = vec![];
-        for e in &f.emails {
-            keys.push((IndexKind::NameEmail, name.clone(), normalize::email_key(e)));
-        }
-        for p in &f.phones {
-            if let Some(k) = normalize::phone_key(p, self.db.region()) {
-                keys.push((IndexKind::NamePhone, name.clone(), k));
-            }
-        }
-        if let Some(o) = &f.organization {
-            keys.push((IndexKind::NameOrg, name.clone(), normalize::text_key(o)));
-        }
-        keys
+        keys_of(
+            &f.first_name,
+            &f.last_name,
+            &f.emails,
+            &f.phones,
+            f.organization.as_deref(),
+            self.db.region(),
+        )
+    }
+
+    /// The index keys of a CRM contact as the store keeps them (its company by name).
+    fn keys_of_contact(&self, c: &Contact) -> Result<Keys, StoreError> {
+        let organization = match c.company_id {
+            Some(id) => self.company_name(id)?,
+            None => None,
+        };
+        Ok(keys_of(
+            &c.first_name,
+            &c.last_name,
+            &c.emails,
+            &c.phones,
+            organization.as_deref(),
+            self.db.region(),
+        ))
     }
 
     /// Candidates for one key: from the store (verified against the overlay) and the overlay.
@@ -220,8 +249,7 @@ impl<'a> Planner<'a> {
             let Some(c) = self.contact(id)? else { continue };
             if self.overlay.contacts.contains_key(&id) {
                 // Changed in this plan: make sure it still has the key.
-                let f = self.fields_of(&c)?;
-                if !self.keys_of(&f).contains(key) {
+                if !self.keys_of_contact(&c)?.contains(key) {
                     continue;
                 }
             }
@@ -231,8 +259,7 @@ impl<'a> Planner<'a> {
     }
 
     /// SPEC §4 matching, rule by rule; the oldest candidate wins.
-    fn find_match(&self, f: &Fields) -> Result<Option<(Contact, Vec<ContactId>)>, StoreError> {
-        let keys = self.keys_of(f);
+    fn find_match(&self, keys: &Keys) -> Result<Option<(Contact, Vec<ContactId>)>, StoreError> {
         for kind in [
             IndexKind::NameEmail,
             IndexKind::NamePhone,
@@ -278,21 +305,21 @@ impl<'a> Planner<'a> {
         Ok(Some(id))
     }
 
-    fn put_contact(&mut self, c: Contact, f: &Fields) {
-        for key in self.keys_of(f) {
+    /// Writes a contact; `keys` are its index keys (those of the version written).
+    fn put_contact(&mut self, c: Contact, keys: Keys) {
+        for key in keys {
             self.overlay.index.entry(key).or_default().push(c.id);
         }
-        self.overlay.contacts.insert(c.id, Some(c.clone()));
+        self.overlay
+            .contacts
+            .insert(c.id, Some(self.plan.batch.ops.len()));
         self.plan.batch.push(Op::PutContact(c));
     }
 
     fn put_link(&mut self, pid: &str, link: LinkRecord, base: Fields) {
-        self.overlay
-            .links
-            .insert(pid.to_string(), Some(link.clone()));
-        self.overlay
-            .bases
-            .insert(pid.to_string(), Some(base.clone()));
+        let at = self.plan.batch.ops.len();
+        self.overlay.links.insert(pid.to_string(), Some(at));
+        self.overlay.bases.insert(pid.to_string(), Some(at + 1));
         let account = self.ctx.account.clone();
         self.plan.batch.push(Op::PutLink {
             account: account.clone(),
@@ -474,7 +501,8 @@ impl<'a> Planner<'a> {
         new_link: impl Fn(ContactId) -> LinkRecord,
         photo: Option<&Vec<u8>>,
     ) -> Result<(), StoreError> {
-        match self.find_match(provider)? {
+        let keys = self.keys_of(provider);
+        match self.find_match(&keys)? {
             Some((contact, _))
                 if matches!(
                     self.outbox_entry(&self.ctx.account, contact.id)?,
@@ -515,7 +543,7 @@ impl<'a> Planner<'a> {
                     Some(others),
                 )
             }
-            None => self.create(pid, provider, new_link, photo),
+            None => self.create(pid, provider, keys, new_link, photo),
         }
     }
 
@@ -531,8 +559,8 @@ impl<'a> Planner<'a> {
         let id = contact.id;
         contact.links.push(self.this_link(pid));
         contact.links.sort();
-        let f = self.fields_of(&contact)?;
-        self.put_contact(contact, &f);
+        let keys = self.keys_of_contact(&contact)?;
+        self.put_contact(contact, keys);
         self.put_link(pid, new_link(id), provider.clone());
         let account = self.ctx.account.clone();
         self.overlay.outbox.insert((account.clone(), id), None);
@@ -562,6 +590,7 @@ impl<'a> Planner<'a> {
         &mut self,
         pid: &str,
         provider: &Fields,
+        keys: Keys,
         new_link: impl Fn(ContactId) -> LinkRecord,
         photo: Option<&Vec<u8>>,
     ) -> Result<(), StoreError> {
@@ -582,7 +611,8 @@ impl<'a> Planner<'a> {
             created_at: self.ctx.now,
             updated_at: self.ctx.now,
         };
-        self.put_contact(contact, provider);
+        // The new contact's keys are the provider's (its company is found by that name).
+        self.put_contact(contact, keys);
         if let Some(jpeg) = photo {
             self.plan.batch.push(Op::PutPhoto {
                 contact: id,
@@ -666,8 +696,8 @@ impl<'a> Planner<'a> {
             contact.job_title = f.job_title.clone();
             contact.birthday = f.birthday;
             contact.updated_at = self.ctx.now;
-            let fields = m.fields.clone();
-            self.put_contact(contact, &fields);
+            let keys = self.keys_of(&m.fields);
+            self.put_contact(contact, keys);
         }
         let base_changed = base.as_ref() != Some(provider);
         if newly_linked || base_changed || old_link != &link {
@@ -760,9 +790,9 @@ impl<'a> Planner<'a> {
         let this = self.this_link(pid);
         contact.links.retain(|l| l != &this);
         if left || !contact.links.is_empty() {
-            let f = self.fields_of(&contact)?;
+            let keys = self.keys_of_contact(&contact)?;
             contact.updated_at = self.ctx.now;
-            self.put_contact(contact, &f);
+            self.put_contact(contact, keys);
             self.plan.metrics.unlinked += 1;
             let reason = if left {
                 "left the synced group"
@@ -796,6 +826,32 @@ impl<'a> Planner<'a> {
         }
         Ok(())
     }
+}
+
+/// The matching index keys of a person: name + each email, name + each phone, name +
+/// organisation. Each value is normalised once here.
+fn keys_of(
+    first: &str,
+    last: &str,
+    emails: &[String],
+    phones: &[String],
+    organization: Option<&str>,
+    region: phonenumber::country::Id,
+) -> Keys {
+    let name = normalize::name_key(first, last);
+    let mut keys = Vec::with_capacity(emails.len() + phones.len() + 1);
+    for e in emails {
+        keys.push((IndexKind::NameEmail, name.clone(), normalize::email_key(e)));
+    }
+    for p in phones {
+        if let Some(k) = normalize::phone_key(p, region) {
+            keys.push((IndexKind::NamePhone, name.clone(), k));
+        }
+    }
+    if let Some(o) = organization {
+        keys.push((IndexKind::NameOrg, name, normalize::text_key(o)));
+    }
+    keys
 }
 
 /// Names of the fields that have a value (for audit events of creations).
