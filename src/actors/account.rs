@@ -415,6 +415,39 @@ pub fn two_way_accounts(config: &crate::config::Config) -> Vec<String> {
         .collect()
 }
 
+/// The photos of the contacts in `chunk` that the initial sync may create, four requests
+/// at a time. A photo that cannot be fetched is left out (the contact syncs without it).
+async fn fetch_photos(
+    provider: &Arc<dyn Provider>,
+    account: &str,
+    chunk: &[Change],
+) -> HashMap<String, Vec<u8>> {
+    let wanted = chunk.iter().filter_map(|c| match c {
+        Change::Upsert(pc) if pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok() => {
+            Some(pc)
+        }
+        _ => None,
+    });
+    let fetched: Vec<_> = futures_util::stream::iter(wanted)
+        .map(|pc| async move { (pc.provider_id.clone(), provider.fetch_photo(pc).await) })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut photos = HashMap::new();
+    for (pid, res) in fetched {
+        match res {
+            Ok(Some(jpeg)) if jpeg.len() <= MAX_PHOTO_BYTES => {
+                photos.insert(pid, jpeg);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(account = %account, provider_id = %pid, error = %e, "Photo not fetched; contact synced without it.")
+            }
+        }
+    }
+    photos
+}
+
 /// One round: fetch, check, commit chunk by chunk; then, two-way, push the outbox. Returns
 /// the round's metrics and whether another round is wanted soon.
 async fn run_round(
@@ -514,40 +547,9 @@ async fn run_round(
     }
 
     // Photos: only during the initial sync of a one-way account, only for contacts that
-    // sync may create (no link yet).
-    let mut photos = HashMap::new();
-    if initial && cfg.direction == Direction::OneWay {
-        let wanted: Vec<_> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Upsert(pc)
-                    if pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok() =>
-                {
-                    Some(pc.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        let fetched: Vec<_> = futures_util::stream::iter(wanted)
-            .map(|pc| {
-                let provider = provider.clone();
-                async move { (pc.provider_id.clone(), provider.fetch_photo(&pc).await) }
-            })
-            .buffer_unordered(4)
-            .collect()
-            .await;
-        for (pid, res) in fetched {
-            match res {
-                Ok(Some(jpeg)) if jpeg.len() <= MAX_PHOTO_BYTES => {
-                    photos.insert(pid, jpeg);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(account = %cfg.id, provider_id = %pid, error = %e, "Photo not fetched; contact synced without it.")
-                }
-            }
-        }
-    }
+    // sync may create (no link yet); fetched chunk by chunk, just before the chunk is
+    // planned, so at most one chunk's photos are held.
+    let want_photos = initial && cfg.direction == Direction::OneWay;
 
     let ctx = PlanContext {
         account: cfg.id.clone(),
@@ -565,14 +567,11 @@ async fn run_round(
     };
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let chunk_photos = chunk
-            .iter()
-            .filter_map(|c| {
-                photos
-                    .remove(c.provider_id())
-                    .map(|p| (c.provider_id().to_string(), p))
-            })
-            .collect();
+        let chunk_photos = if want_photos {
+            fetch_photos(&provider, &cfg.id, chunk).await
+        } else {
+            HashMap::new()
+        };
         let summary = matcher
             .send(SyncChunk {
                 ctx: ctx.clone(),

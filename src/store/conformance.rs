@@ -352,3 +352,54 @@ fn contact_count_of_a_store_written_before_it_was_kept_is_counted_once_at_open()
         .unwrap();
     assert_eq!(reopened.contact_count().unwrap(), 4);
 }
+
+#[test]
+fn link_count_is_kept_per_account_and_counted_once_for_an_older_store() {
+    let kv: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let db = Db::with_store(kv.clone(), Id::US).unwrap();
+    let link = |account: &str, pid: &str| Op::PutLink {
+        account: account.into(),
+        provider_id: pid.into(),
+        link: LinkRecord {
+            contact_id: 1,
+            etag: None,
+            scope: String::new(),
+        },
+    };
+    db.commit(&Batch {
+        ops: vec![
+            link("g", "a"),
+            link("g", "b"),
+            link("g", "a"),
+            link("gx", "a"),
+        ],
+    })
+    .unwrap();
+    assert_eq!(db.link_count("g").unwrap(), 2);
+    assert_eq!(db.link_count("gx").unwrap(), 1);
+    assert_eq!(db.link_count("none").unwrap(), 0);
+    db.commit(&Batch {
+        ops: vec![
+            Op::DeleteLink {
+                account: "g".into(),
+                provider_id: "a".into(),
+            },
+            Op::DeleteLink {
+                account: "g".into(),
+                provider_id: "never".into(),
+            },
+        ],
+    })
+    .unwrap();
+    assert_eq!(db.link_count("g").unwrap(), 1);
+    // An older build kept no counts: they are counted once when the store opens.
+    kv.transaction(&|tx| {
+        tx.remove(Tree::Meta, b"link_counts_kept")?;
+        tx.remove(Tree::Meta, b"link_count/g")?;
+        tx.remove(Tree::Meta, b"link_count/gx")
+    })
+    .unwrap();
+    let reopened = Db::with_store(kv.clone(), Id::US).unwrap();
+    assert_eq!(reopened.link_count("g").unwrap(), 1);
+    assert_eq!(reopened.link_count("gx").unwrap(), 1);
+}

@@ -46,7 +46,19 @@ struct TxState {
     audit_seq: Option<u64>,
     /// Contacts added minus contacts removed.
     contacts: i64,
+    /// Links added minus links removed, by account.
+    links: std::collections::BTreeMap<String, i64>,
 }
+
+/// The `meta` key of an account's number of links (kept like [`CONTACT_COUNT`]).
+fn link_count_key(account: &str) -> Vec<u8> {
+    let mut k = b"link_count/".to_vec();
+    k.extend_from_slice(account.as_bytes());
+    k
+}
+
+/// Present once every account's link count is kept in `meta`.
+const LINK_COUNTS: &[u8] = b"link_counts_kept";
 
 fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![VALUE_V1];
@@ -340,7 +352,8 @@ impl Db {
                         b"schema_version",
                         SCHEMA_VERSION.to_be_bytes().to_vec(),
                     )?;
-                    tx.insert(Tree::Meta, CONTACT_COUNT, 0u64.to_be_bytes().to_vec())
+                    tx.insert(Tree::Meta, CONTACT_COUNT, 0u64.to_be_bytes().to_vec())?;
+                    tx.insert(Tree::Meta, LINK_COUNTS, vec![])
                 })?;
                 // A new store is marked at once: a store file without it is a damaged one.
                 kv.flush()?;
@@ -352,6 +365,7 @@ impl Db {
             company_names: Default::default(),
         };
         db.count_contacts_once()?;
+        db.count_links_once()?;
         db.reindex_if_region_changed()?;
         Ok(db)
     }
@@ -368,11 +382,34 @@ impl Db {
         }
         let n = self.kv.len(Tree::Contacts)? as u64;
         self.kv.transaction(&|tx| {
-            // Counted again inside the transaction, in case a writer raced the scan.
-            if tx.get(Tree::Meta, CONTACT_COUNT)?.is_none() {
-                tx.insert(Tree::Meta, CONTACT_COUNT, n.to_be_bytes().to_vec())?;
+            // Nothing else writes while the store opens.
+            tx.insert(Tree::Meta, CONTACT_COUNT, n.to_be_bytes().to_vec())
+        })
+    }
+
+    /// The same for the links of each account.
+    fn count_links_once(&self) -> Result<(), StoreError> {
+        if self.kv.get(Tree::Meta, LINK_COUNTS)?.is_some() {
+            return Ok(());
+        }
+        let mut counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let rows = self.kv.range_after(Tree::Links, after.as_deref(), 10_000)?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(last.clone());
+            for (k, _) in &rows {
+                let account = k.split(|b| *b == 0).next().unwrap_or_default();
+                *counts.entry(account.to_vec()).or_default() += 1;
             }
-            Ok(())
+        }
+        self.kv.transaction(&|tx| {
+            for (account, n) in &counts {
+                let mut k = b"link_count/".to_vec();
+                k.extend_from_slice(account);
+                tx.insert(Tree::Meta, &k, n.to_be_bytes().to_vec())?;
+            }
+            tx.insert(Tree::Meta, LINK_COUNTS, vec![])
         })
     }
 
@@ -509,8 +546,10 @@ impl Db {
             .collect()
     }
 
+    /// How many links the account has: a counter kept by the transactions that add and
+    /// remove links, not a scan.
     pub fn link_count(&self, account: &str) -> Result<usize, StoreError> {
-        self.kv.count_prefix(Tree::Links, &account_prefix(account))
+        Ok(be_u64(self.kv.get(Tree::Meta, &link_count_key(account))?) as usize)
     }
 
     pub fn skip(&self, account: &str, provider_id: &str) -> Result<Option<SkipMark>, StoreError> {
@@ -687,19 +726,30 @@ impl Db {
         match op {
             Op::PutContact(c) => {
                 let key = c.id.to_be_bytes();
-                if let Some(old) = tx.get(Tree::Contacts, &key)? {
-                    let old: Contact = dec(Tree::Contacts, &old)?;
-                    for k in self.index_keys(tx, &old)? {
-                        tx.remove(Tree::Index, &k)?;
+                let new_keys = self.index_keys(tx, c)?;
+                let old_keys = match tx.get(Tree::Contacts, &key)? {
+                    Some(old) => {
+                        let old: Contact = dec(Tree::Contacts, &old)?;
+                        self.index_keys(tx, &old)?
                     }
-                } else {
-                    st.contacts += 1;
+                    None => {
+                        st.contacts += 1;
+                        // Only a contact that is not stored can have a tombstone (restore).
+                        if tx.get(Tree::Tombstones, &key)?.is_some() {
+                            tx.remove(Tree::Tombstones, &key)?;
+                        }
+                        vec![]
+                    }
+                };
+                // Only the keys that changed are written: an update that keeps the name and
+                // email leaves that index entry alone.
+                for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+                    tx.remove(Tree::Index, k)?;
                 }
-                for k in self.index_keys(tx, c)? {
-                    tx.insert(Tree::Index, &k, vec![])?;
+                for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+                    tx.insert(Tree::Index, k, vec![])?;
                 }
                 tx.insert(Tree::Contacts, &key, enc(c))?;
-                tx.remove(Tree::Tombstones, &key)?;
             }
             Op::DeleteContact(id) => {
                 let key = id.to_be_bytes();
@@ -730,11 +780,23 @@ impl Db {
                 account,
                 provider_id,
                 link,
-            } => tx.insert(Tree::Links, &pair_key(account, provider_id), enc(link))?,
+            } => {
+                let key = pair_key(account, provider_id);
+                if tx.get(Tree::Links, &key)?.is_none() {
+                    *st.links.entry(account.clone()).or_default() += 1;
+                }
+                tx.insert(Tree::Links, &key, enc(link))?
+            }
             Op::DeleteLink {
                 account,
                 provider_id,
-            } => tx.remove(Tree::Links, &pair_key(account, provider_id))?,
+            } => {
+                let key = pair_key(account, provider_id);
+                if tx.get(Tree::Links, &key)?.is_some() {
+                    *st.links.entry(account.clone()).or_default() -= 1;
+                    tx.remove(Tree::Links, &key)?
+                }
+            }
             Op::PutBase {
                 account,
                 provider_id,
@@ -981,6 +1043,11 @@ impl Db {
                     CONTACT_COUNT,
                     (n.max(0) as u64).to_be_bytes().to_vec(),
                 )?;
+            }
+            for (account, d) in st.links.iter().filter(|(_, d)| **d != 0) {
+                let key = link_count_key(account);
+                let n = be_u64(tx.get(Tree::Meta, &key)?) as i64 + d;
+                tx.insert(Tree::Meta, &key, (n.max(0) as u64).to_be_bytes().to_vec())?;
             }
             Ok(())
         })
