@@ -18,7 +18,7 @@ use super::matcher::{CommitPush, MarkSent, Matcher, SyncChunk};
 use crate::audit::{self, AuditEvent};
 use crate::config::{AccountConfig, Direction};
 use crate::model::{AccountState, Change, DayMetrics, Progress};
-use crate::providers::{Provider, ProviderError, PushOp, PushResult, MAX_PHOTO_BYTES};
+use crate::providers::{Page, Provider, ProviderError, PushOp, PushResult, Round, MAX_PHOTO_BYTES};
 use crate::runtime::Runtime;
 use crate::store::{Batch, Op, StoreError};
 use crate::sync::{self, eligibility, outbox, PlanContext};
@@ -471,32 +471,76 @@ async fn run_round(
     // actor's, after a restart) may commit links while the listing runs, and the listing
     // cannot have seen those contacts. Only links older than the listing can be missing
     // from it.
-    let links_before = rt.db.links_of(&cfg.id)?;
-    let round = provider
-        .fetch_round(cursor.as_deref(), &progress)
-        .await
-        .map_err(RoundError::Provider)?;
-    let changes = with_listing_deletions_among(
-        &links_before,
-        round.changes,
-        &round.complete_scopes,
-        &round.gone_scopes,
-    );
-    drop(links_before);
+    // Reading and decoding every link is blocking work: it runs on the blocking pool, not on
+    // the arbiter every account shares (so are the checks below).
+    let (db, id) = (rt.db.clone(), cfg.id.clone());
+    let links_before = rt.db.blocking(move || db.links_of(&id)).await?;
+    let config = rt.config();
+    let ctx = PlanContext {
+        account: cfg.id.clone(),
+        provider: cfg.provider.clone(),
+        direction: cfg.direction,
+        audit_values: config.daemon.audit_values,
+        now: Utc::now(),
+        two_way: two_way_accounts(&config),
+    };
+    let limit = config.daemon.contact_limit as usize;
+    // Photos: only during the initial sync of a one-way account, only for contacts that
+    // sync may create (no link yet); fetched chunk by chunk, just before the chunk is
+    // planned, so at most one chunk's photos are held.
+    let want_photos = initial && cfg.direction == Direction::OneWay;
+    let mut round = if cursor.is_none() && links_before.is_empty() {
+        // A full listing of an account with no links: nothing it can delete, so it can be
+        // planned and committed while it is fetched (see `stream_round`).
+        let streamed = stream_round(
+            &rt,
+            &provider,
+            &matcher,
+            &cfg,
+            &ctx,
+            &progress,
+            limit,
+            want_photos,
+        )
+        .await?;
+        match streamed {
+            Streamed::Committed(total) => {
+                let approved = rt.db.meta(&approval_key(&cfg.id))?.is_some();
+                return finish_round(rt, provider, matcher, cfg, total, resync, approved, 0).await;
+            }
+            Streamed::Whole(round) => round,
+        }
+    } else {
+        provider
+            .fetch_round(cursor.as_deref(), &progress)
+            .await
+            .map_err(RoundError::Provider)?
+    };
+    let (db, id) = (rt.db.clone(), cfg.id.clone());
+    let listed = std::mem::take(&mut round.changes);
+    let (complete, gone) = (round.complete_scopes.clone(), round.gone_scopes.clone());
+    let (changes, doomed, projected) = rt
+        .db
+        .blocking(move || {
+            let changes = with_listing_deletions_among(&links_before, listed, &complete, &gone);
+            drop(links_before);
+            let doomed: Vec<(String, u64)> = sync::collapse(&changes)
+                .iter()
+                .filter(|c| matches!(c, Change::Deleted { .. }))
+                .filter_map(|c| match db.link(&id, c.provider_id()) {
+                    Ok(Some(l)) => Some((c.provider_id().to_string(), l.contact_id)),
+                    _ => None,
+                })
+                .collect();
+            let projected = sync::projected_links(&db, &id, &changes)?;
+            Ok((changes, doomed, projected))
+        })
+        .await?;
 
     // Deletion guard: a round that would delete a large share of the account's contacts at
     // once is held until an operator approves it.
-    let config = rt.config();
     let approval_key = approval_key(&cfg.id);
     let approved = rt.db.meta(&approval_key)?.is_some();
-    let doomed: Vec<(String, u64)> = sync::collapse(&changes)
-        .iter()
-        .filter(|c| matches!(c, Change::Deleted { .. }))
-        .filter_map(|c| match rt.db.link(&cfg.id, c.provider_id()) {
-            Ok(Some(l)) => Some((c.provider_id().to_string(), l.contact_id)),
-            _ => None,
-        })
-        .collect();
     let deletions = doomed.len();
     let linked = rt.db.link_count(&cfg.id)?;
     let share = config.daemon.deletion_guard_share;
@@ -515,7 +559,7 @@ async fn run_round(
             key: held_key(&cfg.id),
             value: Some(serde_json::to_vec(&doomed).unwrap_or_default()),
         });
-        rt.db.commit_durable(&b)?;
+        rt.db.commit_durable_blocking(b, vec![]).await?;
         AuditEvent::new(&cfg.id, cfg.provider.as_str(), audit::Action::DeletionHeld)
             .reason(format!("{deletions} deletions of {linked}"))
             .emit();
@@ -529,12 +573,10 @@ async fn run_round(
             key: held_key(&cfg.id),
             value: None,
         });
-        rt.db.commit_durable(&b)?;
+        rt.db.commit_durable_blocking(b, vec![]).await?;
     }
 
     // SPEC §5: a round that would take the account over its limit writes nothing.
-    let limit = config.daemon.contact_limit as usize;
-    let projected = sync::projected_links(&rt.db, &cfg.id, &changes)?;
     if projected > limit {
         let msg = format!(
             "Account {} would have {projected} synced contacts, over contact_limit {limit}; sync stopped. Raise contact_limit in the config to resume.",
@@ -546,19 +588,6 @@ async fn run_round(
         return Err(RoundError::Limit(msg));
     }
 
-    // Photos: only during the initial sync of a one-way account, only for contacts that
-    // sync may create (no link yet); fetched chunk by chunk, just before the chunk is
-    // planned, so at most one chunk's photos are held.
-    let want_photos = initial && cfg.direction == Direction::OneWay;
-
-    let ctx = PlanContext {
-        account: cfg.id.clone(),
-        provider: cfg.provider.clone(),
-        direction: cfg.direction,
-        audit_values: config.daemon.audit_values,
-        now: Utc::now(),
-        two_way: two_way_accounts(&config),
-    };
     let mut total = DayMetrics::default();
     let chunks: Vec<&[Change]> = if changes.is_empty() {
         vec![&[]]
@@ -572,25 +601,182 @@ async fn run_round(
         } else {
             HashMap::new()
         };
-        let summary = matcher
-            .send(SyncChunk {
-                ctx: ctx.clone(),
-                changes: chunk.to_vec(),
-                photos: chunk_photos,
-                cursor: (i + 1 == n).then(|| round.cursor.clone()),
-            })
-            .await
-            .map_err(|_| RoundError::Store("the matcher is gone".into()))?
-            .map_err(|e| RoundError::Store(e.to_string()))?;
+        let cursor = (i + 1 == n).then(|| round.cursor.clone());
+        let summary = send_chunk(&matcher, &ctx, chunk.to_vec(), chunk_photos, cursor).await?;
         total.add(&summary.metrics);
     }
+    finish_round(
+        rt, provider, matcher, cfg, total, resync, approved, deletions,
+    )
+    .await
+}
+
+/// Plans and commits one chunk (the matcher hands the plan to the writer).
+async fn send_chunk(
+    matcher: &Addr<Matcher>,
+    ctx: &PlanContext,
+    changes: Vec<Change>,
+    photos: HashMap<String, Vec<u8>>,
+    cursor: Option<Vec<u8>>,
+) -> Result<super::matcher::ChunkSummary, RoundError> {
+    matcher
+        .send(SyncChunk {
+            ctx: ctx.clone(),
+            changes,
+            photos,
+            cursor,
+        })
+        .await
+        .map_err(|_| RoundError::Store("the matcher is gone".into()))?
+        .map_err(|e| RoundError::Store(e.to_string()))
+}
+
+/// How a streamed round went.
+enum Streamed {
+    /// Planned and committed page by page; the last commit stored the cursor.
+    Committed(DayMetrics),
+    /// The provider did not announce a total that fits under the contact limit: the round
+    /// was collected whole, nothing written, for the checks of a whole round.
+    Whole(Round),
+}
+
+/// Pages a streamed round keeps in flight between the provider and the planner.
+const PAGES_IN_FLIGHT: usize = 2;
+
+/// A full listing of an account with no links, planned and committed while it is fetched:
+/// page *n* is planned and committed while page *n + 1* is fetched, with the photos of each
+/// chunk fetched just before it; the last chunk waits for the end of the listing and
+/// carries the cursor. Such a round deletes nothing (no links), so the deletion guard has
+/// nothing to hold.
+///
+/// The contact limit (SPEC §5): the round streams only when the first page announces a
+/// total that fits under `limit`; otherwise (or when the provider announces nothing) every
+/// page is collected and the round goes through the whole-round check before anything is
+/// written. While streaming, the eligible contacts are counted (by provider id); should a
+/// provider list more than it announced and cross the limit, the round stops before the
+/// chunk that crosses it.
+#[allow(clippy::too_many_arguments)]
+async fn stream_round(
+    rt: &Arc<Runtime>,
+    provider: &Arc<dyn Provider>,
+    matcher: &Addr<Matcher>,
+    cfg: &AccountConfig,
+    ctx: &PlanContext,
+    progress: &crate::providers::ProgressFn,
+    limit: usize,
+    want_photos: bool,
+) -> Result<Streamed, RoundError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(PAGES_IN_FLIGHT);
+    let fetch = provider.fetch_pages(None, progress, tx);
+    let region = rt.db.region();
+    // The receiver moves into the consumer: if planning fails, dropping it stops the fetch.
+    let consume = async move {
+        let mut whole: Vec<Change> = vec![];
+        let mut streaming: Option<bool> = None;
+        let mut pending: Vec<Change> = vec![];
+        let mut total = DayMetrics::default();
+        let mut counted: HashSet<String> = HashSet::new();
+        while let Some(page) = rx.recv().await {
+            let stream =
+                *streaming.get_or_insert_with(|| page.total.is_some_and(|t| t <= limit as u64));
+            if !stream {
+                whole.extend(page.changes);
+                continue;
+            }
+            pending.extend(page.changes);
+            // The last chunk is kept back: it is committed with the cursor.
+            while pending.len() > CHUNK {
+                let chunk: Vec<Change> = pending.drain(..CHUNK).collect();
+                count_within_limit(&mut counted, &chunk, limit, region, cfg)?;
+                let photos = if want_photos {
+                    fetch_photos(provider, &cfg.id, &chunk).await
+                } else {
+                    HashMap::new()
+                };
+                let summary = send_chunk(matcher, ctx, chunk, photos, None).await?;
+                total.add(&summary.metrics);
+            }
+        }
+        Ok::<_, RoundError>((streaming == Some(true), whole, pending, total, counted))
+    };
+    let (fetched, consumed) = futures_util::join!(fetch, consume);
+    let (streamed, whole, pending, mut total, mut counted) = consumed?;
+    let mut round = fetched.map_err(RoundError::Provider)?;
+    if !streamed {
+        round.changes = whole;
+        return Ok(Streamed::Whole(round));
+    }
+    count_within_limit(&mut counted, &pending, limit, region, cfg)?;
+    let photos = if want_photos {
+        fetch_photos(provider, &cfg.id, &pending).await
+    } else {
+        HashMap::new()
+    };
+    let summary = send_chunk(matcher, ctx, pending, photos, Some(round.cursor.clone())).await?;
+    total.add(&summary.metrics);
+    tracing::info!(account = %cfg.id, pages = round.pages, contacts = counted.len(), "Round streamed: planned and committed while it was fetched.");
+    if rt.db.meta(&held_key(&cfg.id))?.is_some() {
+        // This round deletes nothing: nothing is held any more.
+        let mut b = Batch::default();
+        b.push(Op::SetMeta {
+            key: held_key(&cfg.id),
+            value: None,
+        });
+        rt.db.commit_durable_blocking(b, vec![]).await?;
+    }
+    Ok(Streamed::Committed(total))
+}
+
+/// Counts the eligible contacts of a streamed chunk (each provider id once): an error, before
+/// the chunk is written, when they would take the account over its limit.
+fn count_within_limit(
+    counted: &mut HashSet<String>,
+    chunk: &[Change],
+    limit: usize,
+    region: phonenumber::country::Id,
+    cfg: &AccountConfig,
+) -> Result<(), RoundError> {
+    let account = cfg.id.as_str();
+    for c in chunk {
+        if let Change::Upsert(pc) = c {
+            if eligibility::check(&sync::merge::clean(&pc.fields, region)).is_ok() {
+                counted.insert(pc.provider_id.clone());
+            }
+        }
+    }
+    if counted.len() > limit {
+        let n = counted.len();
+        AuditEvent::new(account, cfg.provider.as_str(), audit::Action::LimitExceeded)
+            .reason(format!("{n} > {limit}"))
+            .emit();
+        return Err(RoundError::Limit(format!(
+            "Account {account} would have more than {limit} synced contacts (the provider listed {n} so far, more than it announced), over contact_limit {limit}; sync stopped. Raise contact_limit in the config to resume."
+        )));
+    }
+    Ok(())
+}
+
+/// The end of a round, once its last chunk is committed: clears the one-shot records, and
+/// for a two-way account pushes the outbox.
+#[allow(clippy::too_many_arguments)]
+async fn finish_round(
+    rt: Arc<Runtime>,
+    provider: Arc<dyn Provider>,
+    matcher: Addr<Matcher>,
+    cfg: AccountConfig,
+    mut total: DayMetrics,
+    resync: bool,
+    approved: bool,
+    deletions: usize,
+) -> Result<(DayMetrics, bool), RoundError> {
+    let approval_key = approval_key(&cfg.id);
     if resync {
         let mut b = Batch::default();
         b.push(Op::SetMeta {
             key: resync_key(&cfg.id),
             value: None,
         });
-        rt.db.commit_durable(&b)?;
+        rt.db.commit_durable_blocking(b, vec![]).await?;
     }
     if approved {
         let mut b = Batch::default();
@@ -598,7 +784,7 @@ async fn run_round(
             key: approval_key,
             value: None,
         });
-        rt.db.commit_durable(&b)?;
+        rt.db.commit_durable_blocking(b, vec![]).await?;
         tracing::info!(account = %cfg.id, deletions, "Held deletions applied after approval.");
     }
     let mut again = false;

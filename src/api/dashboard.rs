@@ -168,9 +168,14 @@ form.search {{ margin: 1em 0; }}
 }
 
 pub async fn page(st: web::Data<ApiState>) -> HttpResponse {
+    // Store reads stay off the HTTP workers.
+    let body = match web::block(move || render(&st)).await {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::ServiceUnavailable().body(e.to_string()),
+    };
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
-        .body(render(&st))
+        .body(body)
 }
 
 /// A CRM contact's name by id, from the contact or its tombstone.

@@ -214,7 +214,12 @@ pub fn render(st: &ApiState) -> String {
 }
 
 pub async fn metrics(st: web::Data<ApiState>) -> HttpResponse {
+    // Store reads stay off the HTTP workers.
+    let body = match web::block(move || render(&st)).await {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::ServiceUnavailable().body(e.to_string()),
+    };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(render(&st))
+        .body(body)
 }

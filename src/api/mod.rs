@@ -337,8 +337,7 @@ async fn approve_account(
     });
     let approved = AuditEvent::new(&id, &provider_name(&st, &id), audit::Action::Approved);
     b.push(crate::store::Op::Audit(approved.clone()));
-    st.rt.db.commit_durable(&b)?;
-    audit::committed(&[approved]);
+    st.rt.db.commit_durable_blocking(b, vec![approved]).await?;
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Held deletions approved by an operator.");
     Ok(HttpResponse::Accepted()
@@ -450,8 +449,7 @@ async fn put_grant(
     }
     let event = AuditEvent::grant_stored(&id, &provider_name(&st, &id), had_grant);
     b.push(crate::store::Op::Audit(event.clone()));
-    st.rt.db.commit_durable(&b)?;
-    audit::committed(&[event]);
+    st.rt.db.commit_durable_blocking(b, vec![event]).await?;
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Refresh token stored; account restarting.");
     Ok(HttpResponse::NoContent().finish())
@@ -465,8 +463,7 @@ async fn delete_grant(
     b.push(crate::store::Op::DeleteGrant(id.to_string()));
     let event = AuditEvent::new(&id, &provider_name(&st, &id), audit::Action::Disconnected);
     b.push(crate::store::Op::Audit(event.clone()));
-    st.rt.db.commit_durable(&b)?;
-    audit::committed(&[event]);
+    st.rt.db.commit_durable_blocking(b, vec![event]).await?;
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Grant forgotten; synced contacts stay.");
     Ok(HttpResponse::NoContent().finish())

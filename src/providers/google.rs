@@ -566,6 +566,7 @@ impl GoogleClient {
         sync_token: Option<&str>,
         full_sync_at: DateTime<Utc>,
         progress: &ProgressFn,
+        sink: Option<&super::PageSink>,
     ) -> Result<Listing, ProviderError> {
         let full = sync_token.is_none();
         let page_size = PAGE_SIZE.to_string();
@@ -614,13 +615,16 @@ impl GoogleClient {
             };
             round.pages += 1;
             seen += page.connections.len() as u64;
-            round
-                .changes
-                .extend(page.connections.iter().map(|p| map_person(p, self.group)));
+            let total = page.total_items.or(page.total_people);
+            let changes = page.connections.iter().map(|p| map_person(p, self.group));
+            match sink {
+                Some(sink) => send_page(sink, changes.collect(), total).await?,
+                None => round.changes.extend(changes),
+            }
             progress(Progress {
                 pages: round.pages,
                 contacts: seen,
-                total: page.total_items.or(page.total_people),
+                total,
             });
             debug!(
                 pages = round.pages,
@@ -667,7 +671,7 @@ impl GoogleClient {
         if let Some(c) = decoded {
             if now - c.full_sync_at < FULL_SYNC_MAX_AGE {
                 match self
-                    .list(Some(&c.sync_token), c.full_sync_at, progress)
+                    .list(Some(&c.sync_token), c.full_sync_at, progress, None)
                     .await?
                 {
                     Listing::Done(r) => return Ok(r),
@@ -680,7 +684,7 @@ impl GoogleClient {
                 );
             }
         }
-        match self.list(None, now, progress).await? {
+        match self.list(None, now, progress, None).await? {
             Listing::Done(r) => Ok(r),
             Listing::Expired => Err(ProviderError::Permanent(
                 "Google reported an expired sync token on a full listing.".into(),
@@ -785,7 +789,52 @@ impl GoogleClient {
     }
 }
 
+/// Hands one listed page to a streamed round.
+async fn send_page(
+    sink: &super::PageSink,
+    changes: Vec<Change>,
+    total: Option<u64>,
+) -> Result<(), ProviderError> {
+    sink.send(super::Page { changes, total })
+        .await
+        .map_err(|_| ProviderError::Transient("the round was abandoned".into()))
+}
+
+impl GoogleClient {
+    /// A full listing streamed page by page (an incremental round is fetched whole: an
+    /// expired token would restart it as a full listing after pages were handed on).
+    async fn stream_round(
+        &self,
+        cursor: Option<&[u8]>,
+        progress: &ProgressFn,
+        sink: super::PageSink,
+    ) -> Result<Round, ProviderError> {
+        if cursor.is_some() {
+            let mut round = self.round(cursor, progress).await?;
+            let changes = std::mem::take(&mut round.changes);
+            let total = Some(changes.len() as u64);
+            send_page(&sink, changes, total).await?;
+            return Ok(round);
+        }
+        match self.list(None, Utc::now(), progress, Some(&sink)).await? {
+            Listing::Done(r) => Ok(r),
+            Listing::Expired => Err(ProviderError::Permanent(
+                "Google reported an expired sync token on a full listing.".into(),
+            )),
+        }
+    }
+}
+
 impl Provider for GoogleClient {
+    fn fetch_pages<'a>(
+        &'a self,
+        cursor: Option<&'a [u8]>,
+        progress: &'a ProgressFn,
+        pages: super::PageSink,
+    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
+        Box::pin(self.stream_round(cursor, progress, pages))
+    }
+
     fn fetch_round<'a>(
         &'a self,
         cursor: Option<&'a [u8]>,

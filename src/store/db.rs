@@ -1058,4 +1058,33 @@ impl Db {
         self.commit(batch)?;
         self.flush()
     }
+
+    /// [`Db::commit_durable`] for callers on an async thread (an HTTP worker, the System
+    /// arbiter): the commit, its fsync and the audit drain that follows (file appends) run
+    /// on the blocking pool, so they never stall the other tasks of that thread. `events`
+    /// are the batch's `Op::Audit` events, handed to [`crate::audit::committed`] once the
+    /// batch is durable.
+    pub async fn commit_durable_blocking(
+        &self,
+        batch: Batch,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> Result<(), StoreError> {
+        let db = self.clone();
+        self.blocking(move || {
+            db.commit_durable(&batch)?;
+            crate::audit::committed(&events);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs store work (reads that scan or decode much, writes) on the blocking pool.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Io(format!("blocking store task failed: {e}")))?
+    }
 }
