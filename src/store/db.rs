@@ -293,6 +293,9 @@ pub struct Db {
     /// Company names by id. A company record never changes once written, so this never
     /// goes stale; index maintenance reads it instead of decoding the company.
     company_names: Arc<std::sync::RwLock<std::collections::HashMap<CompanyId, Arc<str>>>>,
+    /// Company ids by normalised name, for names found in the store (a company, once
+    /// stored, keeps its name and id; a name not found is never cached).
+    company_ids: Arc<std::sync::RwLock<std::collections::HashMap<String, CompanyId>>>,
 }
 
 impl Db {
@@ -363,6 +366,7 @@ impl Db {
             kv,
             region,
             company_names: Default::default(),
+            company_ids: Default::default(),
         };
         db.count_contacts_once()?;
         db.count_links_once()?;
@@ -523,10 +527,21 @@ impl Db {
     /// The company with this name (compared after normalisation), if any.
     pub fn company_by_name(&self, name: &str) -> Result<Option<CompanyId>, StoreError> {
         let key = normalize::text_key(name);
-        Ok(self
+        let ids = || self.company_ids.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = ids().get(&key) {
+            return Ok(Some(*id));
+        }
+        let found = self
             .kv
             .get(Tree::CompanyNames, key.as_bytes())?
-            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes));
+        if let Some(id) = found {
+            self.company_ids
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, id);
+        }
+        Ok(found)
     }
 
     pub fn link(&self, account: &str, provider_id: &str) -> Result<Option<LinkRecord>, StoreError> {
