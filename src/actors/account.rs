@@ -415,17 +415,54 @@ pub fn two_way_accounts(config: &crate::config::Config) -> Vec<String> {
         .collect()
 }
 
-/// The photos of the contacts in `chunk` that the initial sync may create, four requests
-/// at a time. A photo that cannot be fetched is left out (the contact syncs without it).
+/// The `meta` key marking an account's initial sync as under way: set before its first
+/// chunk, cleared with the round's end, so that a round cut short (a fetch error after some
+/// chunks were committed) is resumed as the initial sync, photos included.
+pub fn initial_key(account: &str) -> String {
+    format!("initial_round:{account}")
+}
+
+/// The photos of the contacts in `chunk` that the initial sync may create (eligible, with a
+/// photo, not linked yet), four requests at a time. A photo that cannot be fetched is left
+/// out (the contact syncs without it).
 async fn fetch_photos(
     provider: &Arc<dyn Provider>,
+    db: &crate::store::Db,
     account: &str,
     chunk: &[Change],
 ) -> HashMap<String, Vec<u8>> {
-    let wanted = chunk.iter().filter_map(|c| match c {
-        Change::Upsert(pc) if pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok() => {
-            Some(pc)
+    let candidates: Vec<String> = chunk
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(pc)
+                if pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok() =>
+            {
+                Some(pc.provider_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let (reader, id) = (db.clone(), account.to_string());
+    let unlinked: HashSet<String> = match db
+        .blocking(move || {
+            let mut out = HashSet::new();
+            for pid in candidates {
+                if reader.link(&id, &pid)?.is_none() {
+                    out.insert(pid);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(account = %account, error = %e, "Cannot read links; photos of this chunk not fetched.");
+            return HashMap::new();
         }
+    };
+    let wanted = chunk.iter().filter_map(|c| match c {
+        Change::Upsert(pc) if unlinked.contains(&pc.provider_id) => Some(pc),
         _ => None,
     });
     let fetched: Vec<_> = futures_util::stream::iter(wanted)
@@ -458,7 +495,8 @@ async fn run_round(
 ) -> Result<(DayMetrics, bool), RoundError> {
     let resync = rt.db.meta(&resync_key(&cfg.id))?.is_some();
     let cursor = if resync { None } else { rt.db.cursor(&cfg.id)? };
-    let initial = cursor.is_none() && rt.db.link_count(&cfg.id)? == 0;
+    let resuming = cursor.is_none() && rt.db.meta(&initial_key(&cfg.id))?.is_some();
+    let initial = cursor.is_none() && (resuming || rt.db.link_count(&cfg.id)? == 0);
     let progress_rt = rt.clone();
     let progress_id = cfg.id.clone();
     let progress: crate::providers::ProgressFn = Box::new(move |p: Progress| {
@@ -489,6 +527,14 @@ async fn run_round(
     // sync may create (no link yet); fetched chunk by chunk, just before the chunk is
     // planned, so at most one chunk's photos are held.
     let want_photos = initial && cfg.direction == Direction::OneWay;
+    if want_photos && !resuming {
+        let mut b = Batch::default();
+        b.push(Op::SetMeta {
+            key: initial_key(&cfg.id),
+            value: Some(vec![]),
+        });
+        rt.db.commit_durable_blocking(b, vec![]).await?;
+    }
     let mut round = if cursor.is_none() && links_before.is_empty() {
         // A full listing of an account with no links: nothing it can delete, so it can be
         // planned and committed while it is fetched (see `stream_round`).
@@ -597,7 +643,7 @@ async fn run_round(
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
         let chunk_photos = if want_photos {
-            fetch_photos(&provider, &cfg.id, chunk).await
+            fetch_photos(&provider, &rt.db, &cfg.id, chunk).await
         } else {
             HashMap::new()
         };
@@ -689,7 +735,7 @@ async fn stream_round(
                 let chunk: Vec<Change> = pending.drain(..CHUNK).collect();
                 count_within_limit(&mut counted, &chunk, limit, region, cfg)?;
                 let photos = if want_photos {
-                    fetch_photos(provider, &cfg.id, &chunk).await
+                    fetch_photos(provider, &rt.db, &cfg.id, &chunk).await
                 } else {
                     HashMap::new()
                 };
@@ -708,7 +754,7 @@ async fn stream_round(
     }
     count_within_limit(&mut counted, &pending, limit, region, cfg)?;
     let photos = if want_photos {
-        fetch_photos(provider, &cfg.id, &pending).await
+        fetch_photos(provider, &rt.db, &cfg.id, &pending).await
     } else {
         HashMap::new()
     };
@@ -770,6 +816,14 @@ async fn finish_round(
     deletions: usize,
 ) -> Result<(DayMetrics, bool), RoundError> {
     let approval_key = approval_key(&cfg.id);
+    if rt.db.meta(&initial_key(&cfg.id))?.is_some() {
+        let mut b = Batch::default();
+        b.push(Op::SetMeta {
+            key: initial_key(&cfg.id),
+            value: None,
+        });
+        rt.db.commit_durable_blocking(b, vec![]).await?;
+    }
     if resync {
         let mut b = Batch::default();
         b.push(Op::SetMeta {
