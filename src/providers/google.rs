@@ -448,7 +448,7 @@ impl GoogleClient {
     /// Sends one authorised request, retrying 429/5xx/transport failures and unreadable
     /// bodies per the retry policy, and a 401 once with a fresh token. `path` is only used
     /// for the log (never the query, which may carry tokens).
-    async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned + Send + 'static>(
         &self,
         method: Method,
         path: &str,
@@ -505,19 +505,21 @@ impl GoogleClient {
                                     MAX_PAGE_BYTES / (1024 * 1024)
                                 ))))
                             }
-                            Ok(Some(bytes)) => match serde_json::from_slice::<T>(
-                                if kind == CallKind::EmptyOk && bytes.trim_ascii().is_empty() {
-                                    b"{}"
-                                } else {
-                                    &bytes
-                                },
-                            ) {
-                                Ok(v) => return Ok(v),
-                                Err(e) => ProviderError::Transient(format!(
-                                    "Google sent an unreadable answer for {path} ({} bytes): {e}.",
-                                    bytes.len()
-                                )),
-                            },
+                            Ok(Some(bytes)) => {
+                                let n = bytes.len();
+                                let bytes =
+                                    if kind == CallKind::EmptyOk && bytes.trim_ascii().is_empty() {
+                                        b"{}".to_vec()
+                                    } else {
+                                        bytes
+                                    };
+                                match super::http::parse_json::<T>(bytes).await {
+                                    Ok(v) => return Ok(v),
+                                    Err(e) => ProviderError::Transient(format!(
+                                        "Google sent an unreadable answer for {path} ({n} bytes): {e}."
+                                    )),
+                                }
+                            }
                         }
                     } else if retryable_status(status) {
                         let ra = retry_after(resp.headers());

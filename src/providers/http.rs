@@ -101,6 +101,22 @@ fn without_url(e: &reqwest::Error) -> String {
 
 /// Reads a response body incrementally, `Ok(None)` as soon as it grows past `cap` bytes
 /// (the rest is not read), so a huge or endless body cannot exhaust memory.
+/// Parses a JSON answer. A large one (a listing page: up to [`super::MAX_PAGE_BYTES`]) is
+/// parsed on the blocking pool, so that parsing never stalls the arbiter the account actors
+/// share; a small one is parsed in place.
+pub async fn parse_json<T: serde::de::DeserializeOwned + Send + 'static>(
+    bytes: Vec<u8>,
+) -> Result<T, String> {
+    const IN_PLACE: usize = 64 * 1024;
+    if bytes.len() <= IN_PLACE {
+        return serde_json::from_slice(&bytes).map_err(|e| e.to_string());
+    }
+    match tokio::task::spawn_blocking(move || serde_json::from_slice(&bytes)).await {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("parsing task failed: {e}")),
+    }
+}
+
 pub async fn read_capped(
     mut resp: reqwest::Response,
     cap: usize,
