@@ -722,6 +722,8 @@ async fn stream_round(
         let mut pending: Vec<Change> = vec![];
         let mut total = DayMetrics::default();
         let mut counted: HashSet<String> = HashSet::new();
+        // A chunk whose photos are fetched, waiting for the chunk before it to commit.
+        let mut staged: Option<Staged> = None;
         while let Some(page) = rx.recv().await {
             let stream =
                 *streaming.get_or_insert_with(|| page.total.is_some_and(|t| t <= limit as u64));
@@ -730,36 +732,43 @@ async fn stream_round(
                 continue;
             }
             pending.extend(page.changes);
-            // The last chunk is kept back: it is committed with the cursor.
+            // The last chunk is kept back: it is committed with the cursor. The photos of
+            // a chunk are fetched while the chunk before it is planned and committed.
             while pending.len() > CHUNK {
                 let chunk: Vec<Change> = pending.drain(..CHUNK).collect();
                 count_within_limit(&mut counted, &chunk, limit, region, cfg)?;
-                let photos = if want_photos {
-                    fetch_photos(provider, &rt.db, &cfg.id, &chunk).await
-                } else {
-                    HashMap::new()
-                };
-                let summary = send_chunk(matcher, ctx, chunk, photos, None).await?;
-                total.add(&summary.metrics);
+                let (committed, photos) = futures_util::join!(
+                    send_staged(matcher, ctx, staged.take(), None),
+                    photos_for(want_photos, provider, &rt.db, &cfg.id, &chunk)
+                );
+                total.add(&committed?);
+                staged = Some((chunk, photos));
             }
         }
-        Ok::<_, RoundError>((streaming == Some(true), whole, pending, total, counted))
+        Ok::<_, RoundError>((
+            streaming == Some(true),
+            whole,
+            pending,
+            staged,
+            total,
+            counted,
+        ))
     };
     let (fetched, consumed) = futures_util::join!(fetch, consume);
-    let (streamed, whole, pending, mut total, mut counted) = consumed?;
+    let (streamed, whole, pending, staged, mut total, mut counted) = consumed?;
     let mut round = fetched.map_err(RoundError::Provider)?;
     if !streamed {
         round.changes = whole;
         return Ok(Streamed::Whole(round));
     }
     count_within_limit(&mut counted, &pending, limit, region, cfg)?;
-    let photos = if want_photos {
-        fetch_photos(provider, &rt.db, &cfg.id, &pending).await
-    } else {
-        HashMap::new()
-    };
-    let summary = send_chunk(matcher, ctx, pending, photos, Some(round.cursor.clone())).await?;
-    total.add(&summary.metrics);
+    let (committed, photos) = futures_util::join!(
+        send_staged(matcher, ctx, staged, None),
+        photos_for(want_photos, provider, &rt.db, &cfg.id, &pending)
+    );
+    total.add(&committed?);
+    let last = Some((pending, photos));
+    total.add(&send_staged(matcher, ctx, last, Some(round.cursor.clone())).await?);
     tracing::info!(account = %cfg.id, pages = round.pages, contacts = counted.len(), "Round streamed: planned and committed while it was fetched.");
     if rt.db.meta(&held_key(&cfg.id))?.is_some() {
         // This round deletes nothing: nothing is held any more.
@@ -771,6 +780,39 @@ async fn stream_round(
         rt.db.commit_durable_blocking(b, vec![]).await?;
     }
     Ok(Streamed::Committed(total))
+}
+
+/// A chunk of a streamed round with its photos, ready to be planned.
+type Staged = (Vec<Change>, HashMap<String, Vec<u8>>);
+
+/// Plans and commits a staged chunk, if any; its metrics.
+async fn send_staged(
+    matcher: &Addr<Matcher>,
+    ctx: &PlanContext,
+    staged: Option<Staged>,
+    cursor: Option<Vec<u8>>,
+) -> Result<DayMetrics, RoundError> {
+    match staged {
+        Some((chunk, photos)) => Ok(send_chunk(matcher, ctx, chunk, photos, cursor)
+            .await?
+            .metrics),
+        None => Ok(DayMetrics::default()),
+    }
+}
+
+/// [`fetch_photos`] when the round wants photos.
+async fn photos_for(
+    want: bool,
+    provider: &Arc<dyn Provider>,
+    db: &crate::store::Db,
+    account: &str,
+    chunk: &[Change],
+) -> HashMap<String, Vec<u8>> {
+    if want {
+        fetch_photos(provider, db, account, chunk).await
+    } else {
+        HashMap::new()
+    }
 }
 
 /// Counts the eligible contacts of a streamed chunk (each provider id once): an error, before
