@@ -62,39 +62,6 @@ async fn audit_status(d: &TestDaemon) -> (u64, Option<String>) {
 // A full audit disk: the backlog grows, syncing goes on, and the backlog drains.
 // ---------------------------------------------------------------------------------------
 
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let p = dir.join("filler");
-    let mut f = std::fs::File::create(&p).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while f.write_all(&block).is_ok() {}
-    let small = vec![0u8; 64];
-    while f.write_all(&small).is_ok() {}
-    let _ = f.sync_all();
-    p
-}
-
 #[tokio::test]
 async fn audit_full_disk_grows_a_backlog_that_drains_when_space_returns() {
     const USER: &str = "auditdisk@example.com";

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -110,40 +109,6 @@ async fn a_store_damaged_from_its_start_is_refused_not_replaced_by_an_empty_one(
 // ---------------------------------------------------------------------------------------
 // A full disk: an 8 MiB tmpfs as the data_dir (needs root; skipped otherwise).
 // ---------------------------------------------------------------------------------------
-
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Fills the file system of `dir` with one file; returns its path.
-fn fill(dir: &Path) -> PathBuf {
-    use std::io::Write;
-    let p = dir.join("filler");
-    let mut f = std::fs::File::create(&p).unwrap();
-    let block = vec![0u8; 64 * 1024];
-    while f.write_all(&block).is_ok() {}
-    let small = vec![0u8; 512];
-    while f.write_all(&small).is_ok() {}
-    let _ = f.sync_all();
-    p
-}
 
 fn person(i: usize) -> serde_json::Value {
     serde_json::json!({

@@ -541,3 +541,41 @@ pub fn today(a: &serde_json::Value, path: &[&str]) -> u64 {
     }
     v.as_u64().unwrap_or(0)
 }
+
+// ---- a small tmpfs, for full-disk tests (needs root) ----
+
+/// A tmpfs mounted on a directory for the length of a test (root only).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. "8m") on `dir`; `None` when that is not allowed here.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` with one file; returns its path.
+pub fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let small = vec![0u8; 64];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+    p
+}
