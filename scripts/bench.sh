@@ -20,7 +20,7 @@ trap 'rm -f "$gen" "$results"' EXIT
 cargo bench --bench sync --no-run
 
 BENCH_MD="$results" cargo bench --bench sync -- --runs "$runs" \
-    plan_write_25k google_initial_25k outlook_initial_25k google_initial_25k_50ms \
+    plan_write_25k plan_write_250k google_initial_25k outlook_initial_25k google_initial_25k_50ms \
     outlook_initial_25k_50ms incremental_1pct no_change_poll
 BENCH_MD="$results" cargo bench --bench sync -- --runs "$ten_runs" ten_accounts_25k
 

@@ -326,6 +326,47 @@ async fn google_contact_limit_stops_the_account_without_writing_and_raising_it_r
     );
 }
 
+/// SPEC §5 with streamed rounds: an initial listing is planned and committed page by page
+/// only when the provider's announced total fits under the limit; a listing of three pages
+/// that would cross it writes nothing, and once the limit allows it the same listing streams
+/// (every eligible contact once).
+#[tokio::test]
+async fn google_streamed_round_crossing_the_limit_writes_nothing() {
+    let sim = start_sim(vec![SeedUser::new(USER, 2300, 18)], vec![]).await;
+    let (eligible, _) = expected(&google_changes(&sim, USER));
+    assert!(eligible.len() > 1000 && eligible.len() < 2300);
+    let mut d = TestDaemon::new();
+    let providers = providers_for(&sim);
+    let acct = account_toml("g", "google", "all", "one-way");
+    let limit = eligible.len() - 1;
+    d.write_config(&d.config_text(
+        &format!("contact_limit = {limit}"),
+        &format!("{providers}{acct}"),
+    ));
+    d.start().await;
+    d.connect("g", &sim.refresh_token(Provider::Google, USER).unwrap())
+        .await;
+    let a = d.wait_state("g", "limit_exceeded").await;
+    assert!(
+        a["last_error"].as_str().unwrap().contains("contact_limit"),
+        "{a}"
+    );
+    assert!(
+        d.contacts().await.is_empty(),
+        "nothing of the run that crossed the limit is written"
+    );
+    assert_eq!(a["linked"], 0, "{a}");
+    assert!(!d.log().contains("Round streamed"));
+    // A limit the announced total fits under: the round streams.
+    d.write_config(&d.config_text("contact_limit = 2300", &format!("{providers}{acct}")));
+    d.wait_synced("g", None).await;
+    assert_eq!(
+        check_no_duplicates(&d.contacts().await, "g").len(),
+        eligible.len()
+    );
+    assert!(d.log().contains("Round streamed"), "{}", d.log());
+}
+
 #[tokio::test]
 async fn google_starred_group_syncs_only_starred_and_unstarring_unlinks() {
     let mut user = SeedUser::new(USER, 150, 17);

@@ -17,7 +17,7 @@ use super::matcher::{CommitPush, MarkSent, Matcher, SyncChunk};
 use crate::audit::{self, AuditEvent};
 use crate::config::{AccountConfig, Direction};
 use crate::model::{AccountState, Change, DayMetrics, Progress};
-use crate::providers::{Provider, ProviderError, PushOp, PushResult, MAX_PHOTO_BYTES};
+use crate::providers::{Page, Provider, ProviderError, PushOp, PushResult, Round, MAX_PHOTO_BYTES};
 use crate::runtime::Runtime;
 use crate::store::{Batch, Op, StoreError};
 use crate::sync::{self, eligibility, outbox, PlanContext};
@@ -460,8 +460,88 @@ pub fn two_way_accounts(config: &crate::config::Config) -> Vec<String> {
         .collect()
 }
 
+/// The `meta` key marking an account's initial sync as under way: set before its first
+/// chunk, cleared with the round's end, so that a round cut short (a fetch error after some
+/// chunks were committed) resumes as the initial sync, photos included.
+pub fn initial_key(account: &str) -> String {
+    format!("initial_round:{account}")
+}
+
+/// The photos of the contacts in `chunk` that the initial sync will create (SPEC §3: only
+/// created contacts get the provider's photo). A dry run of the chunk's plan against the
+/// store says which those are, so the photo of a contact that matches an existing CRM
+/// contact is never downloaded. A photo that cannot be fetched is left out (the contact
+/// syncs without it).
+async fn chunk_photos(
+    rt: &Arc<Runtime>,
+    provider: &Arc<dyn Provider>,
+    ctx: &PlanContext,
+    chunk: &[Change],
+) -> HashMap<String, Vec<u8>> {
+    let candidates: Vec<Change> = chunk
+        .iter()
+        .filter(|c| match c {
+            Change::Upsert(pc) => pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok(),
+            _ => false,
+        })
+        .cloned()
+        .collect();
+    if candidates.is_empty() {
+        return HashMap::new();
+    }
+    let (db, plan_ctx, all) = (rt.db.clone(), ctx.clone(), chunk.to_vec());
+    let creates = match rt
+        .db
+        .blocking(move || sync::creations(&db, plan_ctx, &all))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(account = %ctx.account, error = %e, "Cannot plan the chunk's creations; its photos are not fetched.");
+            return HashMap::new();
+        }
+    };
+    let wanted: Vec<_> = candidates
+        .into_iter()
+        .filter_map(|c| match c {
+            Change::Upsert(pc) if creates.contains(&pc.provider_id) => Some(pc),
+            _ => None,
+        })
+        .collect();
+    let mut photos = HashMap::new();
+    if wanted.is_empty() {
+        return photos;
+    }
+    let fetched = provider.fetch_photos(&wanted).await;
+    for (pc, res) in wanted.iter().zip(fetched) {
+        match res {
+            Ok(Some(jpeg)) if jpeg.len() <= MAX_PHOTO_BYTES => {
+                photos.insert(pc.provider_id.clone(), jpeg);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(account = %ctx.account, provider_id = %pc.provider_id, error = %e, "Photo not fetched; contact synced without it.")
+            }
+        }
+    }
+    photos
+}
+
+/// Commits a store record of the round's bookkeeping (`meta`), durably, off the arbiter.
+async fn set_meta(rt: &Runtime, key: String, value: Option<Vec<u8>>) -> Result<(), RoundError> {
+    let mut b = Batch::default();
+    b.push(Op::SetMeta { key, value });
+    rt.db.commit_durable_blocking(b, vec![]).await?;
+    Ok(())
+}
+
 /// One round: fetch, check, commit chunk by chunk; then, two-way, push the outbox. Returns
 /// the round's metrics and whether another round is wanted soon.
+///
+/// A full listing of an account with no links is streamed ([`stream_round`]): planned and
+/// committed while it is fetched. Any other round is fetched whole first, because its
+/// deletions (a complete listing names only what still exists) and the deletion guard
+/// need the whole round.
 async fn run_round(
     rt: Arc<Runtime>,
     provider: Arc<dyn Provider>,
@@ -470,7 +550,8 @@ async fn run_round(
 ) -> Result<(DayMetrics, bool), RoundError> {
     let resync = rt.db.meta(&resync_key(&cfg.id))?.is_some();
     let cursor = if resync { None } else { rt.db.cursor(&cfg.id)? };
-    let initial = cursor.is_none() && rt.db.link_count(&cfg.id)? == 0;
+    let resuming = cursor.is_none() && rt.db.meta(&initial_key(&cfg.id))?.is_some();
+    let initial = cursor.is_none() && (resuming || rt.db.link_count(&cfg.id)? == 0);
     let progress_rt = rt.clone();
     let progress_id = cfg.id.clone();
     let progress: crate::providers::ProgressFn = Box::new(move |p: Progress| {
@@ -482,33 +563,75 @@ async fn run_round(
     // The links as they are before the listing starts: a push of this account (the old
     // actor's, after a restart) may commit links while the listing runs, and the listing
     // cannot have seen those contacts. Only links older than the listing can be missing
-    // from it.
-    let links_before = rt.db.links_of(&cfg.id)?;
-    let round = provider
-        .fetch_round(cursor.as_deref(), &progress)
-        .await
-        .map_err(RoundError::Provider)?;
-    let changes = with_listing_deletions_among(
-        &links_before,
-        round.changes,
-        &round.complete_scopes,
-        &round.gone_scopes,
-    );
-    drop(links_before);
+    // from it. Reading and decoding every link is blocking work: it runs on the blocking
+    // pool, not on the arbiter every account shares (so do the checks below).
+    let (db, id) = (rt.db.clone(), cfg.id.clone());
+    let links_before = rt.db.blocking(move || db.links_of(&id)).await?;
+    let config = rt.config();
+    let ctx = PlanContext {
+        account: cfg.id.clone(),
+        provider: cfg.provider.clone(),
+        direction: cfg.direction,
+        audit_values: config.daemon.audit_values,
+        now: Utc::now(),
+        two_way: two_way_accounts(&config),
+    };
+    let limit = config.daemon.contact_limit as usize;
+    // Photos: only during the initial sync of a one-way account, only for contacts that
+    // sync creates (SPEC §3); fetched chunk by chunk, just before the chunk is planned, so
+    // at most two chunks' photos are held.
+    let want_photos = initial && cfg.direction == Direction::OneWay;
+    if want_photos && !resuming {
+        set_meta(&rt, initial_key(&cfg.id), Some(vec![])).await?;
+    }
+    let approval_key = approval_key(&cfg.id);
+    let approved = rt.db.meta(&approval_key)?.is_some();
+    let mut round = if cursor.is_none() && links_before.is_empty() {
+        let streamed = stream_round(
+            &rt,
+            &provider,
+            &matcher,
+            &ctx,
+            &progress,
+            limit,
+            want_photos,
+        )
+        .await?;
+        match streamed {
+            Streamed::Committed(total) => {
+                return finish_round(rt, provider, matcher, cfg, total, resync, approved, 0).await;
+            }
+            Streamed::Whole(round) => round,
+        }
+    } else {
+        provider
+            .fetch_round(cursor.as_deref(), &progress)
+            .await
+            .map_err(RoundError::Provider)?
+    };
+    let (db, id) = (rt.db.clone(), cfg.id.clone());
+    let listed = std::mem::take(&mut round.changes);
+    let (complete, gone) = (round.complete_scopes.clone(), round.gone_scopes.clone());
+    let (changes, doomed, projected) = rt
+        .db
+        .blocking(move || {
+            let changes = with_listing_deletions_among(&links_before, listed, &complete, &gone);
+            drop(links_before);
+            let doomed: Vec<(String, u64)> = sync::collapse(&changes)
+                .iter()
+                .filter(|c| matches!(c, Change::Deleted { .. }))
+                .filter_map(|c| match db.link(&id, c.provider_id()) {
+                    Ok(Some(l)) => Some((c.provider_id().to_string(), l.contact_id)),
+                    _ => None,
+                })
+                .collect();
+            let projected = sync::projected_links(&db, &id, &changes)?;
+            Ok((changes, doomed, projected))
+        })
+        .await?;
 
     // Deletion guard: a round that would delete a large share of the account's contacts at
     // once is held until an operator approves it.
-    let config = rt.config();
-    let approval_key = approval_key(&cfg.id);
-    let approved = rt.db.meta(&approval_key)?.is_some();
-    let doomed: Vec<(String, u64)> = sync::collapse(&changes)
-        .iter()
-        .filter(|c| matches!(c, Change::Deleted { .. }))
-        .filter_map(|c| match rt.db.link(&cfg.id, c.provider_id()) {
-            Ok(Some(l)) => Some((c.provider_id().to_string(), l.contact_id)),
-            _ => None,
-        })
-        .collect();
     let deletions = doomed.len();
     let linked = rt.db.link_count(&cfg.id)?;
     let share = config.daemon.deletion_guard_share;
@@ -522,31 +645,23 @@ async fn run_round(
             cfg.id
         );
         // What is held, for the sync-health view (replaced by every held round).
-        let mut b = Batch::default();
-        b.push(Op::SetMeta {
-            key: held_key(&cfg.id),
-            value: Some(serde_json::to_vec(&doomed).unwrap_or_default()),
-        });
-        rt.db.commit_durable(&b)?;
+        set_meta(
+            &rt,
+            held_key(&cfg.id),
+            Some(serde_json::to_vec(&doomed).unwrap_or_default()),
+        )
+        .await?;
         AuditEvent::new(&cfg.id, cfg.provider.as_str(), audit::Action::DeletionHeld)
             .reason(format!("{deletions} deletions of {linked}"))
             .emit();
         return Err(RoundError::Held(msg));
     }
-
     if rt.db.meta(&held_key(&cfg.id))?.is_some() {
         // This round passed the guard: nothing is held any more.
-        let mut b = Batch::default();
-        b.push(Op::SetMeta {
-            key: held_key(&cfg.id),
-            value: None,
-        });
-        rt.db.commit_durable(&b)?;
+        set_meta(&rt, held_key(&cfg.id), None).await?;
     }
 
     // SPEC §5: a round that would take the account over its limit writes nothing.
-    let limit = config.daemon.contact_limit as usize;
-    let projected = sync::projected_links(&rt.db, &cfg.id, &changes)?;
     if projected > limit {
         let msg = format!(
             "Account {} would have {projected} synced contacts, over contact_limit {limit}; sync stopped. Raise contact_limit in the config to resume.",
@@ -558,90 +673,281 @@ async fn run_round(
         return Err(RoundError::Limit(msg));
     }
 
-    let ctx = PlanContext {
-        account: cfg.id.clone(),
-        provider: cfg.provider.clone(),
-        direction: cfg.direction,
-        audit_values: config.daemon.audit_values,
-        now: Utc::now(),
-        two_way: two_way_accounts(&config),
-    };
-    // Photos: only during the initial sync of a one-way account, only for contacts that
-    // sync creates (SPEC §3). A dry run of the plan says which those are, so the photo of
-    // a contact that matches an existing CRM contact is never downloaded.
-    let mut photos = HashMap::new();
-    if initial && cfg.direction == Direction::OneWay {
-        let creates = sync::creations(&rt.db, ctx.clone(), &changes)?;
-        let wanted: Vec<_> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Upsert(pc)
-                    if pc.photo_url.is_some()
-                        && eligibility::check(&pc.fields).is_ok()
-                        && creates.contains(&pc.provider_id) =>
-                {
-                    Some(pc.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        let fetched = provider.fetch_photos(&wanted).await;
-        for (pid, res) in wanted.iter().map(|pc| pc.provider_id.clone()).zip(fetched) {
-            match res {
-                Ok(Some(jpeg)) if jpeg.len() <= MAX_PHOTO_BYTES => {
-                    photos.insert(pid, jpeg);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(account = %cfg.id, provider_id = %pid, error = %e, "Photo not fetched; contact synced without it.")
-                }
-            }
+    let mut chunks: Vec<Vec<Change>> = changes.chunks(CHUNK).map(<[Change]>::to_vec).collect();
+    drop(changes);
+    if chunks.is_empty() {
+        chunks.push(vec![]);
+    }
+    let mut pipe = Pipeline::new(&rt, &provider, &matcher, &ctx, want_photos);
+    let last = chunks.pop().unwrap_or_default();
+    for chunk in chunks {
+        pipe.push(chunk).await?;
+    }
+    let total = pipe.finish(last, round.cursor.clone()).await?;
+    finish_round(
+        rt, provider, matcher, cfg, total, resync, approved, deletions,
+    )
+    .await
+}
+
+/// Plans and commits one chunk (the matcher hands the plan to the writer).
+async fn send_chunk(
+    matcher: &Addr<Matcher>,
+    ctx: &PlanContext,
+    changes: Vec<Change>,
+    photos: HashMap<String, Vec<u8>>,
+    cursor: Option<Vec<u8>>,
+) -> Result<super::matcher::ChunkSummary, RoundError> {
+    matcher
+        .send(SyncChunk {
+            ctx: ctx.clone(),
+            changes,
+            photos,
+            cursor,
+        })
+        .await
+        .map_err(|_| RoundError::Store("the matcher is gone".into()))?
+        .map_err(|e| RoundError::Store(e.to_string()))
+}
+
+/// Chunks on their way to the matcher, two deep: while chunk *n* is planned and committed,
+/// the photos of chunk *n + 1* are fetched.
+struct Pipeline<'a> {
+    rt: &'a Arc<Runtime>,
+    provider: &'a Arc<dyn Provider>,
+    matcher: &'a Addr<Matcher>,
+    ctx: &'a PlanContext,
+    want_photos: bool,
+    /// The chunk whose photos are in, waiting for its commit.
+    ready: Option<(Vec<Change>, HashMap<String, Vec<u8>>)>,
+    total: DayMetrics,
+}
+
+impl<'a> Pipeline<'a> {
+    fn new(
+        rt: &'a Arc<Runtime>,
+        provider: &'a Arc<dyn Provider>,
+        matcher: &'a Addr<Matcher>,
+        ctx: &'a PlanContext,
+        want_photos: bool,
+    ) -> Self {
+        Pipeline {
+            rt,
+            provider,
+            matcher,
+            ctx,
+            want_photos,
+            ready: None,
+            total: DayMetrics::default(),
         }
     }
 
-    let mut total = DayMetrics::default();
-    let chunks: Vec<&[Change]> = if changes.is_empty() {
-        vec![&[]]
-    } else {
-        changes.chunks(CHUNK).collect()
+    async fn photos(&self, chunk: &[Change]) -> HashMap<String, Vec<u8>> {
+        if self.want_photos {
+            chunk_photos(self.rt, self.provider, self.ctx, chunk).await
+        } else {
+            HashMap::new()
+        }
+    }
+
+    /// Commits the chunk before `chunk` while `chunk`'s photos are fetched.
+    async fn push(&mut self, chunk: Vec<Change>) -> Result<(), RoundError> {
+        let (matcher, ctx, ready) = (self.matcher, self.ctx, self.ready.take());
+        let commit = async move {
+            match ready {
+                Some((changes, photos)) => send_chunk(matcher, ctx, changes, photos, None)
+                    .await
+                    .map(|s| Some(s.metrics)),
+                None => Ok(None),
+            }
+        };
+        let (committed, photos) = futures_util::join!(commit, self.photos(&chunk));
+        if let Some(m) = committed? {
+            self.total.add(&m);
+        }
+        self.ready = Some((chunk, photos));
+        Ok(())
+    }
+
+    /// Commits what is waiting, then `last` with the round's cursor.
+    async fn finish(
+        mut self,
+        last: Vec<Change>,
+        cursor: Vec<u8>,
+    ) -> Result<DayMetrics, RoundError> {
+        self.push(last).await?;
+        if let Some((changes, photos)) = self.ready.take() {
+            let s = send_chunk(self.matcher, self.ctx, changes, photos, Some(cursor)).await?;
+            self.total.add(&s.metrics);
+        }
+        Ok(self.total)
+    }
+}
+
+/// How a streamed round went.
+enum Streamed {
+    /// Planned and committed page by page; the last commit stored the cursor.
+    Committed(DayMetrics),
+    /// The provider did not announce a total that fits under the contact limit: the round
+    /// was collected whole, nothing written, for the checks of a whole round.
+    Whole(Round),
+}
+
+/// Pages a streamed round keeps in flight between the provider and the planner.
+const PAGES_IN_FLIGHT: usize = 2;
+
+/// A full listing of an account with no links, planned and committed while it is fetched:
+/// page *n* is planned and committed while page *n + 1* is fetched, with the photos of each
+/// chunk fetched while the chunk before it is committed; the last chunk waits for the end
+/// of the listing and carries the cursor. Such a round deletes nothing (there are no
+/// links), so the deletion guard has nothing to hold.
+///
+/// The contact limit (SPEC §5): the round streams only when the first page announces a
+/// total that fits under `limit`, so that a listing that crosses the limit is never half
+/// written; otherwise (or when the provider announces nothing) every page is collected
+/// and the round goes through the whole-round checks before anything is written. A
+/// provider that lists more than it announced is caught too: the eligible contacts are
+/// counted as they arrive, and from the moment the count passes the announced total the
+/// rest of the listing is collected instead of committed, so the limit check of the end
+/// sees all of it before any of the surplus is written.
+async fn stream_round(
+    rt: &Arc<Runtime>,
+    provider: &Arc<dyn Provider>,
+    matcher: &Addr<Matcher>,
+    ctx: &PlanContext,
+    progress: &crate::providers::ProgressFn,
+    limit: usize,
+    want_photos: bool,
+) -> Result<Streamed, RoundError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Page>(PAGES_IN_FLIGHT);
+    let fetch = provider.fetch_pages(None, progress, tx);
+    let region = rt.db.region();
+    // The receiver moves into the consumer: if planning fails, dropping it stops the fetch.
+    let consume = async move {
+        let mut whole: Vec<Change> = vec![];
+        let mut announced: Option<Option<u64>> = None;
+        let mut pending: Vec<Change> = vec![];
+        let mut counted: HashSet<String> = HashSet::new();
+        let mut surplus = false;
+        let mut pipe = Pipeline::new(rt, provider, matcher, ctx, want_photos);
+        while let Some(page) = rx.recv().await {
+            let total = *announced.get_or_insert(page.total.filter(|t| *t <= limit as u64));
+            let Some(total) = total else {
+                whole.extend(page.changes);
+                continue;
+            };
+            if surplus {
+                pending.extend(page.changes);
+                continue;
+            }
+            count_eligible(&mut counted, &page.changes, region);
+            pending.extend(page.changes);
+            if counted.len() as u64 > total {
+                // More than announced: keep the rest for the check at the end.
+                surplus = true;
+                continue;
+            }
+            // The last chunk is kept back: it is committed with the cursor.
+            while pending.len() > CHUNK {
+                let chunk: Vec<Change> = pending.drain(..CHUNK).collect();
+                pipe.push(chunk).await?;
+            }
+        }
+        Ok::<_, RoundError>((announced.flatten().is_some(), whole, pending, pipe, surplus))
     };
-    let n = chunks.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let chunk_photos = chunk
-            .iter()
-            .filter_map(|c| {
-                photos
-                    .remove(c.provider_id())
-                    .map(|p| (c.provider_id().to_string(), p))
-            })
-            .collect();
-        let summary = matcher
-            .send(SyncChunk {
-                ctx: ctx.clone(),
-                changes: chunk.to_vec(),
-                photos: chunk_photos,
-                cursor: (i + 1 == n).then(|| round.cursor.clone()),
-            })
-            .await
-            .map_err(|_| RoundError::Store("the matcher is gone".into()))?
-            .map_err(|e| RoundError::Store(e.to_string()))?;
-        total.add(&summary.metrics);
+    let (fetched, consumed) = futures_util::join!(fetch, consume);
+    let (streamed, whole, pending, pipe, surplus) = consumed?;
+    let mut round = fetched.map_err(RoundError::Provider)?;
+    if !streamed {
+        round.changes = whole;
+        return Ok(Streamed::Whole(round));
+    }
+    if surplus {
+        let mut counted = HashSet::new();
+        count_eligible(&mut counted, &pending, region);
+        let (db, id) = (rt.db.clone(), ctx.account.clone());
+        let projected = rt.db.blocking(move || db.link_count(&id)).await? as usize
+            + pending_new(&rt.db, &ctx.account, &counted)?;
+        if projected > limit {
+            AuditEvent::new(
+                &ctx.account,
+                ctx.provider.as_str(),
+                audit::Action::LimitExceeded,
+            )
+            .reason(format!("{projected} > {limit}"))
+            .emit();
+            return Err(RoundError::Limit(format!(
+                "Account {} would have {projected} synced contacts (the provider listed more than the {limit} or fewer it announced), over contact_limit {limit}; sync stopped. Raise contact_limit in the config to resume.",
+                ctx.account
+            )));
+        }
+    }
+    let mut pipe = pipe;
+    let mut rest = pending;
+    while rest.len() > CHUNK {
+        let chunk: Vec<Change> = rest.drain(..CHUNK).collect();
+        pipe.push(chunk).await?;
+    }
+    let total = pipe.finish(rest, round.cursor.clone()).await?;
+    tracing::info!(account = %ctx.account, pages = round.pages, "Round streamed: planned and committed while it was fetched.");
+    if rt.db.meta(&held_key(&ctx.account))?.is_some() {
+        // This round deletes nothing: nothing is held any more.
+        set_meta(rt, held_key(&ctx.account), None).await?;
+    }
+    Ok(Streamed::Committed(total))
+}
+
+/// Adds the provider ids of the eligible contacts among `changes` to `counted`.
+fn count_eligible(
+    counted: &mut HashSet<String>,
+    changes: &[Change],
+    region: phonenumber::country::Id,
+) {
+    for c in changes {
+        if let Change::Upsert(pc) = c {
+            if eligibility::check(&sync::merge::clean(&pc.fields, region)).is_ok() {
+                counted.insert(pc.provider_id.clone());
+            }
+        }
+    }
+}
+
+/// How many of `ids` the account has no link for yet.
+fn pending_new(
+    db: &crate::store::Db,
+    account: &str,
+    ids: &HashSet<String>,
+) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for pid in ids {
+        if db.link(account, pid)?.is_none() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The end of a round, once its last chunk is committed: clears the one-shot records, and
+/// for a two-way account pushes the outbox.
+#[allow(clippy::too_many_arguments)]
+async fn finish_round(
+    rt: Arc<Runtime>,
+    provider: Arc<dyn Provider>,
+    matcher: Addr<Matcher>,
+    cfg: AccountConfig,
+    mut total: DayMetrics,
+    resync: bool,
+    approved: bool,
+    deletions: usize,
+) -> Result<(DayMetrics, bool), RoundError> {
+    if rt.db.meta(&initial_key(&cfg.id))?.is_some() {
+        set_meta(&rt, initial_key(&cfg.id), None).await?;
     }
     if resync {
-        let mut b = Batch::default();
-        b.push(Op::SetMeta {
-            key: resync_key(&cfg.id),
-            value: None,
-        });
-        rt.db.commit_durable(&b)?;
+        set_meta(&rt, resync_key(&cfg.id), None).await?;
     }
     if approved {
-        let mut b = Batch::default();
-        b.push(Op::SetMeta {
-            key: approval_key,
-            value: None,
-        });
-        rt.db.commit_durable(&b)?;
+        set_meta(&rt, approval_key(&cfg.id), None).await?;
         tracing::info!(account = %cfg.id, deletions, "Held deletions applied after approval.");
     }
     let mut again = false;

@@ -211,13 +211,18 @@ form.top {{ display: inline; }}
 
 /// `GET /`: the dashboard for an operator session; the login form (401) otherwise.
 pub async fn page(st: web::Data<ApiState>, req: HttpRequest) -> HttpResponse {
-    match st.auth.session(&req) {
-        Some(s) => HttpResponse::Ok()
-            .content_type("text/html; charset=utf-8")
-            .insert_header(("Cache-Control", "no-store"))
-            .body(render(&st, &s)),
-        None => login_form(StatusCode::UNAUTHORIZED, None),
-    }
+    let Some(s) = st.auth.session(&req) else {
+        return login_form(StatusCode::UNAUTHORIZED, None);
+    };
+    // Store reads stay off the HTTP workers.
+    let body = match web::block(move || render(&st, &s)).await {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::ServiceUnavailable().body(e.to_string()),
+    };
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .body(body)
 }
 
 /// `/login#token=…` (the link `demo` prints) logs in at once: the fragment never reaches
@@ -363,7 +368,7 @@ pub async fn approve(
     if let Err(r) = action_session(&st, &req, &form) {
         return *r;
     }
-    match super::approve(&st, &id) {
+    match super::approve(&st, &id).await {
         Ok(()) => see_other("/", None),
         Err(e) => HttpResponse::build(actix_web::ResponseError::status_code(&e))
             .content_type("text/plain; charset=utf-8")
@@ -604,7 +609,7 @@ pub async fn retry(
         return *r;
     }
     let (account, contact) = path.into_inner();
-    match super::health::retry_entry(&st, &account, contact) {
+    match super::health::retry_entry(&st, &account, contact).await {
         Ok(()) => HttpResponse::SeeOther()
             .insert_header((
                 actix_web::http::header::LOCATION,

@@ -156,7 +156,7 @@ pub async fn search(
 }
 
 /// Makes a failed outbox entry pending again; the account pushes it soon.
-pub fn retry_entry(st: &ApiState, account: &str, contact: u64) -> Result<(), ApiError> {
+pub async fn retry_entry(st: &ApiState, account: &str, contact: u64) -> Result<(), ApiError> {
     known(st, account)?;
     let Some(mut entry) = st.rt.db.outbox_entry(account, contact)? else {
         return Err(ApiError::new(
@@ -180,8 +180,7 @@ pub fn retry_entry(st: &ApiState, account: &str, contact: u64) -> Result<(), Api
     let mut b = crate::store::Batch::default();
     b.push(crate::store::Op::PutOutbox(entry));
     b.push(crate::store::Op::Audit(event.clone()));
-    st.rt.db.commit_durable(&b)?;
-    audit::committed(&[event]);
+    st.rt.db.commit_durable_blocking(b, vec![event]).await?;
     st.supervisor.do_send(PushSoon);
     Ok(())
 }
@@ -193,6 +192,6 @@ pub async fn retry(
     path: web::Path<(String, u64)>,
 ) -> Result<HttpResponse, ApiError> {
     let (account, contact) = path.into_inner();
-    retry_entry(&st, &account, contact)?;
+    retry_entry(&st, &account, contact).await?;
     Ok(HttpResponse::Accepted().json(json!({"status": "retrying"})))
 }

@@ -221,7 +221,12 @@ pub async fn metrics(st: web::Data<ApiState>, req: HttpRequest) -> HttpResponse 
             .content_type("text/plain; charset=utf-8")
             .body("/metrics answers loopback clients only; set [daemon] metrics_token_file and send its token as a bearer token to scrape from elsewhere.\n");
     }
+    // Store reads stay off the HTTP workers.
+    let body = match web::block(move || render(&st)).await {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::ServiceUnavailable().body(e.to_string()),
+    };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(render(&st))
+        .body(body)
 }

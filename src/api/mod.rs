@@ -327,13 +327,13 @@ async fn approve_account(
     st: web::Data<ApiState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    approve(&st, &id)?;
+    approve(&st, &id).await?;
     Ok(HttpResponse::Accepted()
         .json(json!({"status": "approved; the next round applies the held deletions"})))
 }
 
 /// Records the operator's approval of an account's held deletions and restarts it.
-pub fn approve(st: &ApiState, id: &str) -> Result<(), ApiError> {
+pub async fn approve(st: &ApiState, id: &str) -> Result<(), ApiError> {
     if st.rt.config().account(id).is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -347,8 +347,7 @@ pub fn approve(st: &ApiState, id: &str) -> Result<(), ApiError> {
     });
     let approved = AuditEvent::new(id, &provider_name(st, id), audit::Action::Approved);
     b.push(crate::store::Op::Audit(approved.clone()));
-    st.rt.db.commit_durable(&b)?;
-    audit::committed(&[approved]);
+    st.rt.db.commit_durable_blocking(b, vec![approved]).await?;
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Held deletions approved by an operator.");
     Ok(())
@@ -460,8 +459,7 @@ async fn put_grant(
     }
     let event = AuditEvent::grant_stored(&id, &provider_name(&st, &id), had_grant);
     b.push(crate::store::Op::Audit(event.clone()));
-    st.rt.db.commit_durable(&b)?;
-    audit::committed(&[event]);
+    st.rt.db.commit_durable_blocking(b, vec![event]).await?;
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Refresh token stored; account restarting.");
     Ok(HttpResponse::NoContent().finish())
@@ -476,8 +474,7 @@ async fn delete_grant(
     b.push(crate::store::Op::DeleteGrant(id.to_string()));
     let event = AuditEvent::new(&id, &provider_name(&st, &id), audit::Action::Disconnected);
     b.push(crate::store::Op::Audit(event.clone()));
-    st.rt.db.commit_durable(&b)?;
-    audit::committed(&[event]);
+    st.rt.db.commit_durable_blocking(b, vec![event]).await?;
     st.supervisor.do_send(RestartAccount(id.to_string()));
     tracing::info!(account = %id, "Grant forgotten; synced contacts stay.");
     Ok(HttpResponse::NoContent().finish())

@@ -510,10 +510,7 @@ pub async fn callback(
         }
     }
     b.push(crate::store::Op::Audit(event.clone()));
-    let stored = st.rt.db.commit_durable(&b);
-    if stored.is_ok() {
-        crate::audit::committed(&[event]);
-    }
+    let stored = st.rt.db.commit_durable_blocking(b, vec![event]).await;
     if let Err(e) = stored {
         tracing::error!(account = %account, error = %e, "Cannot store the grant.");
         return page(

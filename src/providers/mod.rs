@@ -146,6 +146,18 @@ pub const MAX_FIELD_BYTES: usize = 8 * 1024;
 /// Reports fetch progress to the account actor (pages and contacts so far).
 pub type ProgressFn = Box<dyn Fn(Progress) + Send + Sync>;
 
+/// One page of a streamed listing: its changes and the total the provider announced (the
+/// number of contacts the whole listing will hold), when it says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    pub changes: Vec<Change>,
+    pub total: Option<u64>,
+}
+
+/// Where a streamed listing sends its pages, as they arrive. Bounded: a provider waits
+/// while the account actor is a few pages behind, which bounds the memory of a round.
+pub type PageSink = tokio::sync::mpsc::Sender<Page>;
+
 /// What the account actor needs from a provider.
 pub trait Provider: Send + Sync {
     /// Fetches every change since `cursor` (`None`: a full listing). An expired or rejected
@@ -160,6 +172,28 @@ pub trait Provider: Send + Sync {
     /// Two-way: applies CRM changes in the provider, using its batch endpoints. Results are
     /// in the order of `ops`.
     fn push<'a>(&'a self, ops: &'a [PushOp]) -> BoxFuture<'a, Vec<PushResult>>;
+
+    /// [`Provider::fetch_round`], handing the changes to `pages` page by page as they arrive
+    /// instead of collecting them: the returned [`Round`] has no `changes`. If the receiver
+    /// is dropped the listing stops with an error. The default fetches the whole round and
+    /// sends it as one page.
+    fn fetch_pages<'a>(
+        &'a self,
+        cursor: Option<&'a [u8]>,
+        progress: &'a ProgressFn,
+        pages: PageSink,
+    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
+        Box::pin(async move {
+            let mut round = self.fetch_round(cursor, progress).await?;
+            let changes = std::mem::take(&mut round.changes);
+            let total = Some(changes.len() as u64);
+            pages
+                .send(Page { changes, total })
+                .await
+                .map_err(|_| ProviderError::Transient("the round was abandoned".into()))?;
+            Ok(round)
+        })
+    }
 
     /// Fetches a contact's photo; `Ok(None)` when it has none.
     fn fetch_photo<'a>(

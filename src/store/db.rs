@@ -293,6 +293,9 @@ pub struct Db {
     /// Company names by id. A company record never changes once written, so this never
     /// goes stale; index maintenance reads it instead of decoding the company.
     company_names: Arc<std::sync::RwLock<std::collections::HashMap<CompanyId, Arc<str>>>>,
+    /// Company ids by normalised name, for names found in the store (a company, once
+    /// stored, keeps its name and id; a name not found is never cached).
+    company_ids: Arc<std::sync::RwLock<std::collections::HashMap<String, CompanyId>>>,
 }
 
 impl Db {
@@ -363,6 +366,7 @@ impl Db {
             kv,
             region,
             company_names: Default::default(),
+            company_ids: Default::default(),
         };
         db.count_contacts_once()?;
         db.count_links_once()?;
@@ -523,10 +527,21 @@ impl Db {
     /// The company with this name (compared after normalisation), if any.
     pub fn company_by_name(&self, name: &str) -> Result<Option<CompanyId>, StoreError> {
         let key = normalize::text_key(name);
-        Ok(self
+        let ids = || self.company_ids.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = ids().get(&key) {
+            return Ok(Some(*id));
+        }
+        let found = self
             .kv
             .get(Tree::CompanyNames, key.as_bytes())?
-            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes)))
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes));
+        if let Some(id) = found {
+            self.company_ids
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, id);
+        }
+        Ok(found)
     }
 
     pub fn link(&self, account: &str, provider_id: &str) -> Result<Option<LinkRecord>, StoreError> {
@@ -1067,5 +1082,34 @@ impl Db {
     pub fn commit_durable(&self, batch: &Batch) -> Result<(), StoreError> {
         self.commit(batch)?;
         self.flush()
+    }
+
+    /// [`Db::commit_durable`] for callers on an async thread (an HTTP worker, the System
+    /// arbiter): the commit, its fsync and the audit drain that follows (file appends) run
+    /// on the blocking pool, so they never stall the other tasks of that thread. `events`
+    /// are the batch's `Op::Audit` events, handed to [`crate::audit::committed`] once the
+    /// batch is durable.
+    pub async fn commit_durable_blocking(
+        &self,
+        batch: Batch,
+        events: Vec<crate::audit::AuditEvent>,
+    ) -> Result<(), StoreError> {
+        let db = self.clone();
+        self.blocking(move || {
+            db.commit_durable(&batch)?;
+            crate::audit::committed(&events);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs store work (reads that scan or decode much, writes) on the blocking pool.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| StoreError::Io(format!("blocking store task failed: {e}")))?
     }
 }

@@ -35,11 +35,24 @@ fn io(e: sled::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
+/// sled's page cache. sled's own accounting undercounts what the cache holds, and the
+/// process's peak memory follows it: 24 MiB keeps one account's initial sync of 25,000
+/// contacts near 80 MiB (see docs/benchmarks.md). `CONTACT_SYNC_STORE_CACHE_MIB` overrides it
+/// (benchmarks, very large CRMs).
+fn cache_bytes() -> u64 {
+    std::env::var("CONTACT_SYNC_STORE_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(24)
+        * 1024
+        * 1024
+}
+
 fn open_inner(dir: &Path) -> Result<Inner, StoreError> {
     let db = sled::Config::new()
         .path(dir.join("store"))
         .mode(sled::Mode::HighThroughput)
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(cache_bytes())
         .open()
         .map_err(|e| {
             let hint = if e.to_string().contains("could not acquire lock") {
