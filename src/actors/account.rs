@@ -710,6 +710,9 @@ async fn send_chunk(
         .map_err(|e| RoundError::Store(e.to_string()))
 }
 
+/// A chunk's photos by provider id.
+type Photos = HashMap<String, Vec<u8>>;
+
 /// Chunks on their way to the matcher, two deep: while chunk *n* is planned and committed,
 /// the photos of chunk *n + 1* are fetched.
 struct Pipeline<'a> {
@@ -719,7 +722,7 @@ struct Pipeline<'a> {
     ctx: &'a PlanContext,
     want_photos: bool,
     /// The chunk whose photos are in, waiting for its commit.
-    ready: Option<(Vec<Change>, HashMap<String, Vec<u8>>)>,
+    ready: Option<(Vec<Change>, Photos)>,
     total: DayMetrics,
 }
 
