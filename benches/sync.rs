@@ -562,6 +562,55 @@ struct Acct {
     user: String,
 }
 
+/// Times CRM API reads (`GET /api/v1/contacts?limit=20`, the CRM's token) every 50 ms
+/// while a sync runs, as the CRM would poll: one request at a time, so the probe itself
+/// adds no load worth naming.
+struct ApiProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<f64>>,
+}
+
+impl ApiProbe {
+    fn start(port: u16) -> ApiProbe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let url = format!("http://127.0.0.1:{port}/api/v1/contacts?limit=20");
+            let mut ms = vec![];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = match http.get(&url).bearer_auth(API_TOKEN).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            ms
+        });
+        ApiProbe { stop, task }
+    }
+
+    async fn stop(self) -> Vec<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The `q` quantile (0..=1) of `v`, nearest rank; NaN when empty.
+fn percentile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let i = ((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1;
+    s[i]
+}
+
 struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -956,8 +1005,14 @@ fn initial(case: &str, p: Provider, runs: usize, latency_ms: u64) -> Res<Summary
             let mut d = Daemon::start(&sim, &[acct])?;
             d.wait_healthy().await?;
             let boot_s = t0.elapsed().as_secs_f64();
+            let probe = ApiProbe::start(d.port);
             d.wait_rounds(1, &[None]).await?;
             let wall = t0.elapsed().as_secs_f64();
+            let reads = probe.stop().await;
+            s.put("API reads during the sync (count)", reads.len() as f64);
+            s.put("↳ API read median (ms)", percentile(&reads, 0.5));
+            s.put("↳ API read p95 (ms)", percentile(&reads, 0.95));
+            s.put("↳ API read max (ms)", percentile(&reads, 1.0));
             s.put("initial sync, daemon start to last_sync (s)", wall);
             s.put(
                 "↳ round as logged by the daemon (s)",
@@ -1088,10 +1143,24 @@ fn ten_accounts(runs: usize) -> Res<Summary> {
             let t0 = Instant::now();
             let mut d = Daemon::start(&sim, &accts)?;
             d.wait_healthy().await?;
+            let probe = ApiProbe::start(d.port);
+            // When the first account finished (its round's log line), then all ten.
+            let mut first = f64::NAN;
+            let deadline = Instant::now() + Duration::from_secs(1800);
+            while d.committed_rounds().len() < 10 && Instant::now() < deadline {
+                if first.is_nan() && !d.committed_rounds().is_empty() {
+                    first = t0.elapsed().as_secs_f64();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             d.wait_rounds(10, &[None, None, None, None, None, None, None, None, None, None])
                 .await?;
             let wall = t0.elapsed().as_secs_f64();
+            let reads = probe.stop().await;
             let rounds = d.committed_rounds();
+            s.put("first account finished, from daemon start (s)", first);
+            s.put("↳ API read median during the syncs (ms)", percentile(&reads, 0.5));
+            s.put("↳ API read p95 during the syncs (ms)", percentile(&reads, 0.95));
             s.put("all ten initial syncs, daemon start to last last_sync (s)", wall);
             s.put(
                 "↳ longest round as logged by the daemon (s)",
