@@ -52,6 +52,11 @@ const CASES: &[&str] = &[
 ];
 
 /// Set in a re-executed child: the case it measures.
+/// The daemon's allocator (src/main.rs), so that the in-process cases (plan_write, the
+/// fetch-only clients) measure what the daemon runs.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CHILD_ENV: &str = "BENCH_CHILD";
 /// The daemon's chunk size (`actors::account::CHUNK`).
 const CHUNK: usize = 500;
@@ -1322,6 +1327,7 @@ fn usage() {
 }
 
 fn main() {
+    contact_sync::alloc::tune();
     if let Ok(case) = std::env::var(CHILD_ENV) {
         let res = match case.as_str() {
             "plan_write" => child_plan_write(),

@@ -13,6 +13,7 @@
 //! - [`sim`]: the simulated providers used by tests, `demo` and benchmarks.
 
 pub mod actors;
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod audit;

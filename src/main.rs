@@ -4,7 +4,14 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: planning and sled's copy-on-write pages allocate and
+/// free small blocks at a high rate, and glibc's allocator took about a third of the CPU of
+/// a round (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    contact_sync::alloc::tune();
     let cli = contact_sync::cli::Cli::parse();
     let logging = contact_sync::logging::init();
     let code = contact_sync::app::run(cli, logging);
