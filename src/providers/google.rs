@@ -18,21 +18,21 @@
 //! which Google compares on updates; the person's own `etag` is a different value.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::BoxFuture;
 use reqwest::{Method, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::http::{read_capped, retry_after, retryable_status, transport_error, RetryPolicy};
+use super::http::{RetryPolicy, GOOGLE_PHOTO_HOSTS};
 use super::oauth::TokenSource;
+use super::text::clean;
+use super::transport::{classify, is_oversize, Auth, Class, Request, Transport};
 use super::{
-    Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_ERROR_BYTES, MAX_FIELD_BYTES,
-    MAX_PAGE_BYTES, MAX_PHOTO_BYTES,
+    Jpeg, ProgressFn, Provider, ProviderError, Round, MAX_FIELD_BYTES, MAX_PAGE_BYTES,
+    MAX_PHOTO_BYTES,
 };
 use crate::config::Group;
 use crate::model::{Address, Change, Fields, Progress, ProviderContact};
@@ -270,15 +270,6 @@ fn primary<T>(items: &[T], meta: impl Fn(&T) -> &Option<FieldMetadataJson>) -> O
     items.iter().find(|i| is_primary(meta(i))).or(items.first())
 }
 
-/// A trimmed, non-empty value; a value longer than [`MAX_FIELD_BYTES`] counts as absent.
-fn clean(s: &Option<String>) -> Option<String> {
-    s.as_deref()
-        .filter(|s| s.len() <= MAX_FIELD_BYTES)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
 fn values(items: &[ValueJson]) -> Vec<String> {
     items.iter().filter_map(|v| clean(&v.value)).collect()
 }
@@ -503,7 +494,13 @@ impl CallError {
                     "Google People API answered HTTP {status} with an unreadable error body (cut off or not JSON)."
                 ))
             }
-            CallError::Api { status, error } => ProviderError::Permanent(error.describe(status)),
+            // Otherwise the status says what it means, as for every provider (404 and 410
+            // are terminal here: the callers that expect them handle them first).
+            CallError::Api { status, error } => match classify(status) {
+                Class::Transient => ProviderError::Transient(error.describe(status)),
+                Class::Reauth => ProviderError::ReauthRequired(error.describe(status)),
+                _ => ProviderError::Permanent(error.describe(status)),
+            },
         }
     }
 }
@@ -530,9 +527,7 @@ enum Listing {
 pub struct GoogleClient {
     api_base: String,
     group: Group,
-    tokens: Arc<TokenSource>,
-    retry: RetryPolicy,
-    http: reqwest::Client,
+    t: Transport,
 }
 
 impl std::fmt::Debug for GoogleClient {
@@ -551,23 +546,34 @@ impl GoogleClient {
         tokens: Arc<TokenSource>,
         retry: RetryPolicy,
     ) -> Self {
-        let http = super::http::client(retry.request_timeout);
-        GoogleClient {
-            api_base: api_base.trim_end_matches('/').to_string(),
-            group,
-            tokens,
-            retry,
-            http,
+        let api_base = api_base.trim_end_matches('/').to_string();
+        let t = Transport::without_origin(Auth::Bearer(tokens), retry)
+            .with_service("Google People API")
+            .with_public_hosts(GOOGLE_PHOTO_HOSTS);
+        // An api_base that cannot take the token admits nothing: every request is then
+        // refused as permanent, with the reason in the message.
+        match url::Url::parse(&api_base) {
+            Ok(u) => {
+                if let Err(e) = t.admit(&u) {
+                    warn!(error = %e, "Google api_base refused");
+                }
+            }
+            Err(e) => warn!(error = %e, "Google api_base is not a URL"),
         }
+        GoogleClient { api_base, group, t }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.api_base, path)
+    fn url(&self, path: &str) -> Result<url::Url, CallError> {
+        url::Url::parse(&format!("{}{}", self.api_base, path)).map_err(|e| {
+            CallError::Provider(ProviderError::Permanent(format!(
+                "Invalid Google api_base: {e}."
+            )))
+        })
     }
 
-    /// Sends one authorised request, retrying 429/5xx/transport failures and unreadable
-    /// bodies per the retry policy, and a 401 once with a fresh token. `path` is only used
-    /// for the log (never the query, which may carry tokens).
+    /// Sends one authorised request through the executor (which retries 429/5xx, transport
+    /// failures and unreadable bodies, and a 401 once with a fresh token) and reads the
+    /// JSON answer.
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -576,108 +582,36 @@ impl GoogleClient {
         body: Option<&serde_json::Value>,
         kind: CallKind,
     ) -> Result<T, CallError> {
-        let url = self.url(path);
-        let idempotent = kind != CallKind::Create;
-        let mut attempt: u32 = 0;
-        let mut refreshed = false;
-        loop {
-            let token = self
-                .tokens
-                .access_token()
-                .await
-                .map_err(CallError::Provider)?;
-            let mut req = self
-                .http
-                .request(method.clone(), &url)
-                .query(query)
-                .bearer_auth(token.expose_secret());
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let mut wait: Option<Duration> = None;
-            // Whether sending again cannot apply a write twice.
-            let mut safe = idempotent;
-            let failure = match req.send().await {
-                Err(e) => {
-                    safe |= e.is_connect();
-                    transport_error(&e)
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    if status == StatusCode::UNAUTHORIZED {
-                        if refreshed {
-                            return Err(CallError::Provider(ProviderError::Permanent(format!(
-                                "Google rejected a freshly refreshed access token for {path} (HTTP 401)."
-                            ))));
-                        }
-                        debug!(path, "HTTP 401; refreshing the access token once");
-                        refreshed = true;
-                        self.tokens.invalidate(&token).await;
-                        continue;
-                    }
-                    if status.is_success() {
-                        match read_capped(resp, MAX_PAGE_BYTES).await {
-                            Err(e) => e,
-                            // Not retried: the same request gets the same oversized answer.
-                            Ok(None) => {
-                                return Err(CallError::Provider(ProviderError::Transient(format!(
-                                    "Google sent an answer larger than {} MiB for {path}; it was not read.",
-                                    MAX_PAGE_BYTES / (1024 * 1024)
-                                ))))
-                            }
-                            Ok(Some(bytes)) => match serde_json::from_slice::<T>(
-                                if kind == CallKind::EmptyOk && bytes.trim_ascii().is_empty() {
-                                    b"{}"
-                                } else {
-                                    &bytes
-                                },
-                            ) {
-                                Ok(v) => return Ok(v),
-                                Err(e) => ProviderError::Transient(format!(
-                                    "Google sent an unreadable answer for {path} ({} bytes): {e}.",
-                                    bytes.len()
-                                )),
-                            },
-                        }
-                    } else if retryable_status(status) {
-                        let ra = retry_after(resp.headers());
-                        let throttled = status == StatusCode::TOO_MANY_REQUESTS;
-                        // A 429 was not processed; a 5xx may have been.
-                        safe |= throttled;
-                        let err = if throttled {
-                            ProviderError::Throttled { retry_after: ra }
-                        } else {
-                            ProviderError::Transient(format!(
-                                "Google People API answered HTTP {status} for {path}."
-                            ))
-                        };
-                        if ra.is_some_and(|d| d > self.retry.max_retry_after) {
-                            return Err(CallError::Provider(err));
-                        }
-                        wait = ra;
-                        err
-                    } else {
-                        let bytes = read_capped(resp, MAX_ERROR_BYTES)
-                            .await
-                            .ok()
-                            .flatten()
-                            .unwrap_or_default();
-                        let error = serde_json::from_slice::<ErrorEnvelope>(&bytes)
-                            .ok()
-                            .and_then(|e| e.error)
-                            .unwrap_or_default();
-                        return Err(CallError::Api { status, error });
-                    }
-                }
-            };
-            attempt += 1;
-            if attempt >= self.retry.max_attempts || !safe {
-                return Err(CallError::Provider(failure));
-            }
-            let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
-            warn!(path, attempt, ?delay, error = %failure, "Google request failed; retrying");
-            tokio::time::sleep(delay).await;
+        let mut req = Request::new(method, self.url(path)?, MAX_PAGE_BYTES).query(query);
+        if let Some(b) = body {
+            req = req.json(b);
         }
+        if kind == CallKind::Create {
+            req = req.not_idempotent();
+        }
+        let empty_ok = kind == CallKind::EmptyOk;
+        let answer = self
+            .t
+            .fetch(&req, |r| {
+                let bytes: &[u8] = if empty_ok && r.body.trim_ascii().is_empty() {
+                    b"{}"
+                } else {
+                    &r.body
+                };
+                serde_json::from_slice::<T>(bytes).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(CallError::Provider)?;
+        answer.map_err(|resp| {
+            let error = serde_json::from_slice::<ErrorEnvelope>(&resp.body)
+                .ok()
+                .and_then(|e| e.error)
+                .unwrap_or_default();
+            CallError::Api {
+                status: resp.status,
+                error,
+            }
+        })
     }
 
     /// Lists every page, from the start of a chain (`sync_token: None`) or since a token.
@@ -836,103 +770,26 @@ impl GoogleClient {
         }
     }
 
-    /// Whether `url` points at our API host (where sending the bearer token is fine).
-    fn same_origin(&self, url: &str) -> bool {
-        match (url::Url::parse(url), url::Url::parse(&self.api_base)) {
-            (Ok(a), Ok(b)) => a.origin() == b.origin(),
-            _ => false,
-        }
-    }
-
+    /// A contact's photo: `None` when it is missing (404), refused, empty or over
+    /// [`MAX_PHOTO_BYTES`], or its URL is neither on Google's photo hosts nor on the API's
+    /// origin (SPEC §8). The token goes only to the API's origin.
     async fn photo(&self, url: &str) -> Result<Option<Jpeg>, ProviderError> {
-        if !super::http::photo_url_allowed(url, &self.api_base, super::http::GOOGLE_PHOTO_HOSTS) {
+        let Some(u) = url::Url::parse(url).ok().filter(|u| self.t.may_send(u)) else {
             warn!("Photo URL is not on Google's photo hosts or the API host; not fetched");
             return Ok(None);
-        }
-        let mut attempt: u32 = 0;
-        let mut refreshed = false;
-        loop {
-            let mut req = self.http.get(url);
-            let mut token: Option<SecretString> = None;
-            if self.same_origin(url) {
-                let t = self.tokens.access_token().await?;
-                req = req.bearer_auth(t.expose_secret());
-                token = Some(t);
+        };
+        match self.t.execute(&Request::get(u, MAX_PHOTO_BYTES)).await {
+            Ok(r) if r.status.is_success() => Ok(Some(r.body).filter(|b| !b.is_empty())),
+            Ok(r) if r.status == StatusCode::NOT_FOUND => Ok(None),
+            Ok(r) => {
+                warn!(status = %r.status, "Photo fetch refused; contact kept without photo");
+                Ok(None)
             }
-            let mut wait = None;
-            let failure = match req.send().await {
-                Err(e) => transport_error(&e),
-                Ok(mut resp) => {
-                    let status = resp.status();
-                    if status == StatusCode::NOT_FOUND {
-                        return Ok(None);
-                    }
-                    if status == StatusCode::UNAUTHORIZED && !refreshed {
-                        if let Some(t) = &token {
-                            refreshed = true;
-                            self.tokens.invalidate(t).await;
-                            continue;
-                        }
-                    }
-                    if status.is_success() {
-                        if resp
-                            .content_length()
-                            .is_some_and(|n| n > MAX_PHOTO_BYTES as u64)
-                        {
-                            warn!(
-                                bytes = resp.content_length(),
-                                "Photo larger than the cap; skipped"
-                            );
-                            return Ok(None);
-                        }
-                        let mut buf: Vec<u8> = Vec::new();
-                        let mut cut = None;
-                        loop {
-                            match resp.chunk().await {
-                                Ok(Some(c)) => {
-                                    if buf.len() + c.len() > MAX_PHOTO_BYTES {
-                                        warn!("Photo larger than the cap; skipped");
-                                        return Ok(None);
-                                    }
-                                    buf.extend_from_slice(&c);
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    cut = Some(transport_error(&e));
-                                    break;
-                                }
-                            }
-                        }
-                        match cut {
-                            None if buf.is_empty() => return Ok(None),
-                            None => return Ok(Some(buf)),
-                            Some(e) => e,
-                        }
-                    } else if retryable_status(status) {
-                        let ra = retry_after(resp.headers());
-                        let err = if status == StatusCode::TOO_MANY_REQUESTS {
-                            ProviderError::Throttled { retry_after: ra }
-                        } else {
-                            ProviderError::Transient(format!("Photo fetch answered HTTP {status}."))
-                        };
-                        if ra.is_some_and(|d| d > self.retry.max_retry_after) {
-                            return Err(err);
-                        }
-                        wait = ra;
-                        err
-                    } else {
-                        warn!(%status, "Photo fetch refused; contact kept without photo");
-                        return Ok(None);
-                    }
-                }
-            };
-            attempt += 1;
-            if attempt >= self.retry.max_attempts {
-                return Err(failure);
+            Err(e) if is_oversize(&e) => {
+                warn!("Photo larger than the cap; skipped");
+                Ok(None)
             }
-            let delay = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
-            warn!(attempt, ?delay, error = %failure, "Photo fetch failed; retrying");
-            tokio::time::sleep(delay).await;
+            Err(e) => Err(e),
         }
     }
 }
@@ -1577,9 +1434,11 @@ impl GoogleClient {
 mod tests {
     use super::*;
     use crate::providers::oauth::OAuthClient;
+    use secrecy::SecretString;
     use serde_json::json;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn person(v: serde_json::Value) -> PersonJson {
@@ -2730,7 +2589,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn second_401_after_refresh_is_permanent() {
+    async fn second_401_after_refresh_is_reauth_required() {
         let srv = serve(false, |_: &Req| {
             Resp::json(
                 401,
@@ -2740,7 +2599,8 @@ mod tests {
         .await;
         let gc = client_for(&srv, Group::All);
         let err = gc.fetch_round(None, &no_progress()).await.unwrap_err();
-        assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
+        // The same answer as every provider gives to a refused fresh token.
+        assert!(matches!(err, ProviderError::ReauthRequired(_)), "{err:?}");
         assert_eq!(srv.api_requests().len(), 2);
         assert_eq!(srv.token_calls.load(Ordering::SeqCst), 2);
     }
