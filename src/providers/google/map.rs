@@ -294,14 +294,6 @@ pub fn update_mask(changed: &[&str]) -> String {
             out.push(google);
         }
     }
-    const ORDER: [&str; 6] = [
-        "names",
-        "emailAddresses",
-        "phoneNumbers",
-        "addresses",
-        "organizations",
-        "birthdays",
-    ];
-    out.sort_by_key(|f| ORDER.iter().position(|o| o == f));
+    out.sort_by_key(|f| MAPPED_PERSON_FIELDS.iter().position(|o| o == f));
     out.join(",")
 }

@@ -13,7 +13,8 @@ use crate::model::{Change, Progress};
 use crate::providers::transport::{is_oversize, Request};
 use crate::providers::{Jpeg, ProgressFn, ProviderError, Round, MAX_PHOTO_BYTES};
 
-/// A token chain older than this is restarted with a full listing (Google: 7 days).
+/// A token chain older than this is restarted with a full listing: a day before Google
+/// would reject it ([`SYNC_TOKEN_LIFETIME`]).
 pub const FULL_SYNC_MAX_AGE: chrono::Duration = chrono::Duration::days(6);
 
 /// Our cursor: Google's sync token and when the full listing that began its chain started.

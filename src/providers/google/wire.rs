@@ -17,6 +17,79 @@ pub const STARRED_GROUP: &str = "contactGroups/starred";
 pub const MAX_BATCH_WRITE: usize = 200;
 /// Most resource names per `batchDeleteContacts` call.
 pub const MAX_BATCH_DELETE: usize = 500;
+/// How long a sync token stays valid after the full listing that began its chain.
+pub const SYNC_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::days(7);
+
+/// Every person field `personFields` / `readMask` accepts (discovery document, v1).
+pub const ALL_PERSON_FIELDS: &[&str] = &[
+    "addresses",
+    "ageRanges",
+    "biographies",
+    "birthdays",
+    "calendarUrls",
+    "clientData",
+    "coverPhotos",
+    "emailAddresses",
+    "events",
+    "externalIds",
+    "genders",
+    "imClients",
+    "interests",
+    "locales",
+    "locations",
+    "memberships",
+    "metadata",
+    "miscKeywords",
+    "names",
+    "nicknames",
+    "occupations",
+    "organizations",
+    "phoneNumbers",
+    "photos",
+    "relations",
+    "sipAddresses",
+    "skills",
+    "urls",
+    "userDefined",
+];
+
+/// The person fields `updatePersonFields` / `updateMask` accepts.
+pub const UPDATABLE_PERSON_FIELDS: &[&str] = &[
+    "addresses",
+    "biographies",
+    "birthdays",
+    "calendarUrls",
+    "clientData",
+    "emailAddresses",
+    "events",
+    "externalIds",
+    "genders",
+    "imClients",
+    "interests",
+    "locales",
+    "locations",
+    "memberships",
+    "miscKeywords",
+    "names",
+    "nicknames",
+    "occupations",
+    "organizations",
+    "phoneNumbers",
+    "relations",
+    "sipAddresses",
+    "urls",
+    "userDefined",
+];
+
+/// The person fields CRM fields map to, in the order an update mask lists them.
+pub const MAPPED_PERSON_FIELDS: &[&str] = &[
+    "names",
+    "emailAddresses",
+    "phoneNumbers",
+    "addresses",
+    "organizations",
+    "birthdays",
+];
 /// The group every contact we create joins.
 pub const MY_CONTACTS_GROUP: &str = "contactGroups/myContacts";
 
@@ -24,7 +97,7 @@ pub const MY_CONTACTS_GROUP: &str = "contactGroups/myContacts";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct ListConnectionsJson {
-    /// Decoded person by person ([`decode_person`]): one unreadable person does not make
+    /// Decoded person by person ([`super::decode_person`]): one unreadable person does not make
     /// the page unreadable.
     pub connections: Vec<serde_json::Value>,
     pub next_page_token: Option<String>,
@@ -220,4 +293,21 @@ pub struct BatchCreateResponseJson {
 #[serde(default, rename_all = "camelCase")]
 pub struct BatchUpdateResponseJson {
     pub update_result: std::collections::HashMap<String, PersonResponseJson>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fields_the_client_reads_and_writes_are_fields_the_api_accepts() {
+        for f in PERSON_FIELDS.split(',') {
+            assert!(ALL_PERSON_FIELDS.contains(&f), "{f}");
+        }
+        for f in MAPPED_PERSON_FIELDS {
+            assert!(UPDATABLE_PERSON_FIELDS.contains(f), "{f}");
+            assert!(PERSON_FIELDS.split(',').any(|p| p == *f), "{f}");
+        }
+        assert!(crate::providers::google::FULL_SYNC_MAX_AGE < SYNC_TOKEN_LIFETIME);
+    }
 }
