@@ -668,7 +668,7 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
             let id = action.trim_end_matches(":updateContact");
             let upf = match parse_mask(
                 r.q("updatePersonFields"),
-                UPDATABLE_PERSON_FIELDS,
+                &UPDATABLE_PERSON_FIELDS,
                 "updatePersonFields",
             ) {
                 Ok(f) => f,
@@ -921,7 +921,7 @@ fn batch_update(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     };
     let upf = match parse_mask(
         body.get("updateMask").and_then(Value::as_str),
-        UPDATABLE_PERSON_FIELDS,
+        &UPDATABLE_PERSON_FIELDS,
         "update_mask",
     ) {
         Ok(f) => f,

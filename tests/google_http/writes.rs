@@ -1,9 +1,8 @@
 //! Two-way batch writes against the simulator: chunk sizes, answer order, etags, retries
 //! one by one after a whole batch is refused, and what may be sent again.
 
-use chrono::NaiveDate;
 use contact_sync::config::Group;
-use contact_sync::model::{field, Address, Fields};
+use contact_sync::model::{field, Fields};
 use contact_sync::providers::google::UpdateOutcome;
 use contact_sync::providers::ProviderError;
 use contact_sync::sim::{Provider, Script};
@@ -11,23 +10,12 @@ use serde_json::{json, Value};
 
 use crate::*;
 
+/// CRM fields with every synced field set (a recorded fixture).
 fn full_fields() -> Fields {
-    Fields {
-        first_name: "Ada".into(),
-        last_name: "Lovelace".into(),
-        emails: vec!["ada@example.org".into(), "ada@work.example".into()],
-        phones: vec!["+44 20 7946 0018".into()],
-        address: Some(Address {
-            street: Some("12 St James's Sq".into()),
-            city: Some("London".into()),
-            region: None,
-            postal_code: Some("SW1Y 4JH".into()),
-            country: Some("United Kingdom".into()),
-        }),
-        organization: Some("Analytical Engines Ltd".into()),
-        job_title: Some("Programmer".into()),
-        birthday: NaiveDate::from_ymd_opt(1815, 12, 10),
-    }
+    serde_json::from_str(include_str!(
+        "../../src/providers/google/tests/fixtures/ada_fields.json"
+    ))
+    .expect("fixture")
 }
 
 /// Alice's contacts as the control API shows them: `(resource name, person)`, in order.

@@ -1,28 +1,13 @@
 //! CRM fields to People API persons and update masks (SPEC §3 in reverse).
 
-use chrono::NaiveDate;
 use serde_json::json;
 
 use super::*;
-use crate::model::{Address, Fields};
+use crate::model::Fields;
 
+/// CRM fields with every synced field set (a recorded fixture).
 fn full_fields() -> Fields {
-    Fields {
-        first_name: "Ada".into(),
-        last_name: "Lovelace".into(),
-        emails: vec!["ada@example.org".into(), "ada@work.example".into()],
-        phones: vec!["+44 20 7946 0018".into()],
-        address: Some(Address {
-            street: Some("12 St James's Sq".into()),
-            city: Some("London".into()),
-            region: None,
-            postal_code: Some("SW1Y 4JH".into()),
-            country: Some("United Kingdom".into()),
-        }),
-        organization: Some("Analytical Engines Ltd".into()),
-        job_title: Some("Programmer".into()),
-        birthday: NaiveDate::from_ymd_opt(1815, 12, 10),
-    }
+    serde_json::from_str(include_str!("fixtures/ada_fields.json")).expect("fixture")
 }
 
 #[test]
