@@ -22,7 +22,7 @@
 //!   them (the simulator uses the same constants);
 //! - [`map`]: pure functions between a `Person` and CRM fields;
 //! - [`read`]: listings, paging, sync tokens and the cursor, photos, re-reads;
-//! - [`write`]: two-way `batchCreateContacts` / `batchUpdateContacts` /
+//! - [`mod@write`]: two-way `batchCreateContacts` / `batchUpdateContacts` /
 //!   `batchDeleteContacts`.
 //!
 //! Every request goes through the shared [`crate::providers::transport`] executor with the
