@@ -1,4 +1,5 @@
 use super::*;
+use reqwest::Method;
 
 fn url(s: &str) -> url::Url {
     url::Url::parse(s).unwrap()
@@ -150,5 +151,21 @@ fn requests_build_their_query_and_json_body() {
     assert_eq!(r.body.as_deref(), Some(&b"{\"x\":1}"[..]));
     assert!(!r.idempotent);
     assert_eq!(r.cost, 1);
+    let u = url("https://dav.example.com/a.vcf");
+    for (m, idempotent) in [
+        (Method::GET, true),
+        (Method::PUT, true),
+        (Method::DELETE, true),
+        (Method::from_bytes(b"REPORT").unwrap(), true),
+        (Method::POST, false),
+        (Method::PATCH, false),
+    ] {
+        assert_eq!(
+            Request::new(m.clone(), u.clone(), 1).idempotent,
+            idempotent,
+            "{m}"
+        );
+    }
+    assert!(Request::new(Method::POST, u, 1).idempotent().idempotent);
     assert!(redact(&r.url).ends_with("/connections"));
 }
