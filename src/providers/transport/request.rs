@@ -52,9 +52,9 @@ pub struct Request {
     pub cap: usize,
     /// Whether sending the request twice does no harm (reads, etag-guarded updates,
     /// deletes). A request that is not idempotent (a create) is retried only after
-    /// failures that cannot have reached the server: a 429, or no connection at all. By
-    /// default every method but POST and PATCH is idempotent (RFC 9110 §9.2.2); a POST that
-    /// is (a batch of guarded updates) says so with [`Request::idempotent`].
+    /// failures that cannot have reached the server: a 429, or no connection at all. True
+    /// unless [`Request::not_idempotent`] says otherwise: the caller knows whether its POST
+    /// creates (not idempotent) or reads or writes under an etag (idempotent).
     pub idempotent: bool,
     /// Units of the account's request budget this request spends (a `$batch` of n parts
     /// costs n); 1 by default.
@@ -66,7 +66,7 @@ pub struct Request {
 impl Request {
     pub fn new(method: Method, url: url::Url, cap: usize) -> Self {
         Request {
-            idempotent: method != Method::POST && method != Method::PATCH,
+            idempotent: true,
             method,
             url,
             headers: vec![],
