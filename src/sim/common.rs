@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::google::GUser;
 use super::graph::MUser;
+use super::script::{Cut, Script, Scripts};
 use super::{Provider, SeedUser};
 
 pub(crate) type SharedRef = Arc<Shared>;
@@ -171,6 +172,15 @@ impl Resp {
         }
     }
 
+    pub fn text(status: u16, body: &str) -> Resp {
+        Resp {
+            status,
+            headers: Vec::new(),
+            content_type: "text/plain; charset=utf-8".into(),
+            body: web::Bytes::from(body.to_string()),
+        }
+    }
+
     pub fn bytes(status: u16, content_type: &str, body: &'static [u8]) -> Resp {
         Resp {
             status,
@@ -193,7 +203,7 @@ impl Resp {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
-    fn into_http(self, fault: Option<FaultKind>) -> HttpResponse {
+    fn into_http(self, cut: Option<BodyCut>) -> HttpResponse {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut b = HttpResponse::build(status);
         for (k, v) in &self.headers {
@@ -202,23 +212,30 @@ impl Resp {
         if !self.content_type.is_empty() {
             b.content_type(self.content_type.as_str());
         }
-        match fault {
-            Some(FaultKind::Drop) => b.body(FaultBody {
+        match cut {
+            Some(BodyCut::Drop) => b.body(FaultBody {
                 chunk: None,
                 declared: self.body.len().max(1) as u64,
                 wait: None,
             }),
-            Some(FaultKind::Truncate) => {
-                let half = self.body.len() / 2;
+            Some(BodyCut::At(n)) => {
+                let n = n.min(self.body.len());
                 b.body(FaultBody {
-                    chunk: Some(self.body.slice(..half)),
+                    chunk: Some(self.body.slice(..n)),
                     declared: self.body.len().max(1) as u64,
                     wait: None,
                 })
             }
-            _ => b.body(self.body),
+            None => b.body(self.body),
         }
     }
+}
+
+/// How an answer's body is cut short: not sent at all, or sent up to a byte offset.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyCut {
+    Drop,
+    At(usize),
 }
 
 /// A body that announces its full length, sends at most a part of it, then fails, which
@@ -336,6 +353,12 @@ pub struct LogEntry {
     pub status: u16,
     pub user: Option<String>,
     pub fault: Option<String>,
+    /// The request's bearer token (detailed log only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer: Option<String>,
+    /// The request's body, as text (detailed log only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -505,6 +528,13 @@ pub(crate) struct ProvState<U> {
     /// order).
     pub gates: Vec<Gate>,
     next_gate: u64,
+    /// Scripted answers (tests).
+    pub scripts: Scripts,
+    /// Whether the request log keeps bearer tokens and bodies.
+    pub detailed_log: bool,
+    /// The most items a listing page holds, whatever page size the client asks for (as
+    /// the services may serve fewer than asked).
+    pub page_cap: Option<usize>,
 }
 
 /// A closed gate (see [`ProvState::gates`]).
@@ -575,6 +605,9 @@ impl<U> ProvState<U> {
             id_seed,
             gates: Vec::new(),
             next_gate: 0,
+            scripts: Scripts::default(),
+            detailed_log: false,
+            page_cap: None,
         }
     }
 
@@ -595,6 +628,8 @@ impl<U> ProvState<U> {
 pub(crate) struct Ctx {
     pub now: DateTime<Utc>,
     pub ttl: Duration,
+    /// [`ProvState::page_cap`] of the provider serving the request.
+    pub page_cap: Option<usize>,
 }
 
 /// Both providers' state and the simulator clock.
@@ -636,6 +671,7 @@ impl Shared {
         Ctx {
             now: self.now(),
             ttl: self.ttl,
+            page_cap: None,
         }
     }
 
@@ -783,6 +819,40 @@ impl Shared {
         }
     }
 
+    /// Runs `f` on a provider's scripts and detailed-log switch.
+    pub(crate) fn with_state<T>(
+        &self,
+        provider: Provider,
+        f: impl FnOnce(&mut Scripts, bool) -> T,
+    ) -> T {
+        match provider {
+            Provider::Google => {
+                let mut st = self.google();
+                let d = st.detailed_log;
+                f(&mut st.scripts, d)
+            }
+            Provider::Outlook => {
+                let mut st = self.graph();
+                let d = st.detailed_log;
+                f(&mut st.scripts, d)
+            }
+        }
+    }
+
+    pub fn set_detailed_log(&self, provider: Provider, on: bool) {
+        match provider {
+            Provider::Google => self.google().detailed_log = on,
+            Provider::Outlook => self.graph().detailed_log = on,
+        }
+    }
+
+    pub fn set_page_cap(&self, provider: Provider, cap: Option<usize>) {
+        match provider {
+            Provider::Google => self.google().page_cap = cap,
+            Provider::Outlook => self.graph().page_cap = cap,
+        }
+    }
+
     fn release(&self, provider: Provider, user: &str) {
         let dec = |m: &mut HashMap<String, usize>| {
             if let Some(n) = m.get_mut(user) {
@@ -875,8 +945,11 @@ pub(crate) async fn entry(
     }
 }
 
-async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<FaultKind>) {
+async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<BodyCut>) {
     let adm = shared.admit(provider, &r);
+    let (script, detailed) =
+        shared.with_state(provider, |scripts, detailed| (scripts.take(&r), detailed));
+    let mut cut = None;
     let mut fault_name = None;
     let resp = if adm.over_quota {
         fault_name = Some("quota".to_string());
@@ -896,15 +969,27 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Fau
         if let Some(k) = adm.fault {
             fault_name = Some(k.name().to_string());
         }
-        let resp = match adm.fault {
-            Some(FaultKind::TooMany) => throttled(provider, adm.retry_after, false),
-            Some(FaultKind::Internal) => server_error(provider, 500, None),
-            Some(FaultKind::Unavailable) => server_error(provider, 503, Some(adm.retry_after)),
-            Some(FaultKind::Hang) => {
-                tokio::time::sleep(Duration::from_millis(adm.hang_ms)).await;
-                dispatch(shared, provider, &r)
+        let resp = match (&script, adm.fault) {
+            (Some(s), _) => {
+                let own = s.needs_own().then(|| dispatch(shared, provider, &r));
+                let (resp, c) = s.answer(own);
+                fault_name = Some("script".into());
+                cut = c.map(|c| match c {
+                    Cut::Bytes(n) => BodyCut::At(n),
+                    Cut::Half => BodyCut::At(resp.body.len() / 2),
+                });
+                resp
             }
-            _ => dispatch(shared, provider, &r),
+            (None, fault) => match fault {
+                Some(FaultKind::TooMany) => throttled(provider, adm.retry_after, false),
+                Some(FaultKind::Internal) => server_error(provider, 500, None),
+                Some(FaultKind::Unavailable) => server_error(provider, 503, Some(adm.retry_after)),
+                Some(FaultKind::Hang) => {
+                    tokio::time::sleep(Duration::from_millis(adm.hang_ms)).await;
+                    dispatch(shared, provider, &r)
+                }
+                _ => dispatch(shared, provider, &r),
+            },
         };
         if adm.counted {
             if let Some(u) = &adm.user {
@@ -922,12 +1007,19 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Fau
             status: resp.status,
             user: adm.user.clone(),
             fault: fault_name,
+            bearer: detailed.then(|| r.bearer().map(str::to_string)).flatten(),
+            body: detailed.then(|| String::from_utf8_lossy(&r.body).into_owned()),
         },
     );
-    let body_fault = adm
-        .fault
-        .filter(|k| matches!(k, FaultKind::Drop | FaultKind::Truncate));
-    (resp, body_fault)
+    if script.is_some() {
+        return (resp, cut);
+    }
+    let body_cut = match adm.fault {
+        Some(FaultKind::Drop) => Some(BodyCut::Drop),
+        Some(FaultKind::Truncate) => Some(BodyCut::At(resp.body.len() / 2)),
+        _ => None,
+    };
+    (resp, body_cut)
 }
 
 pub(crate) fn dispatch(shared: &Shared, provider: Provider, r: &Req) -> Resp {
@@ -1106,6 +1198,36 @@ pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
             } else {
                 control_err(404, "no such user")
             }
+        }
+        ("POST", ["scripts"]) => {
+            let s: Script = match parse_body(r) {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
+            shared.with_state(provider, |scripts, _| scripts.add(s));
+            Resp::json(201, &json!({}))
+        }
+        ("DELETE", ["scripts"]) => {
+            shared.with_state(provider, |scripts, _| scripts.clear());
+            Resp::empty(204)
+        }
+        ("POST", ["detailed-log"]) => {
+            let on = r
+                .json()
+                .ok()
+                .and_then(|b| b.get("on").and_then(Value::as_bool))
+                .unwrap_or(true);
+            shared.set_detailed_log(provider, on);
+            Resp::json(200, &json!({"on": on}))
+        }
+        ("POST", ["page-cap"]) => {
+            let cap = r
+                .json()
+                .ok()
+                .and_then(|b| b.get("max").and_then(Value::as_u64))
+                .map(|n| n as usize);
+            shared.set_page_cap(provider, cap);
+            Resp::json(200, &json!({"max": cap}))
         }
         ("POST", ["gates"]) => {
             let body = r.json().unwrap_or(Value::Null);
