@@ -142,7 +142,7 @@ impl GoogleClient {
     /// Sends one authorised request through the executor (which retries 429/5xx, transport
     /// failures and unreadable bodies, and a 401 once with a fresh token) and reads the
     /// JSON answer.
-    async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned + Send + 'static>(
         &self,
         method: Method,
         path: &str,
@@ -161,7 +161,7 @@ impl GoogleClient {
         let empty_ok = kind == CallKind::EmptyOk;
         let answer = self
             .t
-            .fetch(&req, |r| {
+            .fetch_offloaded(&req, move |r| {
                 let bytes: &[u8] = if empty_ok && r.body.trim_ascii().is_empty() {
                     b"{}"
                 } else {
@@ -191,6 +191,15 @@ impl Provider for GoogleClient {
         progress: &'a ProgressFn,
     ) -> BoxFuture<'a, Result<Round, ProviderError>> {
         Box::pin(self.round(cursor, progress))
+    }
+
+    fn fetch_pages<'a>(
+        &'a self,
+        cursor: Option<&'a [u8]>,
+        progress: &'a ProgressFn,
+        pages: super::PageSink,
+    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
+        Box::pin(self.stream_round(cursor, progress, pages))
     }
 
     fn push<'a>(&'a self, ops: &'a [super::PushOp]) -> BoxFuture<'a, Vec<super::PushResult>> {

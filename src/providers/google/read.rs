@@ -11,7 +11,7 @@ use super::wire::*;
 use super::{CallError, CallKind, GoogleClient};
 use crate::model::{Change, Progress};
 use crate::providers::transport::{is_oversize, Request};
-use crate::providers::{Jpeg, ProgressFn, ProviderError, Round, MAX_PHOTO_BYTES};
+use crate::providers::{Jpeg, Page, PageSink, ProgressFn, ProviderError, Round, MAX_PHOTO_BYTES};
 
 /// A token chain older than this is restarted with a full listing: a day before Google
 /// would reject it ([`SYNC_TOKEN_LIFETIME`]).
@@ -52,6 +52,7 @@ impl GoogleClient {
         sync_token: Option<&str>,
         full_sync_at: DateTime<Utc>,
         progress: &ProgressFn,
+        sink: Option<&PageSink>,
     ) -> Result<Listing, ProviderError> {
         let full = sync_token.is_none();
         let page_size = PAGE_SIZE.to_string();
@@ -102,6 +103,9 @@ impl GoogleClient {
             };
             round.pages += 1;
             seen += page.connections.len() as u64;
+            let total = page.total_items.or(page.total_people);
+            // Streamed: this page's changes go to the sink, not into the round.
+            let before = round.changes.len();
             for raw in &page.connections {
                 let change = decode_person(raw, self.group);
                 round.changes.extend(renames(raw, &change));
@@ -118,7 +122,12 @@ impl GoogleClient {
                 }
                 round.changes.push(change);
             }
-            let total = page.total_items.or(page.total_people);
+            if let Some(sink) = sink {
+                let changes = round.changes.split_off(before);
+                sink.send(Page { changes, total })
+                    .await
+                    .map_err(|_| ProviderError::Transient("the round was abandoned".into()))?;
+            }
             promised = promised.max(total.unwrap_or(0));
             progress(Progress {
                 pages: round.pages,
@@ -181,7 +190,7 @@ impl GoogleClient {
         if let Some(c) = decoded {
             if now - c.full_sync_at < FULL_SYNC_MAX_AGE {
                 match self
-                    .list(Some(&c.sync_token), c.full_sync_at, progress)
+                    .list(Some(&c.sync_token), c.full_sync_at, progress, None)
                     .await?
                 {
                     Listing::Done(r) => return Ok(r),
@@ -194,7 +203,34 @@ impl GoogleClient {
                 );
             }
         }
-        match self.list(None, now, progress).await? {
+        match self.list(None, now, progress, None).await? {
+            Listing::Done(r) => Ok(r),
+            Listing::Expired => Err(ProviderError::Permanent(
+                "Google reported an expired sync token on a full listing.".into(),
+            )),
+        }
+    }
+
+    /// [`Provider::fetch_pages`](crate::providers::Provider::fetch_pages): a full listing
+    /// is handed on page by page as it arrives; an incremental round is fetched whole and
+    /// handed on as one page (an expired token would restart it as a full listing after
+    /// pages were handed on).
+    pub(super) async fn stream_round(
+        &self,
+        cursor: Option<&[u8]>,
+        progress: &ProgressFn,
+        sink: PageSink,
+    ) -> Result<Round, ProviderError> {
+        if cursor.is_some() {
+            let mut round = self.round(cursor, progress).await?;
+            let changes = std::mem::take(&mut round.changes);
+            let total = Some(changes.len() as u64);
+            sink.send(Page { changes, total })
+                .await
+                .map_err(|_| ProviderError::Transient("the round was abandoned".into()))?;
+            return Ok(round);
+        }
+        match self.list(None, Utc::now(), progress, Some(&sink)).await? {
             Listing::Done(r) => Ok(r),
             Listing::Expired => Err(ProviderError::Permanent(
                 "Google reported an expired sync token on a full listing.".into(),

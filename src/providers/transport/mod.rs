@@ -47,6 +47,10 @@ pub use request::{classify, Auth, Class, Request, Response};
 use super::http::{read_capped, retry_after, retryable_status, transport_error, RetryPolicy};
 use super::ProviderError;
 
+/// Bodies at least this large are parsed off the calling thread by
+/// [`Transport::fetch_offloaded`].
+pub const OFFLOAD_BYTES: usize = 256 * 1024;
+
 /// Largest error body read (only to classify the error); a larger one reads as empty.
 pub const ERROR_CAP: usize = super::MAX_ERROR_BYTES;
 
@@ -246,7 +250,9 @@ impl Transport {
     /// Sends `req` with retries; returns the final answer whatever its status, except that
     /// a refused credential (401) is an error (see [`Auth`]).
     pub async fn execute(&self, req: &Request) -> Result<Response, ProviderError> {
-        self.run(req, |_| Ok(())).await.map(|(r, _)| r)
+        self.run(req, |r| std::future::ready((r, Ok(()))))
+            .await
+            .map(|(r, _)| r)
     }
 
     /// Sends `req` with retries and hands a 2xx body to `parse`: `Ok(Ok(value))`. A parse
@@ -257,17 +263,71 @@ impl Transport {
         req: &Request,
         parse: impl Fn(&Response) -> Result<T, String>,
     ) -> Result<Result<T, Response>, ProviderError> {
+        let parse = |r: Response| {
+            let v = parse(&r);
+            std::future::ready((r, v))
+        };
         match self.run(req, parse).await? {
             (_, Some(v)) => Ok(Ok(v)),
             (r, None) => Ok(Err(r)),
         }
     }
 
-    async fn run<T>(
+    /// [`Transport::fetch`] for answers that may be large (listing pages): a body over
+    /// [`OFFLOAD_BYTES`] is parsed on tokio's blocking pool, so that parsing megabytes of
+    /// JSON never stalls the other tasks of the calling thread (the arbiter every account
+    /// actor shares).
+    pub async fn fetch_offloaded<T, P>(
         &self,
         req: &Request,
-        parse: impl Fn(&Response) -> Result<T, String>,
-    ) -> Result<(Response, Option<T>), ProviderError> {
+        parse: P,
+    ) -> Result<Result<T, Response>, ProviderError>
+    where
+        T: Send + 'static,
+        P: Fn(&Response) -> Result<T, String> + Send + Sync + 'static,
+    {
+        let parse = std::sync::Arc::new(parse);
+        let offload = move |r: Response| {
+            let parse = parse.clone();
+            async move {
+                if r.body.len() < OFFLOAD_BYTES {
+                    let v = parse(&r);
+                    return (r, v);
+                }
+                let (status, headers) = (r.status, r.headers.clone());
+                match tokio::task::spawn_blocking(move || {
+                    let v = parse(&r);
+                    (r, v)
+                })
+                .await
+                {
+                    Ok(done) => done,
+                    Err(e) => (
+                        Response {
+                            status,
+                            headers,
+                            body: vec![],
+                        },
+                        Err(format!("the parser stopped: {e}")),
+                    ),
+                }
+            }
+        };
+        match self.run(req, offload).await? {
+            (_, Some(v)) => Ok(Ok(v)),
+            (r, None) => Ok(Err(r)),
+        }
+    }
+
+    async fn run<T, F, Fut>(
+        &self,
+        req: &Request,
+        parse: F,
+    ) -> Result<(Response, Option<T>), ProviderError>
+    where
+        F: Fn(Response) -> Fut,
+        Fut: std::future::Future<Output = (Response, Result<T, String>)>,
+    {
         let credentials = self.is_admitted(&req.url);
         if !credentials && !self.is_public(&req.url) {
             return Err(ProviderError::Permanent(format!(
@@ -308,7 +368,8 @@ impl Transport {
                     if !resp.status.is_success() {
                         return Ok((resp, None));
                     }
-                    match parse(&resp) {
+                    let (resp, parsed) = parse(resp).await;
+                    match parsed {
                         Ok(v) => return Ok((resp, Some(v))),
                         Err(e) => Failure {
                             error: ProviderError::Transient(format!(
