@@ -1032,6 +1032,23 @@ fn initial(case: &str, p: Provider, runs: usize, latency_ms: u64) -> Res<Summary
             s.put("daemon CPU time (s)", d.cpu());
             s.put("daemon peak RSS (MiB)", d.peak_rss_mb());
             s.put("daemon RSS after the sync (MiB)", d.rss_mb());
+            if std::env::var_os("BENCH_SMAPS").is_some() {
+                let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.pid()))
+                    .unwrap_or_default();
+                let mut name = String::new();
+                let mut by: HashMap<String, u64> = HashMap::new();
+                for l in smaps.lines() {
+                    if l.split_whitespace().next().is_some_and(|w| w.contains('-') && !w.ends_with(':')) {
+                        name = l.split_whitespace().nth(5).unwrap_or("[anon]").to_string();
+                    } else if let Some(v) = l.strip_prefix("Rss:") {
+                        *by.entry(name.clone()).or_default() +=
+                            v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0);
+                    }
+                }
+                let mut v: Vec<_> = by.into_iter().collect();
+                v.sort_by_key(|(_, k)| std::cmp::Reverse(*k));
+                eprintln!("smaps Rss by mapping (kB): {:?}", &v[..v.len().min(8)]);
+            }
             put_requests(&mut s, "daemon ", request_counts(&sim, p));
             let log = sim.requests(p);
             s.put(

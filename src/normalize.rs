@@ -55,9 +55,8 @@ pub fn email_key(s: &str) -> String {
 /// results are memoised once for the whole process: each number is parsed once per version
 /// of a contact, whichever thread keys it first.
 pub fn phone_key(raw: &str, region: phonenumber::country::Id) -> Option<String> {
-    use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    type Memo = Mutex<HashMap<(Box<str>, phonenumber::country::Id), Option<Box<str>>>>;
+    type Memo = Mutex<foldhash::HashMap<(Box<str>, phonenumber::country::Id), Option<Box<str>>>>;
     static MEMO: OnceLock<Memo> = OnceLock::new();
     // Enough for the numbers of a few rounds in flight; a full memo starts over.
     const MEMO_MAX: usize = 100_000;
