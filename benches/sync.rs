@@ -472,6 +472,7 @@ fn child_plan_write() -> Res<Value> {
     Ok(json!([
         ["plan + write time (s)", wall],
         ["↳ of which open store (s)", open_s],
+        ["plan + commit, store open (s)", plan_s + write_s],
         ["↳ of which plan (s)", plan_s],
         ["↳ of which commit_durable (s)", write_s],
         ["µs per provider contact", wall / n as f64 * 1e6],
