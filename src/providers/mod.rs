@@ -10,9 +10,9 @@
 pub mod build;
 pub mod carddav;
 pub mod google;
+pub mod graph;
 pub mod http;
 pub mod oauth;
-pub mod outlook;
 pub mod transport;
 
 use std::time::Duration;

@@ -1,4 +1,14 @@
+use super::exec::ApiError;
+use super::map::photo_url;
+use super::read::dedupe;
+use super::wire::error_codes;
 use super::*;
+use crate::model::{Address, Change, Fields, Progress};
+use crate::providers::MAX_PHOTO_BYTES;
+use chrono::NaiveDate;
+use reqwest::StatusCode;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,185 @@
+//! Microsoft Graph personal contacts (Outlook), one-way reads plus the two-way write calls.
+//!
+//! Wire facts live in `shared/reference/ms-graph-contacts.md`; the rules this client keeps:
+//!
+//! - **Folders.** Every round enumerates the default Contacts folder (well-known name
+//!   `contacts`) and all its child folders, recursively, following `@odata.nextLink`.
+//! - **Delta per folder.** Each folder has its own delta link; the cursor is
+//!   [`GraphCursor`] as JSON. A folder without a link (new, first sync, or after the link
+//!   expired) is listed in full and reported in [`Round::complete_scopes`].
+//! - **Expiry.** HTTP 410, or an error code `SyncStateNotFound` / `resyncRequired` (any
+//!   case, top-level or nested), drops that folder's link and lists the folder again in full
+//!   within the same round. Nothing of the failed attempt is kept.
+//! - **Vanished folders.** A folder in the cursor that discovery no longer lists is looked up
+//!   by id: only a 404 `ErrorItemNotFound` makes it a gone scope; any other failure fails
+//!   the round. A failed listing never becomes a deletion.
+//! - **Headers.** `Prefer: odata.maxpagesize=200, IdType="ImmutableId"` on every request,
+//!   follow-ups included (the header is not carried by next/delta links).
+//! - **Politeness.** At most four requests in flight per mailbox; 429/5xx retried per
+//!   [`RetryPolicy`] honouring `Retry-After` (fractions too) for the whole mailbox; 401
+//!   refreshes the token once; a cut-off or malformed body is a failed request (retried,
+//!   then [`ProviderError::Transient`]), never an empty page.
+//! - **Secrets.** Access tokens and next/delta links (they carry state tokens) are never
+//!   logged or put into error messages; folder ids and counts are.
+
+mod exec;
+mod map;
+mod photo;
+mod read;
+mod wire;
+mod write;
+
+#[cfg(test)]
+#[path = "tests_old.rs"]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::http::RetryPolicy;
+use super::oauth::TokenSource;
+use super::{Jpeg, ProgressFn, Provider, ProviderError, Round};
+use crate::model::ProviderContact;
+
+pub use map::{
+    fields_to_contact, graph_properties, is_partial, map_contact, map_contact_with_base,
+    parse_birthday, row_outcome, update_body, Dropped, RowOutcome,
+};
+pub use wire::{
+    parse_page, GraphAddress, GraphContact, GraphEmail, Page, DEFAULT_API_BASE, HAS_PICTURE,
+    MAX_BUSINESS_PHONES, MAX_EMAILS, MAX_HOME_PHONES, PREFER, SELECT,
+};
+pub use write::{WriteOp, WriteResult};
+
+/// Requests in flight per mailbox (Outlook's documented concurrency limit).
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// Outlook's documented request budget per app and mailbox: 10,000 requests…
+pub const DEFAULT_REQUEST_BUDGET: u32 = 10_000;
+/// …in a 10-minute period.
+pub const DEFAULT_BUDGET_WINDOW: Duration = Duration::from_secs(600);
+
+/// A token bucket of `budget` requests refilled evenly over `window` (GCRA), full at start.
+pub type Budget = governor::DefaultDirectRateLimiter;
+
+/// The request budget of one mailbox; `None` when `budget` or `window` is zero.
+///
+/// The refill rate is `budget` per `window`, but the bucket holds a tenth less than
+/// `budget`: requests reach the service a little later than they leave, and an uneven delay
+/// could otherwise make one of them arrive before the service's own bucket has refilled. The
+/// tenth held back is that tolerance (60 s of requests at Graph's defaults).
+pub fn request_budget(budget: u32, window: Duration) -> Option<Budget> {
+    let period = window.checked_div(budget)?;
+    let burst = std::num::NonZeroU32::new((budget - budget / 10).max(1))?;
+    let quota = governor::Quota::with_period(period)?.allow_burst(burst);
+    Some(governor::RateLimiter::direct(quota))
+}
+
+/// The delegated permission two-way sync needs to write contacts.
+pub const WRITE_SCOPE: &str = "Contacts.ReadWrite";
+
+/// Most requests in one `$batch`.
+pub const MAX_BATCH: usize = 20;
+
+/// The stored cursor: one delta link per contact folder id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphCursor {
+    pub folders: BTreeMap<String, String>,
+}
+
+impl GraphCursor {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    pub fn decode(bytes: &[u8]) -> Option<GraphCursor> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// Microsoft Graph contacts client for one mailbox.
+pub struct GraphClient {
+    api_base: String,
+    tokens: Arc<TokenSource>,
+    retry: RetryPolicy,
+    http: reqwest::Client,
+    in_flight: Semaphore,
+    /// Requests per window for this mailbox, shared by reads, photos and writes.
+    budget: Option<Budget>,
+    /// Requests sent (every attempt), for tests and the benchmark.
+    sent: std::sync::atomic::AtomicU64,
+    /// No request before this instant (a `Retry-After` holds for the whole mailbox).
+    pause_until: StdMutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("api_base", &self.api_base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GraphClient {
+    pub fn new(api_base: String, tokens: Arc<TokenSource>, retry: RetryPolicy) -> Self {
+        GraphClient {
+            api_base: api_base.trim_end_matches('/').to_string(),
+            http: super::http::client(retry.request_timeout),
+            tokens,
+            retry,
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            budget: request_budget(DEFAULT_REQUEST_BUDGET, DEFAULT_BUDGET_WINDOW),
+            sent: std::sync::atomic::AtomicU64::new(0),
+            pause_until: StdMutex::new(None),
+        }
+    }
+
+    /// Sets the mailbox's request budget: at most `budget` requests per `window` (a zero
+    /// turns the budget off).
+    pub fn with_budget(mut self, budget: u32, window: Duration) -> Self {
+        self.budget = request_budget(budget, window);
+        self
+    }
+
+    /// Requests sent so far (every attempt, `$batch` parts counted one by one).
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn api_base(&self) -> &str {
+        &self.api_base
+    }
+}
+
+impl Provider for GraphClient {
+    fn fetch_round<'a>(
+        &'a self,
+        cursor: Option<&'a [u8]>,
+        progress: &'a ProgressFn,
+    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
+        Box::pin(self.round(cursor, progress))
+    }
+
+    fn push<'a>(&'a self, ops: &'a [super::PushOp]) -> BoxFuture<'a, Vec<super::PushResult>> {
+        Box::pin(self.push_ops(ops))
+    }
+
+    fn fetch_photo<'a>(
+        &'a self,
+        contact: &'a ProviderContact,
+    ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>> {
+        Box::pin(self.photo(contact))
+    }
+
+    fn fetch_photos<'a>(
+        &'a self,
+        contacts: &'a [ProviderContact],
+    ) -> BoxFuture<'a, Vec<Result<Option<Jpeg>, ProviderError>>> {
+        Box::pin(self.photos_batched(contacts))
+    }
+}
