@@ -336,6 +336,99 @@ pub struct LogEntry {
     pub status: u16,
     pub user: Option<String>,
     pub fault: Option<String>,
+    /// The request's `Prefer` header, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<String>,
+    /// The `grant_type` of a token request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_type: Option<String>,
+}
+
+/// A scripted answer: the next `times` requests (every one when absent) whose method
+/// matches and whose `path?query` contains every text of `contains` get `fault` applied to
+/// their real answer, or get the answer given by `status`, `headers` and a body instead.
+/// Graph `$batch` parts are matched by their own method and url. For tests that need one
+/// odd answer at one point of an otherwise faithful exchange.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Script {
+    pub contains: Vec<String>,
+    /// The method to match (any when absent).
+    pub method: Option<String>,
+    pub times: Option<u32>,
+    /// A fault applied to the real answer.
+    pub fault: Option<FaultKind>,
+    /// `Retry-After` of a `429` or `503` fault, in seconds (the provider's default when
+    /// absent).
+    pub retry_after: Option<f64>,
+    /// The status of an answer sent instead of the real one.
+    pub status: Option<u16>,
+    pub headers: BTreeMap<String, String>,
+    /// A JSON body…
+    pub json: Option<Value>,
+    /// …or a text body…
+    pub text: Option<String>,
+    /// …or a body of this many bytes.
+    pub bytes: Option<usize>,
+}
+
+impl Script {
+    fn matches(&self, method: &str, target: &str) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self.contains.iter().all(|c| target.contains(c.as_str()))
+    }
+
+    /// The answer to send instead of the real one, if the script gives one.
+    pub(crate) fn answer(&self) -> Option<Resp> {
+        let status = self.status?;
+        let (content_type, body) = if let Some(j) = &self.json {
+            (
+                "application/json; charset=utf-8",
+                serde_json::to_vec(j).unwrap_or_default(),
+            )
+        } else if let Some(t) = &self.text {
+            ("text/plain; charset=utf-8", t.clone().into_bytes())
+        } else if let Some(n) = self.bytes {
+            ("application/octet-stream", vec![0xFF; n])
+        } else {
+            ("", Vec::new())
+        };
+        let mut r = Resp {
+            status,
+            headers: Vec::new(),
+            content_type: content_type.to_string(),
+            body: web::Bytes::from(body),
+        };
+        for (k, v) in &self.headers {
+            if k.eq_ignore_ascii_case("content-type") {
+                r.content_type = v.clone();
+            } else {
+                r = r.with_header(k, v);
+            }
+        }
+        Some(r)
+    }
+}
+
+/// Takes the first script matching a request, counting one use of it.
+pub(crate) fn take_script(
+    scripts: &mut Vec<(u64, Script)>,
+    method: &str,
+    target: &str,
+) -> Option<Script> {
+    let i = scripts
+        .iter()
+        .position(|(_, s)| s.matches(method, target))?;
+    let s = scripts[i].1.clone();
+    if let Some(t) = scripts[i].1.times.as_mut() {
+        *t = t.saturating_sub(1);
+        if *t == 0 {
+            scripts.remove(i);
+        }
+    }
+    Some(s)
 }
 
 #[derive(Debug, Clone)]
@@ -505,6 +598,11 @@ pub(crate) struct ProvState<U> {
     /// order).
     pub gates: Vec<Gate>,
     next_gate: u64,
+    /// Scripted answers, by id (see [`Script`]).
+    pub scripts: Vec<(u64, Script)>,
+    next_script: u64,
+    /// The most API requests each user had in flight at once.
+    pub peak_inflight: HashMap<String, usize>,
 }
 
 /// A closed gate (see [`ProvState::gates`]).
@@ -529,6 +627,13 @@ impl<U> ProvState<U> {
             held: Arc::new(AtomicUsize::new(0)),
         });
         self.next_gate
+    }
+
+    /// Adds a scripted answer; returns its id.
+    pub fn add_script(&mut self, script: Script) -> u64 {
+        self.next_script += 1;
+        self.scripts.push((self.next_script, script));
+        self.next_script
     }
 
     /// How many requests reached gate `id`.
@@ -575,6 +680,9 @@ impl<U> ProvState<U> {
             id_seed,
             gates: Vec::new(),
             next_gate: 0,
+            scripts: Vec::new(),
+            next_script: 0,
+            peak_inflight: HashMap::new(),
         }
     }
 
@@ -815,6 +923,8 @@ struct Admission {
     over_quota: bool,
     counted: bool,
     fault: Option<FaultKind>,
+    /// An answer a script gives instead of the real one.
+    scripted: Option<Resp>,
     latency_ms: u64,
     hang_ms: u64,
     retry_after: f64,
@@ -824,17 +934,21 @@ fn admit_in<U>(st: &mut ProvState<U>, req: &Req, now: DateTime<Utc>) -> Admissio
     let user = st.auth.user_of(req.bearer(), now);
     let mut over_quota = false;
     let mut counted = false;
-    if let (Some(max), Some(u)) = (st.quota, user.as_ref()) {
+    if let Some(u) = user.as_ref() {
         let n = st.inflight.entry(u.clone()).or_insert(0);
-        if *n >= max {
+        if st.quota.is_some_and(|max| *n >= max) {
             over_quota = true;
         } else {
             *n += 1;
             counted = true;
+            let now_in = *n;
+            let peak = st.peak_inflight.entry(u.clone()).or_insert(0);
+            *peak = (*peak).max(now_in);
         }
     }
     let f = &st.faults;
     let mut fault = None;
+    let mut retry_after = st.faults.retry_after;
     if f.probability > 0.0 && !f.kinds.is_empty() {
         let p = f.probability.min(1.0);
         let kinds = f.kinds.clone();
@@ -843,14 +957,26 @@ fn admit_in<U>(st: &mut ProvState<U>, req: &Req, now: DateTime<Utc>) -> Admissio
             fault = Some(kinds[i]);
         }
     }
+    let target = format!("{}?{}", req.path, req.raw_query);
+    let mut scripted = None;
+    if let Some(s) = take_script(&mut st.scripts, &req.method, &target) {
+        scripted = s.answer();
+        if s.fault.is_some() {
+            fault = s.fault;
+        }
+        if let Some(ra) = s.retry_after {
+            retry_after = ra;
+        }
+    }
     Admission {
         user,
         over_quota,
         counted,
         fault,
+        scripted,
         latency_ms: st.faults.latency_ms,
         hang_ms: st.faults.hang_ms,
-        retry_after: st.faults.retry_after,
+        retry_after,
     }
 }
 
@@ -896,11 +1022,17 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Fau
         if let Some(k) = adm.fault {
             fault_name = Some(k.name().to_string());
         }
-        let resp = match adm.fault {
-            Some(FaultKind::TooMany) => throttled(provider, adm.retry_after, false),
-            Some(FaultKind::Internal) => server_error(provider, 500, None),
-            Some(FaultKind::Unavailable) => server_error(provider, 503, Some(adm.retry_after)),
-            Some(FaultKind::Hang) => {
+        let resp = match (adm.scripted.clone(), adm.fault) {
+            (Some(answer), _) => {
+                fault_name = Some("script".to_string());
+                answer
+            }
+            (None, Some(FaultKind::TooMany)) => throttled(provider, adm.retry_after, false),
+            (None, Some(FaultKind::Internal)) => server_error(provider, 500, None),
+            (None, Some(FaultKind::Unavailable)) => {
+                server_error(provider, 503, Some(adm.retry_after))
+            }
+            (None, Some(FaultKind::Hang)) => {
                 tokio::time::sleep(Duration::from_millis(adm.hang_ms)).await;
                 dispatch(shared, provider, &r)
             }
@@ -922,6 +1054,12 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Fau
             status: resp.status,
             user: adm.user.clone(),
             fault: fault_name,
+            prefer: r.header("prefer").map(String::from),
+            grant_type: r
+                .path
+                .ends_with("/token")
+                .then(|| r.form().get("grant_type").cloned())
+                .flatten(),
         },
     );
     let body_fault = adm
@@ -974,7 +1112,7 @@ pub(crate) fn throttled(provider: Provider, retry_after: f64, concurrency: bool)
     }
 }
 
-fn server_error(provider: Provider, status: u16, retry_after: Option<f64>) -> Resp {
+pub(crate) fn server_error(provider: Provider, status: u16, retry_after: Option<f64>) -> Resp {
     let r = match provider {
         Provider::Google => {
             if status == 503 {
@@ -1151,6 +1289,34 @@ pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
             } else {
                 control_err(404, "no such gate")
             }
+        }
+        ("POST", ["scripts"]) => {
+            let sc: Script = match parse_body(r) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            if sc.fault.is_none() && sc.status.is_none() {
+                return control_err(400, "a script needs a fault or a status");
+            }
+            let id = match provider {
+                Provider::Google => shared.google().add_script(sc),
+                Provider::Outlook => shared.graph().add_script(sc),
+            };
+            Resp::json(201, &json!({"id": id}))
+        }
+        ("DELETE", ["scripts"]) => {
+            match provider {
+                Provider::Google => shared.google().scripts.clear(),
+                Provider::Outlook => shared.graph().scripts.clear(),
+            }
+            Resp::empty(204)
+        }
+        ("GET", ["in-flight"]) => {
+            let peak = match provider {
+                Provider::Google => shared.google().peak_inflight.clone(),
+                Provider::Outlook => shared.graph().peak_inflight.clone(),
+            };
+            Resp::json(200, &json!({ "peak": peak }))
         }
         ("POST", ["expire-access-tokens"]) => {
             shared.expire_access_tokens();

@@ -34,7 +34,8 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
 pub use cli::{run_cli, SimArgs};
-pub use common::{FaultConfig, FaultKind, LogEntry};
+pub use common::{FaultConfig, FaultKind, LogEntry, Script};
+pub use graph::BatchPart;
 pub use seed::{people, user_salt, SeedAddress, SeedPerson, SeedPhone};
 
 use common::{Shared, SharedRef};
@@ -233,10 +234,52 @@ impl Sim {
             .unwrap_or_default()
     }
 
+    /// Every `$batch` part an Outlook user's requests carried, with its headers and body (the
+    /// newest 10,000).
+    pub fn graph_batch_log(&self, user: &str) -> Vec<BatchPart> {
+        self.shared
+            .graph()
+            .users
+            .get(user)
+            .map(|u| u.batch_log.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes every delta and skip token of one Outlook contact folder expire (410
+    /// `SyncStateNotFound`), as Graph does for one folder whose sync state it dropped.
+    pub fn expire_graph_folder_delta(&self, user: &str, folder: &str) -> bool {
+        let mut st = self.shared.graph();
+        match st.users.get_mut(user) {
+            Some(u) if u.folders.contains_key(folder) => {
+                *u.folder_epochs.entry(folder.to_string()).or_insert(0) += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds a scripted answer (see [`Script`]) to one provider; returns its id.
+    pub fn script(&self, provider: Provider, script: Script) -> u64 {
+        match provider {
+            Provider::Google => self.shared.google().add_script(script),
+            Provider::Outlook => self.shared.graph().add_script(script),
+        }
+    }
+
+    /// The most API requests one user had in flight at once.
+    pub fn peak_in_flight(&self, provider: Provider, user: &str) -> usize {
+        let get = |m: &std::collections::HashMap<String, usize>| m.get(user).copied().unwrap_or(0);
+        match provider {
+            Provider::Google => get(&self.shared.google().peak_inflight),
+            Provider::Outlook => get(&self.shared.graph().peak_inflight),
+        }
+    }
+
     /// Clears the `$batch` parts of every Outlook user.
     pub fn clear_graph_batch_parts(&self) {
         for u in self.shared.graph().users.values_mut() {
             u.batch_parts.clear();
+            u.batch_log.clear();
         }
     }
 

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::wire::{
     GraphAddress, GraphContact, DEFAULT_API_BASE, MAX_BUSINESS_PHONES, MAX_EMAILS, MAX_HOME_PHONES,
-    SELECT,
+    SELECT_PROPERTIES,
 };
 use crate::model::{Address, Change, Fields, ProviderContact};
 use crate::providers::{ProviderError, MAX_FIELD_BYTES};
@@ -123,15 +123,15 @@ pub(crate) fn seg(s: &str) -> String {
     out
 }
 
-/// Whether a delta row lacks any property of [`SELECT`]. Graph documents that an updated
+/// Whether a delta row lacks any property of [`SELECT_PROPERTIES`]. Graph documents that an updated
 /// item in a delta response carries "at least the properties that have been updated", so
 /// a missing property means "not sent", never "cleared"; only a property sent as `null`,
 /// `[]` or `{}` is cleared. A partial row is fetched whole before it is mapped.
 pub fn is_partial(item: &serde_json::Map<String, Value>) -> bool {
-    SELECT
-        .split(',')
-        .filter(|p| *p != "id")
-        .any(|p| !item.contains_key(p))
+    SELECT_PROPERTIES
+        .iter()
+        .filter(|p| **p != "id")
+        .any(|p| !item.contains_key(*p))
 }
 
 /// Values that could not be written to Graph because of its multi-value limits.

@@ -30,7 +30,6 @@ mod wire;
 mod write;
 
 #[cfg(test)]
-#[path = "tests_old.rs"]
 mod tests;
 
 use std::collections::BTreeMap;
@@ -52,8 +51,9 @@ pub use map::{
     parse_birthday, row_outcome, update_body, Dropped, RowOutcome,
 };
 pub use wire::{
-    parse_page, GraphAddress, GraphContact, GraphEmail, Page, DEFAULT_API_BASE, HAS_PICTURE,
-    MAX_BUSINESS_PHONES, MAX_EMAILS, MAX_HOME_PHONES, PREFER, SELECT,
+    parse_page, GraphAddress, GraphContact, GraphEmail, Page, DEFAULT_API_BASE, DEFAULT_PAGE_SIZE,
+    HAS_PICTURE, MAX_BATCH, MAX_BUSINESS_PHONES, MAX_EMAILS, MAX_HOME_PHONES, MAX_PAGE_SIZE,
+    PAGE_SIZE, PREFER, SELECT, SELECT_PROPERTIES,
 };
 pub use write::{WriteOp, WriteResult};
 
@@ -83,9 +83,6 @@ pub fn request_budget(budget: u32, window: Duration) -> Option<Budget> {
 
 /// The delegated permission two-way sync needs to write contacts.
 pub const WRITE_SCOPE: &str = "Contacts.ReadWrite";
-
-/// Most requests in one `$batch`.
-pub const MAX_BATCH: usize = 20;
 
 /// The stored cursor: one delta link per contact folder id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

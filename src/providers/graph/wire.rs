@@ -8,13 +8,60 @@ use serde_json::Value;
 
 use crate::providers::http::retry_after;
 
-/// The `Prefer` header sent on every request.
-pub const PREFER: &str = "odata.maxpagesize=200, IdType=\"ImmutableId\"";
+/// The page size the client asks for (`Prefer: odata.maxpagesize`).
+macro_rules! page_size {
+    () => {
+        200
+    };
+}
 
-/// Contact properties requested from delta and get-by-id.
-pub const SELECT: &str = "id,givenName,surname,displayName,emailAddresses,businessPhones,\
-homePhones,mobilePhone,homeAddress,businessAddress,otherAddress,companyName,jobTitle,birthday,\
-parentFolderId,changeKey";
+/// Declares the selected contact properties as a list and as a `$select` value.
+macro_rules! select {
+    ($first:literal $(, $rest:literal)* $(,)?) => {
+        /// Contact properties requested from delta and get-by-id (`$select`).
+        pub const SELECT_PROPERTIES: &[&str] = &[$first $(, $rest)*];
+        /// [`SELECT_PROPERTIES`] as a `$select` value.
+        pub const SELECT: &str = concat!($first $(, ",", $rest)*);
+    };
+}
+
+select!(
+    "id",
+    "givenName",
+    "surname",
+    "displayName",
+    "emailAddresses",
+    "businessPhones",
+    "homePhones",
+    "mobilePhone",
+    "homeAddress",
+    "businessAddress",
+    "otherAddress",
+    "companyName",
+    "jobTitle",
+    "birthday",
+    "parentFolderId",
+    "changeKey",
+);
+
+/// The page size the client asks for.
+pub const PAGE_SIZE: usize = page_size!();
+
+/// The `Prefer` header sent on every request: [`PAGE_SIZE`] rows a page, immutable ids.
+pub const PREFER: &str = concat!(
+    "odata.maxpagesize=",
+    page_size!(),
+    ", IdType=\"ImmutableId\""
+);
+
+/// The page size Graph uses when the request names none.
+pub const DEFAULT_PAGE_SIZE: usize = 10;
+
+/// The largest page (`$top`, `odata.maxpagesize`) Graph serves for contacts.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Most requests in one `$batch`.
+pub const MAX_BATCH: usize = 20;
 
 pub const FOLDER_SELECT: &str = "id,displayName,parentFolderId";
 
@@ -24,6 +71,7 @@ pub const HAS_PICTURE: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id
 
 /// Page size of the photo-id listing (a non-delta list accepts `$top`; delta does not).
 pub const PHOTO_LIST_TOP: usize = 999;
+const _: () = assert!(PHOTO_LIST_TOP <= MAX_PAGE_SIZE && PAGE_SIZE <= MAX_PAGE_SIZE);
 
 /// Graph's multi-value limits on write (reference §2.2).
 pub const MAX_EMAILS: usize = 3;

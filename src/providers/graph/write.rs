@@ -274,7 +274,7 @@ fn batch_request(i: usize, op: &WriteOp, body: Option<&Value>) -> Value {
     req
 }
 
-fn item_result(op: &WriteOp, item: &BatchItem, dropped: &Dropped) -> WriteResult {
+pub(super) fn item_result(op: &WriteOp, item: &BatchItem, dropped: &Dropped) -> WriteResult {
     let codes = error_codes(&serde_json::to_vec(&item.body).unwrap_or_default());
     let api = ApiError {
         status: StatusCode::from_u16(item.status).unwrap_or(StatusCode::BAD_GATEWAY),
