@@ -2,7 +2,8 @@
 //!
 //! Layers, as for the other providers:
 //! - [`wire`]: WebDAV/CardDAV XML request bodies and `multistatus` parsing;
-//! - [`map`]: vCard 3.0/4.0 ↔ CRM fields, and write-back that patches a card's own lines;
+//! - [`map`]: vCard 3.0/4.0 → CRM fields, and the content-line reading both directions use;
+//! - [`patch`]: CRM fields → vCard: write-back that patches a card's own lines, new cards;
 //! - [`read`]: discovery (RFC 6764, RFC 5397, RFC 6352 §7.1) and rounds (RFC 6578
 //!   `sync-collection`, `addressbook-multiget`, a `getetag` listing as fallback);
 //! - [`write`]: two-way PUT / DELETE with `If-Match` / `If-None-Match`.
@@ -18,6 +19,7 @@
 //!   last listing.
 
 pub mod map;
+pub mod patch;
 pub mod read;
 pub mod wire;
 pub mod write;
