@@ -3,6 +3,7 @@
 //! deletions is shaded and labelled.
 
 use crate::health::Day;
+use crate::providers::text::escape_markup;
 
 const W: f64 = 760.0;
 const H: f64 = 220.0;
@@ -13,13 +14,6 @@ const BOTTOM: f64 = 28.0;
 
 /// Colours of the three series: added, updated, deleted.
 pub const COLOURS: [&str; 3] = ["#2e7d32", "#1565c0", "#c62828"];
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 /// The chart of `days` (oldest first); `unusual[i]` marks day `i`'s deletions.
 pub fn svg(account: &str, days: &[Day], unusual: &[bool]) -> String {
@@ -50,7 +44,7 @@ pub fn svg(account: &str, days: &[Day], unusual: &[bool]) -> String {
          xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
          font-family=\"system-ui, sans-serif\" font-size=\"12\">\n\
          <title>{a}: added, updated and deleted per day</title>\n",
-        a = esc(account)
+        a = escape_markup(account)
     );
     // Legend.
     for (i, (label, colour)) in ["added", "updated", "deleted"]
@@ -84,7 +78,7 @@ pub fn svg(account: &str, days: &[Day], unusual: &[bool]) -> String {
             out.push_str(&format!(
                 "<rect class=\"unusual\" x=\"{x0:.1}\" y=\"{TOP}\" width=\"{slot:.1}\" height=\"{plot_h:.1}\" fill=\"#fdecea\" stroke=\"#c62828\" stroke-dasharray=\"3 2\"><title>{}: unusual number of deletions</title></rect>\
                  <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#c62828\" font-weight=\"bold\">{} deleted</text>\n",
-                esc(&d.date),
+                escape_markup(&d.date),
                 (x0 + slot / 2.0).clamp(LEFT + 30.0, W - RIGHT - 30.0),
                 TOP - 2.0,
                 d.raw.deleted_from_provider
@@ -100,7 +94,7 @@ pub fn svg(account: &str, days: &[Day], unusual: &[bool]) -> String {
                 "<rect x=\"{x:.1}\" y=\"{yy:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {} {}</title></rect>\n",
                 (TOP + plot_h - yy).max(0.5),
                 COLOURS[k],
-                esc(&d.date),
+                escape_markup(&d.date),
                 v,
                 ["added", "updated", "deleted"][k]
             ));
@@ -110,7 +104,7 @@ pub fn svg(account: &str, days: &[Day], unusual: &[bool]) -> String {
                 "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555\">{}</text>\n",
                 x0 + slot / 2.0,
                 H - 8.0,
-                esc(d.date.get(5..).unwrap_or(&d.date))
+                escape_markup(d.date.get(5..).unwrap_or(&d.date))
             ));
         }
     }

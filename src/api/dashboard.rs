@@ -12,14 +12,7 @@ use serde::Deserialize;
 use super::auth::{csrf_ok, Session};
 use super::ApiState;
 use crate::model::{AccountState, SkipReason};
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
+use crate::providers::text::escape_markup;
 
 /// A POST form with the session's CSRF token and one button.
 fn form(action: &str, csrf: &str, hidden: &[(&str, &str)], label: &str, class: &str) -> String {
@@ -28,16 +21,16 @@ fn form(action: &str, csrf: &str, hidden: &[(&str, &str)], label: &str, class: &
         .map(|(k, v)| {
             format!(
                 "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-                esc(k),
-                esc(v)
+                escape_markup(k),
+                escape_markup(v)
             )
         })
         .collect();
     format!(
         "<form method=\"post\" action=\"{}\" class=\"{class}\">{fields}<input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">{}</button></form>",
-        esc(action),
-        esc(csrf),
-        esc(label)
+        escape_markup(action),
+        escape_markup(csrf),
+        escape_markup(label)
     )
 }
 
@@ -67,7 +60,7 @@ pub fn render(st: &ApiState, session: &Session) -> String {
         } else {
             format!(
                 "<small class=\"reasons\">{}</small>",
-                esc(&nonzero.join(", "))
+                escape_markup(&nonzero.join(", "))
             )
         };
         let connect = match a.status.state {
@@ -117,7 +110,7 @@ pub fn render(st: &ApiState, session: &Session) -> String {
              <td class=\"metric updated\" title=\"Updated in the CRM: {u_crm}&#10;Updated in the provider: {u_prov}\">{updated}</td>\
              <td class=\"metric deleted\" title=\"Deleted in the CRM because {prov} account {id} deleted them: {d}\">{d}</td>\
              <td class=\"metric skipped\" title=\"{sk_detail}\">{skipped}{reasons}</td><td class=\"error\">{err}</td></tr>\n",
-            id = esc(&a.config.id),
+            id = escape_markup(&a.config.id),
             prov = a.config.provider.as_str(),
             group = a.config.group.as_str(),
             dir = a.config.direction.as_str(),
@@ -128,8 +121,8 @@ pub fn render(st: &ApiState, session: &Session) -> String {
             u_crm = m.updated_in_crm,
             u_prov = m.updated_in_provider,
             d = m.deleted_from_provider,
-            sk_detail = esc(&skipped_detail),
-            err = esc(a.status.last_error.as_deref().unwrap_or("")),
+            sk_detail = escape_markup(&skipped_detail),
+            err = escape_markup(a.status.last_error.as_deref().unwrap_or("")),
         ));
     }
     let mut events = String::new();
@@ -138,27 +131,32 @@ pub fn render(st: &ApiState, session: &Session) -> String {
         // Names, not only ids: the contact (or its tombstone) by CRM id, else the skip label.
         let who = e.crm_id.map(|id| {
             let name = contact_name(st, id);
-            format!("<a href=\"/contacts/{id}\">{}</a> (CRM #{id}) ", esc(&name))
+            format!(
+                "<a href=\"/contacts/{id}\">{}</a> (CRM #{id}) ",
+                escape_markup(&name)
+            )
         });
         let who = who.unwrap_or_else(|| {
             e.provider_id
                 .as_deref()
                 .and_then(|pid| skip_name(st, &e.account, pid))
-                .map(|n| format!("{} ", esc(&n)))
+                .map(|n| format!("{} ", escape_markup(&n)))
                 .unwrap_or_default()
         });
         events.push_str(&format!(
             "<li><time>{}</time> <b>{}</b> {} {}{}{}</li>\n",
             e.time.with_timezone(&tz).format("%H:%M:%S"),
-            esc(&serde_json::to_string(&e.action)
-                .unwrap_or_default()
-                .replace('"', "")),
-            esc(&e.account),
+            escape_markup(
+                &serde_json::to_string(&e.action)
+                    .unwrap_or_default()
+                    .replace('"', "")
+            ),
+            escape_markup(&e.account),
             who,
-            esc(e.provider_id.as_deref().unwrap_or("")),
+            escape_markup(e.provider_id.as_deref().unwrap_or("")),
             e.reason
                 .as_deref()
-                .map(|r| format!(" — {}", esc(r)))
+                .map(|r| format!(" — {}", escape_markup(r)))
                 .unwrap_or_default(),
         ));
     }
@@ -166,7 +164,7 @@ pub fn render(st: &ApiState, session: &Session) -> String {
     let notice = st
         .rt
         .reload_error()
-        .map(|e| format!("<p class=\"notice\" role=\"alert\">The configuration file failed to reload; the previous configuration is still in force: {}</p>", esc(&e)))
+        .map(|e| format!("<p class=\"notice\" role=\"alert\">The configuration file failed to reload; the previous configuration is still in force: {}</p>", escape_markup(&e)))
         .unwrap_or_default();
     let contacts = st.rt.db.contact_count().unwrap_or(0);
     let sync_form = form("/dashboard/sync", csrf, &[], "Sync now", "top");
@@ -237,7 +235,7 @@ const FRAGMENT_LOGIN: &str = r#"<script>
 fn login_form(status: StatusCode, error: Option<&str>) -> HttpResponse {
     let script = if error.is_none() { FRAGMENT_LOGIN } else { "" };
     let error = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape_markup(e)))
         .unwrap_or_default();
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
@@ -415,7 +413,7 @@ fn charts(st: &ApiState) -> String {
             "<section class=\"account-health\" data-account=\"{eid}\"><h3>{eid}</h3>\n{svg}\n\
              <p class=\"health\"><a href=\"{href}#excluded\">Excluded: {skipped}</a>\
              <a href=\"{href}#failing\">Failing: {failing}</a><a href=\"{href}#held\">Held deletions: {held}</a></p></section>\n",
-            eid = esc(id),
+            eid = escape_markup(id),
             svg = super::chart::svg(id, &days, &unusual),
         ));
     }
@@ -441,7 +439,7 @@ form.inline {{ display: inline; }} pre {{ background: #f6f6f6; padding: .5em; wh
 {body}
 </body></html>
 "#,
-        t = esc(title)
+        t = escape_markup(title)
     )
 }
 
@@ -496,14 +494,14 @@ pub async fn account_health(
             .content_type("text/html; charset=utf-8")
             .body(shell(
                 "Not found",
-                &format!("<p>Account {} is not configured.</p>", esc(&id)),
+                &format!("<p>Account {} is not configured.</p>", escape_markup(&id)),
             ));
     }
     let db = &st.rt.db;
     let base = format!("/accounts/{}/health", enc(&id));
     let mut body = format!(
         "<form method=\"get\" action=\"{base}\"><label>Search by name or email <input type=\"search\" name=\"q\" value=\"{}\"></label> <button>Search</button></form>\n",
-        esc(&q.q)
+        escape_markup(&q.q)
     );
     let render = |title: &str,
                   anchor: &str,
@@ -521,7 +519,7 @@ pub async fn account_health(
             }
             Err(e) => format!(
                 "<h2 id=\"{anchor}\">{title}</h2><p class=\"error\">{}</p>",
-                esc(&e.to_string())
+                escape_markup(&e.to_string())
             ),
         }
     };
@@ -543,11 +541,11 @@ pub async fn account_health(
         &|r| {
             format!(
                 "<tr><td class=\"reason\">{}: {}</td><td>{}</td><td>{}</td><td><small>{}</small></td></tr>\n",
-                esc(&s(&r["reason"])),
-                esc(&s(&r["name"])),
-                esc(&list(&r["emails"])),
-                esc(&list(&r["phones"])),
-                esc(&s(&r["provider_id"]))
+                escape_markup(&s(&r["reason"])),
+                escape_markup(&s(&r["name"])),
+                escape_markup(&list(&r["emails"])),
+                escape_markup(&list(&r["phones"])),
+                escape_markup(&s(&r["provider_id"]))
             )
         },
     ));
@@ -561,9 +559,9 @@ pub async fn account_health(
             format!(
                 "<tr><td><a href=\"/contacts/{crm}\">{}</a></td><td>{}</td><td class=\"error\">{}</td><td>{} attempts</td>\
                  <td>{}</td></tr>\n",
-                esc(&s(&r["name"])),
-                esc(&s(&r["op"])),
-                esc(&s(&r["error"])),
+                escape_markup(&s(&r["name"])),
+                escape_markup(&s(&r["op"])),
+                escape_markup(&s(&r["error"])),
                 r["attempts"],
                 form(
                     &format!("/accounts/{}/outbox/{crm}/retry", enc(&account)),
@@ -583,8 +581,8 @@ pub async fn account_health(
             let crm = r["crm_id"].as_u64().unwrap_or(0);
             format!(
                 "<tr><td><a href=\"/contacts/{crm}\">{}</a></td><td><small>{}</small></td></tr>\n",
-                esc(&s(&r["name"])),
-                esc(&s(&r["provider_id"]))
+                escape_markup(&s(&r["name"])),
+                escape_markup(&s(&r["provider_id"]))
             )
         },
     ));
@@ -615,7 +613,7 @@ pub async fn retry(
             .content_type("text/html; charset=utf-8")
             .body(shell(
                 "Retry failed",
-                &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+                &format!("<p class=\"error\">{}</p>", escape_markup(&e.to_string())),
             )),
     }
 }
@@ -642,28 +640,30 @@ pub async fn search(
                 .content_type("text/html; charset=utf-8")
                 .body(shell(
                     "Search",
-                    &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+                    &format!("<p class=\"error\">{}</p>", escape_markup(&e.to_string())),
                 ))
         }
     };
     let mut body = format!(
         "<form method=\"get\" action=\"/search\"><input type=\"search\" name=\"q\" value=\"{}\"> <button>Find</button></form>\n<h2>In the CRM</h2>\n<ul class=\"found\">",
-        esc(&q.q)
+        escape_markup(&q.q)
     );
     let empty = Vec::new();
     let contacts = found["contacts"].as_array().unwrap_or(&empty);
     for c in contacts {
         body.push_str(&format!(
             "<li><a href=\"/contacts/{id}\">{}</a> (CRM #{id}) {}</li>\n",
-            esc(c["name"].as_str().unwrap_or("")),
-            esc(&c["emails"]
-                .as_array()
-                .map(|a| a
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()),
+            escape_markup(c["name"].as_str().unwrap_or("")),
+            escape_markup(
+                &c["emails"]
+                    .as_array()
+                    .map(|a| a
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "))
+                    .unwrap_or_default()
+            ),
             id = c["id"]
         ));
     }
@@ -675,10 +675,10 @@ pub async fn search(
     for r in skipped {
         body.push_str(&format!(
             "<li><span class=\"reason\">{}: {}</span> — account {} ({})</li>\n",
-            esc(r["reason"].as_str().unwrap_or("")),
-            esc(r["name"].as_str().unwrap_or("")),
-            esc(r["account"].as_str().unwrap_or("")),
-            esc(r["provider_id"].as_str().unwrap_or(""))
+            escape_markup(r["reason"].as_str().unwrap_or("")),
+            escape_markup(r["name"].as_str().unwrap_or("")),
+            escape_markup(r["account"].as_str().unwrap_or("")),
+            escape_markup(r["provider_id"].as_str().unwrap_or(""))
         ));
     }
     if skipped.is_empty() {
@@ -711,13 +711,14 @@ pub async fn contact(
                 .content_type("text/html; charset=utf-8")
                 .body(shell(
                     "Contact",
-                    &format!("<p class=\"error\">{}</p>", esc(&e.to_string())),
+                    &format!("<p class=\"error\">{}</p>", escape_markup(&e.to_string())),
                 ))
         }
     };
     let tz = st.rt.config().tz();
     let name = story["name"].as_str().unwrap_or("(deleted)").to_string();
-    let pretty = |v: &serde_json::Value| esc(&serde_json::to_string_pretty(v).unwrap_or_default());
+    let pretty =
+        |v: &serde_json::Value| escape_markup(&serde_json::to_string_pretty(v).unwrap_or_default());
     let mut body = String::new();
     if story["deleted"] == true {
         body.push_str(&format!(
@@ -736,8 +737,8 @@ pub async fn contact(
     for l in story["links"].as_array().into_iter().flatten() {
         body.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td><pre>{}</pre></td></tr>\n",
-            esc(l["account"].as_str().unwrap_or("")),
-            esc(l["provider_id"].as_str().unwrap_or("")),
+            escape_markup(l["account"].as_str().unwrap_or("")),
+            escape_markup(l["provider_id"].as_str().unwrap_or("")),
             pretty(&l["base"])
         ));
     }
@@ -764,12 +765,12 @@ pub async fn contact(
         body.push_str(&format!(
             "<tr data-seq=\"{}\"><td>{}</td><td><b>{}</b>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             e["seq"],
-            esc(&when),
-            esc(e["action"].as_str().unwrap_or("")),
-            e["direction"].as_str().map(|d| format!(" <small>{}</small>", esc(d))).unwrap_or_default(),
-            esc(e["account"].as_str().unwrap_or("")),
-            esc(&fields),
-            esc(e["reason"].as_str().unwrap_or(""))
+            escape_markup(&when),
+            escape_markup(e["action"].as_str().unwrap_or("")),
+            e["direction"].as_str().map(|d| format!(" <small>{}</small>", escape_markup(d))).unwrap_or_default(),
+            escape_markup(e["account"].as_str().unwrap_or("")),
+            escape_markup(&fields),
+            escape_markup(e["reason"].as_str().unwrap_or(""))
         ));
     }
     body.push_str("</tbody></table>");

@@ -23,6 +23,7 @@ use crate::actors::matcher::PreviewChunk;
 use crate::actors::supervisor::RestartAccount;
 use crate::config::ProviderKind;
 use crate::model::{Change, SkipReason};
+use crate::providers::text::escape_markup;
 use crate::providers::ProviderError;
 use crate::sync::{Action, PlanContext};
 
@@ -250,13 +251,6 @@ pub async fn revoke(
     Ok(HttpResponse::Ok().json(json!({ "result": result })))
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn page(status: StatusCode, title: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
@@ -265,8 +259,8 @@ fn page(status: StatusCode, title: &str, message: &str) -> HttpResponse {
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>contact-sync: {t}</title></head>\
              <body style=\"font: 14px system-ui, sans-serif; margin: 2em\"><h1>{t}</h1><p class=\"result\">{m}</p>\
              <p><a href=\"/\">Back to the dashboard</a></p></body></html>",
-            t = esc(title),
-            m = esc(message)
+            t = escape_markup(title),
+            m = escape_markup(message)
         ))
 }
 
@@ -333,9 +327,9 @@ pub async fn start_page(
              <form method=\"post\" action=\"/oauth/{p}/start\"><input type=\"hidden\" name=\"account\" value=\"{a}\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{c}\"><button type=\"submit\">Continue to the provider</button></form>\
              <p><a href=\"/\">Back to the dashboard</a></p></body></html>",
-            a = esc(&q.account),
-            p = esc(&provider),
-            c = esc(&session.csrf),
+            a = escape_markup(&q.account),
+            p = escape_markup(&provider),
+            c = escape_markup(&session.csrf),
         ))
 }
 

@@ -118,34 +118,9 @@ pub async fn read_capped(
     Ok(Some(buf))
 }
 
-/// Google's photo hosts (`lh3.googleusercontent.com` and its siblings).
+/// Google's photo hosts (`lh3.googleusercontent.com` and its siblings), fetched without
+/// credentials ([`super::transport::Transport::with_public_hosts`]; SPEC §8).
 pub const GOOGLE_PHOTO_HOSTS: &[&str] = &["googleusercontent.com"];
-
-/// Whether a photo URL taken from provider data may be fetched (SPEC §8): https from one of
-/// the provider's photo `hosts` (the domain or a subdomain of it), or the configured
-/// `api_base`'s own origin (tests, proxies). Anything else (another host, a link-local or
-/// private address, another scheme, credentials in the URL) is not fetched. Redirects are
-/// never followed: the client's policy is `none`.
-pub fn photo_url_allowed(url: &str, api_base: &str, hosts: &[&str]) -> bool {
-    let Ok(u) = url::Url::parse(url) else {
-        return false;
-    };
-    if !u.username().is_empty() || u.password().is_some() {
-        return false;
-    }
-    if url::Url::parse(api_base).is_ok_and(|b| b.origin() == u.origin()) {
-        return true;
-    }
-    let Some(url::Host::Domain(host)) = u.host() else {
-        return false;
-    };
-    let host = host.to_ascii_lowercase();
-    u.scheme() == "https"
-        && u.port().is_none()
-        && hosts
-            .iter()
-            .any(|h| host == *h || host.ends_with(&format!(".{h}")))
-}
 
 /// A client with the redirect policy OAuth needs and sane timeouts.
 pub fn client(timeout: Duration) -> reqwest::Client {
@@ -177,29 +152,6 @@ mod tests {
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
-    }
-
-    #[test]
-    fn photo_urls_only_from_provider_photo_hosts_or_api_base() {
-        let api = "http://127.0.0.1:4000";
-        let ok = |u| photo_url_allowed(u, api, GOOGLE_PHOTO_HOSTS);
-        assert!(ok("https://lh3.googleusercontent.com/a/photo=s100"));
-        assert!(ok("http://127.0.0.1:4000/photos/1"));
-        for bad in [
-            "http://lh3.googleusercontent.com/a",
-            "https://googleusercontent.com.evil.example/a",
-            "https://evilgoogleusercontent.com/a",
-            "https://lh3.googleusercontent.com:8443/a",
-            "https://user:pw@lh3.googleusercontent.com/a",
-            "http://169.254.169.254/latest/meta-data/",
-            "https://169.254.169.254/",
-            "http://127.0.0.1:4001/photos/1",
-            "https://[::1]/x",
-            "file:///etc/passwd",
-            "not a url",
-        ] {
-            assert!(!ok(bad), "{bad}");
-        }
     }
 
     #[test]

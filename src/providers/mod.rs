@@ -13,6 +13,7 @@ pub mod google;
 pub mod graph;
 pub mod http;
 pub mod oauth;
+pub mod text;
 pub mod transport;
 
 use std::time::Duration;

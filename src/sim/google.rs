@@ -16,84 +16,15 @@ use super::common::{
 };
 use super::seed::{people, user_salt, SeedPerson};
 use super::SeedUser;
+use crate::providers::google::wire::{
+    ALL_PERSON_FIELDS, MAPPED_PERSON_FIELDS, MAX_BATCH_DELETE, MAX_BATCH_WRITE, MY_CONTACTS_GROUP,
+    PAGE_SIZE, STARRED_GROUP, SYNC_TOKEN_LIFETIME, UPDATABLE_PERSON_FIELDS,
+};
 
-/// Person fields accepted in `personFields` / `readMask`.
-pub(crate) const PERSON_FIELDS: &[&str] = &[
-    "addresses",
-    "ageRanges",
-    "biographies",
-    "birthdays",
-    "calendarUrls",
-    "clientData",
-    "coverPhotos",
-    "emailAddresses",
-    "events",
-    "externalIds",
-    "genders",
-    "imClients",
-    "interests",
-    "locales",
-    "locations",
-    "memberships",
-    "metadata",
-    "miscKeywords",
-    "names",
-    "nicknames",
-    "occupations",
-    "organizations",
-    "phoneNumbers",
-    "photos",
-    "relations",
-    "sipAddresses",
-    "skills",
-    "urls",
-    "userDefined",
-];
-
-/// Person fields accepted in `updatePersonFields` / `updateMask`.
-const UPDATE_FIELDS: &[&str] = &[
-    "addresses",
-    "biographies",
-    "birthdays",
-    "calendarUrls",
-    "clientData",
-    "emailAddresses",
-    "events",
-    "externalIds",
-    "genders",
-    "imClients",
-    "interests",
-    "locales",
-    "locations",
-    "memberships",
-    "miscKeywords",
-    "names",
-    "nicknames",
-    "occupations",
-    "organizations",
-    "phoneNumbers",
-    "relations",
-    "sipAddresses",
-    "urls",
-    "userDefined",
-];
-
-/// Fields whose entries carry `metadata.primary`.
-const PRIMARY_FIELDS: &[&str] = &[
-    "names",
-    "emailAddresses",
-    "phoneNumbers",
-    "addresses",
-    "organizations",
-    "birthdays",
-    "nicknames",
-    "urls",
-];
-
-const SYNC_TOKEN_TTL_DAYS: i64 = 7;
-const MAX_PAGE_SIZE: usize = 1000;
-const BATCH_WRITE_MAX: usize = 200;
-const BATCH_DELETE_MAX: usize = 500;
+/// Fields whose entries carry `metadata.primary`: the mapped ones, nicknames and URLs.
+fn primary_field(name: &str) -> bool {
+    MAPPED_PERSON_FIELDS.contains(&name) || matches!(name, "nicknames" | "urls")
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct GContact {
@@ -318,7 +249,9 @@ fn seed_to_person(p: &SeedPerson) -> Map<String, Value> {
 
 /// Keeps only settable person fields, drops output-only keys from their entries.
 fn sanitize(data: &mut Map<String, Value>) {
-    data.retain(|k, v| UPDATE_FIELDS.contains(&k.as_str()) && k != "memberships" && v.is_array());
+    data.retain(|k, v| {
+        UPDATABLE_PERSON_FIELDS.contains(&k.as_str()) && k != "memberships" && v.is_array()
+    });
     for (_, v) in data.iter_mut() {
         if let Some(arr) = v.as_array_mut() {
             for item in arr.iter_mut() {
@@ -410,13 +343,13 @@ pub(crate) fn render(c: &GContact, fields: &[String], base: &str, salt: u64) -> 
                 let mut v = vec![json!({
                     "metadata": {"source": source},
                     "contactGroupMembership": {"contactGroupId": "myContacts",
-                        "contactGroupResourceName": "contactGroups/myContacts"},
+                        "contactGroupResourceName": MY_CONTACTS_GROUP},
                 })];
                 if c.starred {
                     v.push(json!({
                         "metadata": {"source": source},
                         "contactGroupMembership": {"contactGroupId": "starred",
-                            "contactGroupResourceName": "contactGroups/starred"},
+                            "contactGroupResourceName": STARRED_GROUP},
                     }));
                 }
                 p.insert("memberships".into(), Value::Array(v));
@@ -448,7 +381,7 @@ pub(crate) fn render(c: &GContact, fields: &[String], base: &str, salt: u64) -> 
                 let mut out = Vec::with_capacity(arr.len());
                 for (i, item) in arr.iter().enumerate() {
                     let mut o = item.as_object().cloned().unwrap_or_default();
-                    let primary = PRIMARY_FIELDS.contains(&name)
+                    let primary = primary_field(name)
                         && if has_primary {
                             o.get("metadata").and_then(|m| m.get("primary")) == Some(&json!(true))
                         } else {
@@ -609,14 +542,14 @@ fn parse_mask(v: Option<&str>, allowed: &[&str], param: &str) -> Result<Vec<Stri
 }
 
 fn all_fields() -> Vec<String> {
-    PERSON_FIELDS.iter().map(|s| s.to_string()).collect()
+    ALL_PERSON_FIELDS.iter().map(|s| s.to_string()).collect()
 }
 
 /// The optional `personFields` of a write: the fields of the returned person (all when
 /// absent).
 fn response_fields(r: &Req) -> Result<Vec<String>, Resp> {
     match r.q("personFields") {
-        Some(m) => parse_mask(Some(m), PERSON_FIELDS, "personFields"),
+        Some(m) => parse_mask(Some(m), ALL_PERSON_FIELDS, "personFields"),
         None => Ok(all_fields()),
     }
 }
@@ -680,7 +613,7 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
     match (m, segs) {
         ("GET", ["people", "me", "connections"]) => list_connections(u, r, ctx, base),
         ("GET", ["people", "me"]) => {
-            let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
+            let fields = match parse_mask(r.q("personFields"), ALL_PERSON_FIELDS, "personFields") {
                 Ok(f) => f,
                 Err(e) => return e,
             };
@@ -706,7 +639,7 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
             Resp::json(200, &p)
         }
         ("GET", ["people", id]) if id.starts_with('c') && !id.contains(':') => {
-            let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
+            let fields = match parse_mask(r.q("personFields"), ALL_PERSON_FIELDS, "personFields") {
                 Ok(f) => f,
                 Err(e) => return e,
             };
@@ -734,7 +667,7 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
             let id = action.trim_end_matches(":updateContact");
             let upf = match parse_mask(
                 r.q("updatePersonFields"),
-                UPDATE_FIELDS,
+                UPDATABLE_PERSON_FIELDS,
                 "updatePersonFields",
             ) {
                 Ok(f) => f,
@@ -783,10 +716,10 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
             if names.is_empty() {
                 return invalid("resource_names", "Resource names must not be empty.");
             }
-            if names.len() > BATCH_DELETE_MAX {
+            if names.len() > MAX_BATCH_DELETE {
                 return invalid(
                     "resource_names",
-                    &format!("Resource names must contain at most {BATCH_DELETE_MAX} entries."),
+                    &format!("Resource names must contain at most {MAX_BATCH_DELETE} entries."),
                 );
             }
             let mut nums = Vec::new();
@@ -860,7 +793,7 @@ fn wants_starred(person: &Value) -> Option<bool> {
         let g = m.get("contactGroupMembership");
         g.and_then(|g| g.get("contactGroupResourceName"))
             .and_then(Value::as_str)
-            == Some("contactGroups/starred")
+            == Some(STARRED_GROUP)
             || g.and_then(|g| g.get("contactGroupId"))
                 .and_then(Value::as_str)
                 == Some("starred")
@@ -945,7 +878,7 @@ fn batch_create(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     };
     let fields = match parse_mask(
         body.get("readMask").and_then(Value::as_str),
-        PERSON_FIELDS,
+        ALL_PERSON_FIELDS,
         "read_mask",
     ) {
         Ok(f) => f,
@@ -959,10 +892,10 @@ fn batch_create(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     if contacts.is_empty() {
         return invalid("contacts", "Contacts must not be empty.");
     }
-    if contacts.len() > BATCH_WRITE_MAX {
+    if contacts.len() > MAX_BATCH_WRITE {
         return invalid(
             "contacts",
-            &format!("Too many contacts in the request. At most {BATCH_WRITE_MAX} are allowed."),
+            &format!("Too many contacts in the request. At most {MAX_BATCH_WRITE} are allowed."),
         );
     }
     let mut created = Vec::new();
@@ -987,7 +920,7 @@ fn batch_update(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     };
     let upf = match parse_mask(
         body.get("updateMask").and_then(Value::as_str),
-        UPDATE_FIELDS,
+        UPDATABLE_PERSON_FIELDS,
         "update_mask",
     ) {
         Ok(f) => f,
@@ -995,7 +928,7 @@ fn batch_update(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     };
     let fields = match parse_mask(
         body.get("readMask").and_then(Value::as_str),
-        PERSON_FIELDS,
+        ALL_PERSON_FIELDS,
         "read_mask",
     ) {
         Ok(f) => f,
@@ -1009,10 +942,10 @@ fn batch_update(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     if contacts.is_empty() {
         return invalid("contacts", "Contacts must not be empty.");
     }
-    if contacts.len() > BATCH_WRITE_MAX {
+    if contacts.len() > MAX_BATCH_WRITE {
         return invalid(
             "contacts",
-            &format!("Too many contacts in the request. At most {BATCH_WRITE_MAX} are allowed."),
+            &format!("Too many contacts in the request. At most {MAX_BATCH_WRITE} are allowed."),
         );
     }
     // All or nothing: check every entry before changing anything.
@@ -1061,8 +994,7 @@ fn check_sync_token(u: &GUser, tok: &str, now: DateTime<Utc>) -> Option<u64> {
     let epoch: u64 = parts[2].parse().ok()?;
     let seq: u64 = parts[3].parse().ok()?;
     let issued = DateTime::<Utc>::from_timestamp_millis(parts[4].parse().ok()?)?;
-    if epoch != u.epoch || seq > u.seq || now - issued > chrono::Duration::days(SYNC_TOKEN_TTL_DAYS)
-    {
+    if epoch != u.epoch || seq > u.seq || now - issued > SYNC_TOKEN_LIFETIME {
         return None;
     }
     Some(seq)
@@ -1087,7 +1019,7 @@ fn params_hash(fields: &[String], sync: Option<&str>, rs: bool) -> u64 {
 }
 
 fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
-    let fields = match parse_mask(r.q("personFields"), PERSON_FIELDS, "personFields") {
+    let fields = match parse_mask(r.q("personFields"), ALL_PERSON_FIELDS, "personFields") {
         Ok(f) => f,
         Err(e) => return e,
     };
@@ -1095,7 +1027,7 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
         None => 100,
         Some(s) => match s.parse::<i64>() {
             Ok(0) => 100,
-            Ok(n) if (1..=MAX_PAGE_SIZE as i64).contains(&n) => n as usize,
+            Ok(n) if (1..=PAGE_SIZE as i64).contains(&n) => n as usize,
             _ => {
                 return invalid(
                     "page_size",

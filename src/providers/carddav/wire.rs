@@ -4,6 +4,8 @@
 //! Servers pick their own namespace prefixes (`d:`, `D:`, none), so elements are matched on
 //! namespace and local name, never on the prefix.
 
+use crate::providers::text::escape_markup;
+
 pub const DAV: &str = "DAV:";
 pub const CARDDAV: &str = "urn:ietf:params:xml:ns:carddav";
 
@@ -39,7 +41,7 @@ pub fn sync_collection(token: Option<&str>, with_data: bool) -> String {
   <d:sync-level>1</d:sync-level>
   <d:prop><d:getetag/>{}</d:prop>
 </d:sync-collection>"#,
-        escape(token.unwrap_or("")),
+        escape_markup(token.unwrap_or("")),
         if with_data { "<c:address-data/>" } else { "" }
     )
 }
@@ -54,18 +56,11 @@ pub fn multiget(hrefs: &[&str]) -> String {
     );
     for h in hrefs {
         s.push_str("  <d:href>");
-        s.push_str(&escape(h));
+        s.push_str(&escape_markup(h));
         s.push_str("</d:href>\n");
     }
     s.push_str("</c:addressbook-multiget>");
     s
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// One `DAV:response` of a multistatus.
