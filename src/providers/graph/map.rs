@@ -8,16 +8,8 @@ use super::wire::{
     SELECT_PROPERTIES,
 };
 use crate::model::{Address, Change, Fields, ProviderContact};
+use crate::providers::text::clean;
 use crate::providers::{ProviderError, MAX_FIELD_BYTES};
-
-/// A trimmed, non-empty value; a value longer than [`MAX_FIELD_BYTES`] counts as absent.
-fn clean(s: &Option<String>) -> Option<String> {
-    s.as_deref()
-        .filter(|s| s.len() <= MAX_FIELD_BYTES)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
 
 fn clean_list(v: &Option<Vec<Option<String>>>) -> impl Iterator<Item = String> + '_ {
     v.iter().flatten().filter_map(clean)

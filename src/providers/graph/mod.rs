@@ -33,16 +33,15 @@ mod write;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 use super::http::RetryPolicy;
 use super::oauth::TokenSource;
+use super::transport::{Auth, Transport};
 use super::{Jpeg, ProgressFn, Provider, ProviderError, Round};
 use crate::model::ProviderContact;
 
@@ -65,21 +64,9 @@ pub const DEFAULT_REQUEST_BUDGET: u32 = 10_000;
 /// …in a 10-minute period.
 pub const DEFAULT_BUDGET_WINDOW: Duration = Duration::from_secs(600);
 
-/// A token bucket of `budget` requests refilled evenly over `window` (GCRA), full at start.
-pub type Budget = governor::DefaultDirectRateLimiter;
-
-/// The request budget of one mailbox; `None` when `budget` or `window` is zero.
-///
-/// The refill rate is `budget` per `window`, but the bucket holds a tenth less than
-/// `budget`: requests reach the service a little later than they leave, and an uneven delay
-/// could otherwise make one of them arrive before the service's own bucket has refilled. The
-/// tenth held back is that tolerance (60 s of requests at Graph's defaults).
-pub fn request_budget(budget: u32, window: Duration) -> Option<Budget> {
-    let period = window.checked_div(budget)?;
-    let burst = std::num::NonZeroU32::new((budget - budget / 10).max(1))?;
-    let quota = governor::Quota::with_period(period)?.allow_burst(burst);
-    Some(governor::RateLimiter::direct(quota))
-}
+/// The request budget of one mailbox ([`request_budget`] of [`DEFAULT_REQUEST_BUDGET`] per
+/// [`DEFAULT_BUDGET_WINDOW`] unless configured): the shared executor's token bucket.
+pub use crate::providers::transport::{request_budget, Budget};
 
 /// The delegated permission two-way sync needs to write contacts.
 pub const WRITE_SCOPE: &str = "Contacts.ReadWrite";
@@ -99,19 +86,12 @@ impl GraphCursor {
     }
 }
 
-/// Microsoft Graph contacts client for one mailbox.
+/// Microsoft Graph contacts client for one mailbox. Every request goes through the shared
+/// executor ([`crate::providers::transport`]): bearer tokens, retries, `Retry-After` pauses
+/// of the whole mailbox, the in-flight limit ([`MAX_IN_FLIGHT`]) and the request budget.
 pub struct GraphClient {
     api_base: String,
-    tokens: Arc<TokenSource>,
-    retry: RetryPolicy,
-    http: reqwest::Client,
-    in_flight: Semaphore,
-    /// Requests per window for this mailbox, shared by reads, photos and writes.
-    budget: Option<Budget>,
-    /// Requests sent (every attempt), for tests and the benchmark.
-    sent: std::sync::atomic::AtomicU64,
-    /// No request before this instant (a `Retry-After` holds for the whole mailbox).
-    pause_until: StdMutex<Option<Instant>>,
+    t: Transport,
 }
 
 impl std::fmt::Debug for GraphClient {
@@ -124,28 +104,37 @@ impl std::fmt::Debug for GraphClient {
 
 impl GraphClient {
     pub fn new(api_base: String, tokens: Arc<TokenSource>, retry: RetryPolicy) -> Self {
-        GraphClient {
-            api_base: api_base.trim_end_matches('/').to_string(),
-            http: super::http::client(retry.request_timeout),
-            tokens,
-            retry,
-            in_flight: Semaphore::new(MAX_IN_FLIGHT),
-            budget: request_budget(DEFAULT_REQUEST_BUDGET, DEFAULT_BUDGET_WINDOW),
-            sent: std::sync::atomic::AtomicU64::new(0),
-            pause_until: StdMutex::new(None),
+        let api_base = api_base.trim_end_matches('/').to_string();
+        let t = Transport::without_origin(Auth::Bearer(tokens), retry)
+            .with_service("Microsoft Graph")
+            .with_concurrency(MAX_IN_FLIGHT)
+            .with_budget(request_budget(
+                DEFAULT_REQUEST_BUDGET,
+                DEFAULT_BUDGET_WINDOW,
+            ));
+        // An api_base that cannot take the token admits nothing: every request is then
+        // refused as permanent, with the reason in the message.
+        match url::Url::parse(&api_base) {
+            Ok(u) => {
+                if let Err(e) = t.admit(&u) {
+                    tracing::warn!(error = %e, "Microsoft Graph api_base refused");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Microsoft Graph api_base is not a URL"),
         }
+        GraphClient { api_base, t }
     }
 
     /// Sets the mailbox's request budget: at most `budget` requests per `window` (a zero
     /// turns the budget off).
     pub fn with_budget(mut self, budget: u32, window: Duration) -> Self {
-        self.budget = request_budget(budget, window);
+        self.t = self.t.with_budget(request_budget(budget, window));
         self
     }
 
     /// Requests sent so far (every attempt, `$batch` parts counted one by one).
     pub fn requests_sent(&self) -> u64 {
-        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+        self.t.requests_sent()
     }
 
     pub fn api_base(&self) -> &str {

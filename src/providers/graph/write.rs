@@ -167,8 +167,8 @@ impl GraphClient {
                     break;
                 }
                 attempt += 1;
-                if attempt >= self.retry.max_attempts
-                    || wait.is_some_and(|w| w > self.retry.max_retry_after)
+                if attempt >= self.retry().max_attempts
+                    || wait.is_some_and(|w| w > self.retry().max_retry_after)
                 {
                     for &i in &again {
                         results[i] = Some(WriteResult::Failed(ProviderError::Throttled {
@@ -177,7 +177,7 @@ impl GraphClient {
                     }
                     break;
                 }
-                let wait = wait.unwrap_or_else(|| self.retry.backoff(attempt - 1));
+                let wait = wait.unwrap_or_else(|| self.retry().backoff(attempt - 1));
                 self.pause_for(wait);
                 tracing::debug!(
                     items = again.len(),
