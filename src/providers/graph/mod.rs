@@ -1,6 +1,18 @@
 //! Microsoft Graph personal contacts (Outlook), one-way reads plus the two-way write calls.
 //!
-//! Wire facts live in `shared/reference/ms-graph-contacts.md`; the rules this client keeps:
+//! Layers, as for the other providers:
+//! - [`wire`]: the serde types as Graph sends them, and the wire constants the simulator
+//!   shares (`$select` list, PidLidHasPicture id, page sizes, `$batch` and multi-value
+//!   limits);
+//! - [`map`]: pure functions between the wire types and [`ProviderContact`], both ways;
+//! - `exec`: one request through the shared [`crate::providers::transport`] executor with
+//!   Graph's headers, and Graph's error codes;
+//! - `read`: folder discovery, per-folder delta with paging and delta links, the round;
+//! - `photo`: photos one by one and twenty per `$batch`;
+//! - `write`: creates, updates and deletes through `$batch`.
+//!
+//! Wire facts are documented in the Graph contacts reference kept beside the repository
+//! (`../shared/reference/ms-graph-contacts.md`); the rules this client keeps:
 //!
 //! - **Folders.** Every round enumerates the default Contacts folder (well-known name
 //!   `contacts`) and all its child folders, recursively, following `@odata.nextLink`.
@@ -11,22 +23,24 @@
 //!   case, top-level or nested), drops that folder's link and lists the folder again in full
 //!   within the same round. Nothing of the failed attempt is kept.
 //! - **Vanished folders.** A folder in the cursor that discovery no longer lists is looked up
-//!   by id: only a 404 `ErrorItemNotFound` makes it a gone scope; any other failure fails
-//!   the round. A failed listing never becomes a deletion.
+//!   by id: found outside the default folder's tree (Outlook moves a deleted folder to
+//!   Deleted Items) or a 404 `ErrorItemNotFound` makes it a gone scope; any other failure
+//!   (a bare 404, a 5xx) fails the round. A failed listing never becomes a deletion.
 //! - **Headers.** `Prefer: odata.maxpagesize=200, IdType="ImmutableId"` on every request,
 //!   follow-ups included (the header is not carried by next/delta links).
-//! - **Politeness.** At most four requests in flight per mailbox; 429/5xx retried per
-//!   [`RetryPolicy`] honouring `Retry-After` (fractions too) for the whole mailbox; 401
-//!   refreshes the token once; a cut-off or malformed body is a failed request (retried,
-//!   then [`ProviderError::Transient`]), never an empty page.
+//! - **Politeness** (through the shared executor). At most four requests in flight per
+//!   mailbox and Outlook's request budget; 429/5xx retried per [`RetryPolicy`] honouring
+//!   `Retry-After` (fractions too) for the whole mailbox; 401 refreshes the token once; a
+//!   cut-off or malformed body is a failed request (retried, then
+//!   [`ProviderError::Transient`]), never an empty page.
 //! - **Secrets.** Access tokens and next/delta links (they carry state tokens) are never
 //!   logged or put into error messages; folder ids and counts are.
 
 mod exec;
-mod map;
+pub mod map;
 mod photo;
 mod read;
-mod wire;
+pub mod wire;
 mod write;
 
 #[cfg(test)]
