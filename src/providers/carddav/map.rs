@@ -304,21 +304,30 @@ pub fn lines(text: &str) -> Vec<Line> {
 
 pub use super::patch::{is_v4, new_card, patch};
 
+/// Cards and a server for the tests of reading and of patching.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(super) mod fixtures {
+    use super::{map, parse, Mapped};
 
-    fn server() -> url::Url {
+    pub fn server() -> url::Url {
         url::Url::parse("https://dav.example.com/dav/").unwrap()
     }
 
-    fn read(text: &str) -> Mapped {
+    /// A card parsed and mapped.
+    pub fn read(text: &str) -> Mapped {
         map(&parse(text).expect("parses"), text, &server())
     }
 
-    fn card(version: &str, body: &str) -> String {
+    /// A card of `version` with `UID:u1` and the content lines `body`.
+    pub fn card(version: &str, body: &str) -> String {
         format!("BEGIN:VCARD\r\nVERSION:{version}\r\nUID:u1\r\n{body}END:VCARD\r\n")
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{card, read};
+    use super::*;
 
     #[test]
     fn carddav_name_from_n_family_then_given() {

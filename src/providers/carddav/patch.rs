@@ -301,20 +301,9 @@ pub fn new_card(f: &Fields, uid: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::Address;
-    use crate::providers::carddav::map::{map, Mapped};
+    use crate::providers::carddav::map::fixtures::{card, read, server};
+    use crate::providers::carddav::map::map;
     use chrono::NaiveDate;
-
-    fn server() -> url::Url {
-        url::Url::parse("https://dav.example.com/dav/").unwrap()
-    }
-
-    fn read(text: &str) -> Mapped {
-        map(&parse(text).expect("parses"), text, &server())
-    }
-
-    fn card(version: &str, body: &str) -> String {
-        format!("BEGIN:VCARD\r\nVERSION:{version}\r\nUID:u1\r\n{body}END:VCARD\r\n")
-    }
 
     #[test]
     fn carddav_patch_keeps_unknown_properties_byte_for_byte() {

@@ -4,7 +4,7 @@
 //! - [`wire`]: the serde types as Graph sends them, and the wire constants the simulator
 //!   shares (`$select` list, PidLidHasPicture id, page sizes, `$batch` and multi-value
 //!   limits);
-//! - [`map`]: pure functions between the wire types and [`ProviderContact`], both ways;
+//! - [`map`]: pure functions between the wire types and [`ProviderContact`](crate::model::ProviderContact), both ways;
 //! - `exec`: one request through the shared [`crate::providers::transport`] executor with
 //!   Graph's headers, and Graph's error codes;
 //! - `read`: folder discovery, per-folder delta with paging and delta links, the round;
@@ -18,7 +18,7 @@
 //!   `contacts`) and all its child folders, recursively, following `@odata.nextLink`.
 //! - **Delta per folder.** Each folder has its own delta link; the cursor is
 //!   [`GraphCursor`] as JSON. A folder without a link (new, first sync, or after the link
-//!   expired) is listed in full and reported in [`Round::complete_scopes`].
+//!   expired) is listed in full and reported in [`Round::complete_scopes`](super::Round::complete_scopes).
 //! - **Expiry.** HTTP 410, or an error code `SyncStateNotFound` / `resyncRequired` (any
 //!   case, top-level or nested), drops that folder's link and lists the folder again in full
 //!   within the same round. Nothing of the failed attempt is kept.
@@ -32,7 +32,7 @@
 //!   mailbox and Outlook's request budget; 429/5xx retried per [`RetryPolicy`] honouring
 //!   `Retry-After` (fractions too) for the whole mailbox; 401 refreshes the token once; a
 //!   cut-off or malformed body is a failed request (retried, then
-//!   [`ProviderError::Transient`]), never an empty page.
+//!   [`ProviderError::Transient`](super::ProviderError::Transient)), never an empty page.
 //! - **Secrets.** Access tokens and next/delta links (they carry state tokens) are never
 //!   logged or put into error messages; folder ids and counts are.
 
@@ -50,14 +50,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::http::RetryPolicy;
 use super::oauth::TokenSource;
 use super::transport::{Auth, Transport};
-use super::{Jpeg, ProgressFn, Provider, ProviderError, Round};
-use crate::model::ProviderContact;
 
 pub use map::{
     fields_to_contact, graph_properties, is_partial, map_contact, map_contact_with_base,
@@ -103,17 +100,10 @@ impl GraphCursor {
 /// Microsoft Graph contacts client for one mailbox. Every request goes through the shared
 /// executor ([`crate::providers::transport`]): bearer tokens, retries, `Retry-After` pauses
 /// of the whole mailbox, the in-flight limit ([`MAX_IN_FLIGHT`]) and the request budget.
+#[derive(Debug)]
 pub struct GraphClient {
     api_base: String,
     t: Transport,
-}
-
-impl std::fmt::Debug for GraphClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GraphClient")
-            .field("api_base", &self.api_base)
-            .finish_non_exhaustive()
-    }
 }
 
 impl GraphClient {
@@ -156,30 +146,4 @@ impl GraphClient {
     }
 }
 
-impl Provider for GraphClient {
-    fn fetch_round<'a>(
-        &'a self,
-        cursor: Option<&'a [u8]>,
-        progress: &'a ProgressFn,
-    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
-        Box::pin(self.round(cursor, progress))
-    }
-
-    fn push<'a>(&'a self, ops: &'a [super::PushOp]) -> BoxFuture<'a, Vec<super::PushResult>> {
-        Box::pin(self.push_ops(ops))
-    }
-
-    fn fetch_photo<'a>(
-        &'a self,
-        contact: &'a ProviderContact,
-    ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>> {
-        Box::pin(self.photo(contact))
-    }
-
-    fn fetch_photos<'a>(
-        &'a self,
-        contacts: &'a [ProviderContact],
-    ) -> BoxFuture<'a, Vec<Result<Option<Jpeg>, ProviderError>>> {
-        Box::pin(self.photos_batched(contacts))
-    }
-}
+super::provider_impl!(GraphClient, photos = photos_batched);

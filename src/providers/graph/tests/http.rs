@@ -20,7 +20,7 @@ async fn throttled_429_with_fractional_retry_after_is_retried_then_succeeds() {
         times: Some(1),
         ..script(&[bare(&m.kids), "/contacts/delta?$select"])
     });
-    let round = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let round = m.round(None).await;
     assert_eq!(upserts(&round).len(), 600);
     let kids_delta = format!("/v1.0/me/contactFolders/{}/contacts/delta", enc(&m.kids));
     assert_eq!(
@@ -40,11 +40,7 @@ async fn throttling_that_never_ends_is_reported_as_throttled() {
         retry_after: Some(0.001),
         ..script(&["/v1.0/"])
     });
-    let err = m
-        .client
-        .fetch_round(None, &no_progress())
-        .await
-        .unwrap_err();
+    let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Throttled { .. }), "{err:?}");
     // A Retry-After beyond the policy's maximum ends the round at once.
     m.sim
@@ -55,18 +51,13 @@ async fn throttling_that_never_ends_is_reported_as_throttled() {
         ..script(&["/v1.0/"])
     });
     m.sim.clear_requests(SimProvider::Outlook);
-    let err = m
-        .new_client()
-        .fetch_round(None, &no_progress())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        ProviderError::Throttled {
-            retry_after: Some(Duration::from_secs(3600))
-        }
-    );
-    assert_eq!(m.graph_requests().len(), 1);
+    let fresh = m.new_client().fetch_round(None, &no_progress()).await;
+    let waited = match fresh {
+        Err(ProviderError::Throttled { retry_after }) => retry_after,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(waited, Some(Duration::from_secs(3600)));
+    assert_eq!(m.graph_requests().len(), 1, "not retried");
 }
 
 #[tokio::test]
@@ -77,7 +68,7 @@ async fn truncated_body_is_retried_and_never_read_as_an_empty_page() {
         times: Some(1),
         ..script(&[bare(&m.root), "skiptoken"])
     });
-    let round = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let round = m.round(None).await;
     assert_eq!(upserts(&round).len(), 600);
     let root_follow_ups = |m: &Mailbox| {
         m.graph_requests()
@@ -92,11 +83,7 @@ async fn truncated_body_is_retried_and_never_read_as_an_empty_page() {
         fault: Some(FaultKind::Truncate),
         ..script(&[bare(&m.root), "skiptoken"])
     });
-    let err = m
-        .client
-        .fetch_round(None, &no_progress())
-        .await
-        .unwrap_err();
+    let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
 }
 
@@ -106,7 +93,7 @@ async fn unauthorized_401_refreshes_the_token_once_and_retries() {
     // The client holds an access token the service no longer accepts.
     m.tokens.access_token().await.unwrap();
     m.sim.expire_access_tokens();
-    let round = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let round = m.round(None).await;
     assert_eq!(upserts(&round).len(), 600);
     assert_eq!(m.token_requests().len(), 2);
     let stored = m.stored.lock().unwrap().clone();
@@ -126,16 +113,12 @@ async fn unauthorized_401_refreshes_the_token_once_and_retries() {
 #[tokio::test]
 async fn unauthorized_twice_in_a_row_needs_reauth() {
     let m = mailbox_with(60).await;
-    m.script(Script {
-        status: Some(401),
-        json: Some(json!({"error": {"code": "InvalidAuthenticationToken"}})),
-        ..script(&["/v1.0/"])
-    });
-    let err = m
-        .client
-        .fetch_round(None, &no_progress())
-        .await
-        .unwrap_err();
+    m.script(answer(
+        &["/v1.0/"],
+        401,
+        json!({"error": {"code": "InvalidAuthenticationToken"}}),
+    ));
+    let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::ReauthRequired(_)), "{err:?}");
 }
 

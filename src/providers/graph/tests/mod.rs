@@ -18,7 +18,7 @@ use super::{GraphClient, GraphContact};
 use crate::model::{Address, Change, Fields};
 use crate::providers::http::RetryPolicy;
 use crate::providers::oauth::{GrantSink, OAuthClient, TokenSource};
-use crate::providers::{ProgressFn, Round};
+use crate::providers::{ProgressFn, Provider as _, ProviderError, Round};
 use crate::sim::{LogEntry, Provider as SimProvider, Script, SeedUser, Sim, SimOptions};
 
 /// The mailbox every simulator test uses.
@@ -221,21 +221,32 @@ impl Mailbox {
         self.sim.script(SimProvider::Outlook, script);
     }
 
+    /// Requests the simulator logged whose path passes `keep`.
+    fn requests_where(&self, keep: impl Fn(&str) -> bool) -> Vec<LogEntry> {
+        let mut log = self.sim.requests(SimProvider::Outlook);
+        log.retain(|e| keep(&e.path));
+        log
+    }
+
     /// Requests to the Graph API (the token endpoint left out).
     fn graph_requests(&self) -> Vec<LogEntry> {
-        self.sim
-            .requests(SimProvider::Outlook)
-            .into_iter()
-            .filter(|e| e.path.starts_with("/v1.0/"))
-            .collect()
+        self.requests_where(|p| p.starts_with("/v1.0/"))
     }
 
     fn token_requests(&self) -> Vec<LogEntry> {
-        self.sim
-            .requests(SimProvider::Outlook)
-            .into_iter()
-            .filter(|e| e.path.ends_with("/token"))
-            .collect()
+        self.requests_where(|p| p.ends_with("/token"))
+    }
+
+    /// A round from `cursor` that succeeds.
+    async fn round(&self, cursor: Option<&[u8]>) -> Round {
+        let r = self.client.fetch_round(cursor, &no_progress()).await;
+        r.expect("the round succeeds")
+    }
+
+    /// A round from `cursor` that fails: its error.
+    async fn failed_round(&self, cursor: Option<&[u8]>) -> ProviderError {
+        let r = self.client.fetch_round(cursor, &no_progress()).await;
+        r.expect_err("the round fails")
     }
 
     /// Every request carried `Prefer` with the page size and immutable ids, and a bearer
@@ -263,6 +274,15 @@ fn script(contains: &[&str]) -> Script {
     Script {
         contains: contains.iter().map(|s| s.to_string()).collect(),
         ..Script::default()
+    }
+}
+
+/// A script answering `status` with a JSON body instead of the real answer.
+fn answer(contains: &[&str], status: u16, body: Value) -> Script {
+    Script {
+        status: Some(status),
+        json: Some(body),
+        ..script(contains)
     }
 }
 

@@ -74,7 +74,7 @@ async fn child_folders_are_listed_across_pages() {
         let (status, _) = m.control("POST", "/folders", Some(json!({"name": format!("F{i}")})));
         assert_eq!(status, 201);
     }
-    let round = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let round = m.round(None).await;
     assert_eq!(round.complete_scopes.len(), 13);
     assert_eq!(round.complete_scopes[0], m.root);
     let folder_pages: Vec<LogEntry> = m
@@ -91,7 +91,7 @@ async fn child_folders_are_listed_across_pages() {
 #[tokio::test]
 async fn expired_delta_link_410_relists_only_that_folder_in_full() {
     let m = mailbox().await;
-    let first = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let first = m.round(None).await;
     let kids = m.ids_in(&m.kids);
     let (carol, dave) = (kids[0].clone(), kids[1].clone());
     // Delta rows of changed contacts carry only what changed: carol's is fetched by id.
@@ -105,11 +105,7 @@ async fn expired_delta_link_410_relists_only_that_folder_in_full() {
     assert!(m.sim.expire_graph_folder_delta(OLGA, &m.root));
     m.sim.clear_requests(SimProvider::Outlook);
 
-    let round = m
-        .client
-        .fetch_round(Some(&first.cursor), &no_progress())
-        .await
-        .unwrap();
+    let round = m.round(Some(&first.cursor)).await;
 
     // root's link answered 410 SyncStateNotFound: listed again in full, within the round.
     assert_eq!(round.complete_scopes, vec![m.root.clone()]);
@@ -171,21 +167,17 @@ async fn expired_delta_link_410_relists_only_that_folder_in_full() {
 #[tokio::test]
 async fn resync_required_code_in_a_400_is_compared_case_insensitively() {
     let m = mailbox().await;
-    let first = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let first = m.round(None).await;
     assert!(m.sim.expire_graph_folder_delta(OLGA, &m.root));
     m.script(Script {
-        status: Some(400),
-        json: Some(
-            json!({"error": {"code": "BadRequest", "innerError": {"code": "RESYNCREQUIRED"}}}),
-        ),
         times: Some(1),
-        ..script(&[bare(&m.kids), "deltatoken"])
+        ..answer(
+            &[bare(&m.kids), "deltatoken"],
+            400,
+            json!({"error": {"code": "BadRequest", "innerError": {"code": "RESYNCREQUIRED"}}}),
+        )
     });
-    let round = m
-        .client
-        .fetch_round(Some(&first.cursor), &no_progress())
-        .await
-        .unwrap();
+    let round = m.round(Some(&first.cursor)).await;
     assert_eq!(round.complete_scopes, vec![m.root.clone(), m.kids.clone()]);
     assert!(round.full);
 }
@@ -194,10 +186,20 @@ async fn resync_required_code_in_a_400_is_compared_case_insensitively() {
 async fn with_old_folder(m: &Mailbox) -> (String, Vec<u8>) {
     let (_, f) = m.control("POST", "/folders", Some(json!({"name": "Old"})));
     let old = f["id"].as_str().expect("folder id").to_string();
-    let first = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let first = m.round(None).await;
     assert_eq!(GraphCursor::decode(&first.cursor).unwrap().folders.len(), 3);
     m.sim.clear_requests(SimProvider::Outlook);
     (old, first.cursor)
+}
+
+/// A mailbox whose folder `Old`, listed by a first round, was deleted since: the mailbox,
+/// the folder's id, the first round's cursor and the `path?` of the folder's lookup.
+async fn deleted_old_folder() -> (Mailbox, String, Vec<u8>, String) {
+    let m = mailbox_with(60).await;
+    let (old, cursor) = with_old_folder(&m).await;
+    assert_eq!(m.control("DELETE", &format!("/folders/{old}"), None).0, 204);
+    let lookup = format!("/me/contactFolders/{}?", enc(&old));
+    (m, old, cursor, lookup)
 }
 
 fn no_request_into(m: &Mailbox, folder: &str) -> bool {
@@ -212,11 +214,7 @@ async fn vanished_folder_confirmed_by_404_item_not_found_is_a_gone_scope() {
     let m = mailbox_with(60).await;
     let (old, cursor) = with_old_folder(&m).await;
     assert_eq!(m.control("DELETE", &format!("/folders/{old}"), None).0, 204);
-    let round = m
-        .client
-        .fetch_round(Some(&cursor), &no_progress())
-        .await
-        .unwrap();
+    let round = m.round(Some(&cursor)).await;
     assert_eq!(round.gone_scopes, vec![old.clone()]);
     let cursor = GraphCursor::decode(&round.cursor).unwrap();
     assert!(!cursor.folders.contains_key(&old));
@@ -236,11 +234,7 @@ async fn folder_found_by_id_outside_the_default_tree_is_a_gone_scope() {
     );
     assert_eq!(status, 200);
     assert_ne!(moved["parentFolderId"], json!(m.root));
-    let round = m
-        .client
-        .fetch_round(Some(&cursor), &no_progress())
-        .await
-        .unwrap();
+    let round = m.round(Some(&cursor)).await;
     assert_eq!(round.gone_scopes, vec![old.clone()]);
     assert!(!GraphCursor::decode(&round.cursor)
         .unwrap()
@@ -251,19 +245,12 @@ async fn folder_found_by_id_outside_the_default_tree_is_a_gone_scope() {
 
 #[tokio::test]
 async fn vanished_folder_whose_lookup_fails_with_500_fails_the_round() {
-    let m = mailbox_with(60).await;
-    let (old, cursor) = with_old_folder(&m).await;
-    m.control("DELETE", &format!("/folders/{old}"), None);
-    let lookup = format!("/me/contactFolders/{}?", enc(&old));
+    let (m, old, cursor, lookup) = deleted_old_folder().await;
     m.script(Script {
         fault: Some(FaultKind::Internal),
         ..script(&[&lookup])
     });
-    let err = m
-        .client
-        .fetch_round(Some(&cursor), &no_progress())
-        .await
-        .unwrap_err();
+    let err = m.failed_round(Some(&cursor)).await;
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
     // Retried per policy before giving up.
     let lookups = m
@@ -276,35 +263,26 @@ async fn vanished_folder_whose_lookup_fails_with_500_fails_the_round() {
 
 #[tokio::test]
 async fn vanished_folder_with_a_bare_404_is_not_treated_as_gone() {
-    let m = mailbox_with(60).await;
-    let (old, cursor) = with_old_folder(&m).await;
-    m.control("DELETE", &format!("/folders/{old}"), None);
-    let lookup = format!("/me/contactFolders/{}?", enc(&old));
+    let (m, _, cursor, lookup) = deleted_old_folder().await;
     m.script(Script {
         status: Some(404),
         text: Some("<html>no</html>".into()),
         headers: [("Content-Type".to_string(), "text/html".to_string())].into(),
         ..script(&[&lookup])
     });
-    let err = m
-        .client
-        .fetch_round(Some(&cursor), &no_progress())
-        .await
-        .unwrap_err();
+    let err = m.failed_round(Some(&cursor)).await;
     assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
 }
 
 #[tokio::test]
 async fn default_folder_falls_back_to_the_parent_of_a_top_level_folder() {
     let m = mailbox_with(60).await;
-    m.script(Script {
-        status: Some(400),
-        json: Some(
-            json!({"error": {"code": "ErrorInvalidIdMalformed", "message": "Id is malformed."}}),
-        ),
-        ..script(&["/me/contactFolders/contacts?"])
-    });
-    let round = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    m.script(answer(
+        &["/me/contactFolders/contacts?"],
+        400,
+        json!({"error": {"code": "ErrorInvalidIdMalformed", "message": "Id is malformed."}}),
+    ));
+    let round = m.round(None).await;
     assert_eq!(round.complete_scopes, vec![m.root.clone(), m.kids.clone()]);
     m.assert_prefer_on_every_request();
 }
@@ -313,12 +291,14 @@ async fn default_folder_falls_back_to_the_parent_of_a_top_level_folder() {
 async fn skiptoken_expiring_mid_listing_restarts_that_folder_and_keeps_no_half_round() {
     let m = mailbox().await;
     m.script(Script {
-        status: Some(410),
-        json: Some(json!({"error": {"code": "syncStateNotFound"}})),
         times: Some(1),
-        ..script(&[bare(&m.kids), "skiptoken"])
+        ..answer(
+            &[bare(&m.kids), "skiptoken"],
+            410,
+            json!({"error": {"code": "syncStateNotFound"}}),
+        )
     });
-    let round = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let round = m.round(None).await;
     assert_eq!(round.complete_scopes, vec![m.root.clone(), m.kids.clone()]);
     // The first page of kids was listed before the failure and again after the restart:
     // one change per contact.
@@ -346,7 +326,7 @@ async fn skiptoken_expiring_mid_listing_restarts_that_folder_and_keeps_no_half_r
 #[tokio::test]
 async fn stored_link_to_another_host_is_not_followed_and_the_folder_is_relisted() {
     let m = mailbox_with(60).await;
-    let first = m.client.fetch_round(None, &no_progress()).await.unwrap();
+    let first = m.round(None).await;
     let mut c = GraphCursor::decode(&first.cursor).unwrap();
     c.folders.insert(
         m.root.clone(),
@@ -355,11 +335,7 @@ async fn stored_link_to_another_host_is_not_followed_and_the_folder_is_relisted(
             m.root
         ),
     );
-    let round = m
-        .client
-        .fetch_round(Some(&c.encode()), &no_progress())
-        .await
-        .unwrap();
+    let round = m.round(Some(&c.encode())).await;
     assert_eq!(round.complete_scopes, vec![m.root.clone()]);
     let cursor = GraphCursor::decode(&round.cursor).unwrap();
     assert!(cursor.folders[&m.root].starts_with(&m.sim.graph_base));
@@ -368,31 +344,19 @@ async fn stored_link_to_another_host_is_not_followed_and_the_folder_is_relisted(
 #[tokio::test]
 async fn delta_page_without_next_or_delta_link_is_a_failed_fetch() {
     let m = mailbox_with(60).await;
-    m.script(Script {
-        status: Some(200),
-        json: Some(json!({"value": []})),
-        ..script(&["/contacts/delta"])
-    });
-    let err = m
-        .client
-        .fetch_round(None, &no_progress())
-        .await
-        .unwrap_err();
+    m.script(answer(&["/contacts/delta"], 200, json!({"value": []})));
+    let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
 }
 
 #[tokio::test]
 async fn paging_link_to_another_host_is_refused() {
     let m = mailbox_with(60).await;
-    m.script(Script {
-        status: Some(200),
-        json: Some(json!({"value": [], "@odata.nextLink": "http://evil.example/steal"})),
-        ..script(&[bare(&m.root), "/contacts/delta"])
-    });
-    let err = m
-        .client
-        .fetch_round(None, &no_progress())
-        .await
-        .unwrap_err();
+    m.script(answer(
+        &[bare(&m.root), "/contacts/delta"],
+        200,
+        json!({"value": [], "@odata.nextLink": "http://evil.example/steal"}),
+    ));
+    let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
 }
