@@ -329,6 +329,12 @@ mod tests {
     use super::fixtures::{card, read};
     use super::*;
 
+    /// A card of `version` for "B A" with the content lines `lines`, read.
+    fn read_lines(version: &str, lines: &[&str]) -> Mapped {
+        let body: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+        read(&card(version, &format!("N:A;B;;;\r\n{body}")))
+    }
+
     #[test]
     fn carddav_name_from_n_family_then_given() {
         let m = read(&card("3.0", "N:Lovelace;Ada;;;\r\nFN:Countess Ada\r\n"));
@@ -352,28 +358,37 @@ mod tests {
 
     #[test]
     fn carddav_emails_from_email() {
-        let m = read(&card(
+        let m = read_lines(
             "3.0",
-            "N:A;B;;;\r\nEMAIL;TYPE=INTERNET;TYPE=pref:a@x.org\r\nitem1.EMAIL:b@x.org\r\n",
-        ));
+            &[
+                "EMAIL;TYPE=INTERNET;TYPE=pref:a@x.org",
+                "item1.EMAIL:b@x.org",
+            ],
+        );
         assert_eq!(m.fields.emails, ["a@x.org", "b@x.org"]);
     }
 
     #[test]
     fn carddav_phones_from_tel_text_and_uri() {
-        let m = read(&card(
+        let m = read_lines(
             "4.0",
-            "N:A;B;;;\r\nTEL;VALUE=uri;TYPE=cell:tel:+1-201-555-0100\r\nTEL;TYPE=work:+44 20 7946 0000\r\n",
-        ));
+            &[
+                "TEL;VALUE=uri;TYPE=cell:tel:+1-201-555-0100",
+                "TEL;TYPE=work:+44 20 7946 0000",
+            ],
+        );
         assert_eq!(m.fields.phones, ["+1-201-555-0100", "+44 20 7946 0000"]);
     }
 
     #[test]
     fn carddav_address_pref_in_3_0() {
-        let m = read(&card(
+        let m = read_lines(
             "3.0",
-            "N:A;B;;;\r\nADR;TYPE=home:;;1 First St;Springfield;IL;62701;USA\r\nADR;TYPE=work,pref:;Suite 5;2 Second Ave;Shelbyville;IL;62565;USA\r\n",
-        ));
+            &[
+                "ADR;TYPE=home:;;1 First St;Springfield;IL;62701;USA",
+                "ADR;TYPE=work,pref:;Suite 5;2 Second Ave;Shelbyville;IL;62565;USA",
+            ],
+        );
         let a = m.fields.address.unwrap();
         assert_eq!(a.street.as_deref(), Some("Suite 5, 2 Second Ave"));
         assert_eq!(a.city.as_deref(), Some("Shelbyville"));
@@ -382,18 +397,24 @@ mod tests {
 
     #[test]
     fn carddav_address_pref_in_4_0_else_first() {
-        let m = read(&card(
+        let m = read_lines(
             "4.0",
-            "N:A;B;;;\r\nADR;TYPE=home:;;1 First St;Springfield;IL;62701;USA\r\nADR;PREF=1:;;2 Second Ave;Shelbyville;IL;62565;USA\r\n",
-        ));
+            &[
+                "ADR;TYPE=home:;;1 First St;Springfield;IL;62701;USA",
+                "ADR;PREF=1:;;2 Second Ave;Shelbyville;IL;62565;USA",
+            ],
+        );
         assert_eq!(
             m.fields.address.unwrap().city.as_deref(),
             Some("Shelbyville")
         );
-        let m = read(&card(
+        let m = read_lines(
             "4.0",
-            "N:A;B;;;\r\nADR:;;1 First St;Springfield;IL;62701;USA\r\nADR:;;2 Second Ave;Shelbyville;IL;62565;USA\r\n",
-        ));
+            &[
+                "ADR:;;1 First St;Springfield;IL;62701;USA",
+                "ADR:;;2 Second Ave;Shelbyville;IL;62565;USA",
+            ],
+        );
         let a = m.fields.address.unwrap();
         assert_eq!(a.city.as_deref(), Some("Springfield"));
         assert_eq!(a.region.as_deref(), Some("IL"));
@@ -402,18 +423,15 @@ mod tests {
 
     #[test]
     fn carddav_company_from_org_first_component() {
-        let m = read(&card("3.0", "N:A;B;;;\r\nORG:Acme Inc.;Research;Lab 2\r\n"));
+        let m = read_lines("3.0", &["ORG:Acme Inc.;Research;Lab 2"]);
         assert_eq!(m.fields.organization.as_deref(), Some("Acme Inc."));
-        let m = read(&card("3.0", "N:A;B;;;\r\nORG:Apple;\r\n"));
+        let m = read_lines("3.0", &["ORG:Apple;"]);
         assert_eq!(m.fields.organization.as_deref(), Some("Apple"));
     }
 
     #[test]
     fn carddav_job_title_from_title() {
-        let m = read(&card(
-            "4.0",
-            "N:A;B;;;\r\nTITLE:Chief Engineer\r\nROLE:Lead\r\n",
-        ));
+        let m = read_lines("4.0", &["TITLE:Chief Engineer", "ROLE:Lead"]);
         assert_eq!(m.fields.job_title.as_deref(), Some("Chief Engineer"));
     }
 
