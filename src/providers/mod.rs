@@ -3,9 +3,10 @@
 //!
 //! A client owns the wire format (paths, fields, paging, errors, quotas) and hands the
 //! account actor whole [`Round`]s: every change since the stored cursor, mapped to
-//! [`crate::model::Change`]s, and the cursor to store once the round is committed. Retries
-//! of throttled and failed requests happen inside the client (see [`http`]); what comes out
-//! is classified by [`ProviderError`].
+//! [`crate::model::Change`]s, and the cursor to store once the round is committed. Every
+//! request goes through the shared executor ([`transport`]): credentials, retries of
+//! throttled and failed requests, body caps and the origin check live there; what comes
+//! out is classified by [`ProviderError`].
 
 pub mod build;
 pub mod carddav;

@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::google::GUser;
 use super::graph::MUser;
+use super::script::{Cut, Script, Scripts};
 use super::{Provider, SeedUser};
 
 pub(crate) type SharedRef = Arc<Shared>;
@@ -157,6 +158,15 @@ impl Resp {
         }
     }
 
+    pub fn text(status: u16, body: &str) -> Resp {
+        Resp {
+            status,
+            headers: Vec::new(),
+            content_type: "text/plain; charset=utf-8".into(),
+            body: web::Bytes::from(body.to_string()),
+        }
+    }
+
     pub fn bytes(status: u16, content_type: &str, body: &'static [u8]) -> Resp {
         Resp {
             status,
@@ -179,7 +189,7 @@ impl Resp {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
 
-    fn into_http(self, fault: Option<FaultKind>) -> HttpResponse {
+    fn into_http(self, cut: Option<BodyCut>) -> HttpResponse {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut b = HttpResponse::build(status);
         for (k, v) in &self.headers {
@@ -188,23 +198,30 @@ impl Resp {
         if !self.content_type.is_empty() {
             b.content_type(self.content_type.as_str());
         }
-        match fault {
-            Some(FaultKind::Drop) => b.body(FaultBody {
+        match cut {
+            Some(BodyCut::Drop) => b.body(FaultBody {
                 chunk: None,
                 declared: self.body.len().max(1) as u64,
                 wait: None,
             }),
-            Some(FaultKind::Truncate) => {
-                let half = self.body.len() / 2;
+            Some(BodyCut::At(n)) => {
+                let n = n.min(self.body.len());
                 b.body(FaultBody {
-                    chunk: Some(self.body.slice(..half)),
+                    chunk: Some(self.body.slice(..n)),
                     declared: self.body.len().max(1) as u64,
                     wait: None,
                 })
             }
-            _ => b.body(self.body),
+            None => b.body(self.body),
         }
     }
+}
+
+/// How an answer's body is cut short: not sent at all, or sent up to a byte offset.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyCut {
+    Drop,
+    At(usize),
 }
 
 /// A body that announces its full length, sends at most a part of it, then fails, which
@@ -325,96 +342,12 @@ pub struct LogEntry {
     /// The request's `Prefer` header, as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefer: Option<String>,
-    /// The `grant_type` of a token request.
+    /// The request's bearer token (detailed log only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grant_type: Option<String>,
-}
-
-/// A scripted answer: the next `times` requests (every one when absent) whose method
-/// matches and whose `path?query` contains every text of `contains` get `fault` applied to
-/// their real answer, or get the answer given by `status`, `headers` and a body instead.
-/// Graph `$batch` parts are matched by their own method and url. For tests that need one
-/// odd answer at one point of an otherwise faithful exchange.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Script {
-    pub contains: Vec<String>,
-    /// The method to match (any when absent).
-    pub method: Option<String>,
-    pub times: Option<u32>,
-    /// A fault applied to the real answer.
-    pub fault: Option<FaultKind>,
-    /// `Retry-After` of a `429` or `503` fault, in seconds (the provider's default when
-    /// absent).
-    pub retry_after: Option<f64>,
-    /// The status of an answer sent instead of the real one.
-    pub status: Option<u16>,
-    pub headers: BTreeMap<String, String>,
-    /// A JSON body…
-    pub json: Option<Value>,
-    /// …or a text body…
-    pub text: Option<String>,
-    /// …or a body of this many bytes.
-    pub bytes: Option<usize>,
-}
-
-impl Script {
-    fn matches(&self, method: &str, target: &str) -> bool {
-        self.method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method))
-            && self.contains.iter().all(|c| target.contains(c.as_str()))
-    }
-
-    /// The answer to send instead of the real one, if the script gives one.
-    pub(crate) fn answer(&self) -> Option<Resp> {
-        let status = self.status?;
-        let (content_type, body) = if let Some(j) = &self.json {
-            (
-                "application/json; charset=utf-8",
-                serde_json::to_vec(j).unwrap_or_default(),
-            )
-        } else if let Some(t) = &self.text {
-            ("text/plain; charset=utf-8", t.clone().into_bytes())
-        } else if let Some(n) = self.bytes {
-            ("application/octet-stream", vec![0xFF; n])
-        } else {
-            ("", Vec::new())
-        };
-        let mut r = Resp {
-            status,
-            headers: Vec::new(),
-            content_type: content_type.to_string(),
-            body: web::Bytes::from(body),
-        };
-        for (k, v) in &self.headers {
-            if k.eq_ignore_ascii_case("content-type") {
-                r.content_type = v.clone();
-            } else {
-                r = r.with_header(k, v);
-            }
-        }
-        Some(r)
-    }
-}
-
-/// Takes the first script matching a request, counting one use of it.
-pub(crate) fn take_script(
-    scripts: &mut Vec<(u64, Script)>,
-    method: &str,
-    target: &str,
-) -> Option<Script> {
-    let i = scripts
-        .iter()
-        .position(|(_, s)| s.matches(method, target))?;
-    let s = scripts[i].1.clone();
-    if let Some(t) = scripts[i].1.times.as_mut() {
-        *t = t.saturating_sub(1);
-        if *t == 0 {
-            scripts.remove(i);
-        }
-    }
-    Some(s)
+    pub bearer: Option<String>,
+    /// The request's body, as text (detailed log only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -584,9 +517,13 @@ pub(crate) struct ProvState<U> {
     /// order).
     pub gates: Vec<Gate>,
     next_gate: u64,
-    /// Scripted answers, by id (see [`Script`]).
-    pub scripts: Vec<(u64, Script)>,
-    next_script: u64,
+    /// Scripted answers (tests).
+    pub scripts: Scripts,
+    /// Whether the request log keeps bearer tokens and bodies.
+    pub detailed_log: bool,
+    /// The most items a listing page holds, whatever page size the client asks for (as
+    /// the services may serve fewer than asked).
+    pub page_cap: Option<usize>,
     /// The most API requests each user had in flight at once.
     pub peak_inflight: HashMap<String, usize>,
 }
@@ -613,13 +550,6 @@ impl<U> ProvState<U> {
             held: Arc::new(AtomicUsize::new(0)),
         });
         self.next_gate
-    }
-
-    /// Adds a scripted answer; returns its id.
-    pub fn add_script(&mut self, script: Script) -> u64 {
-        self.next_script += 1;
-        self.scripts.push((self.next_script, script));
-        self.next_script
     }
 
     /// How many requests reached gate `id`.
@@ -666,8 +596,9 @@ impl<U> ProvState<U> {
             id_seed,
             gates: Vec::new(),
             next_gate: 0,
-            scripts: Vec::new(),
-            next_script: 0,
+            scripts: Scripts::default(),
+            detailed_log: false,
+            page_cap: None,
             peak_inflight: HashMap::new(),
         }
     }
@@ -689,6 +620,8 @@ impl<U> ProvState<U> {
 pub(crate) struct Ctx {
     pub now: DateTime<Utc>,
     pub ttl: Duration,
+    /// [`ProvState::page_cap`] of the provider serving the request.
+    pub page_cap: Option<usize>,
 }
 
 /// Both providers' state and the simulator clock.
@@ -730,6 +663,7 @@ impl Shared {
         Ctx {
             now: self.now(),
             ttl: self.ttl,
+            page_cap: None,
         }
     }
 
@@ -877,6 +811,40 @@ impl Shared {
         }
     }
 
+    /// Runs `f` on a provider's scripts and detailed-log switch.
+    pub(crate) fn with_state<T>(
+        &self,
+        provider: Provider,
+        f: impl FnOnce(&mut Scripts, bool) -> T,
+    ) -> T {
+        match provider {
+            Provider::Google => {
+                let mut st = self.google();
+                let d = st.detailed_log;
+                f(&mut st.scripts, d)
+            }
+            Provider::Outlook => {
+                let mut st = self.graph();
+                let d = st.detailed_log;
+                f(&mut st.scripts, d)
+            }
+        }
+    }
+
+    pub fn set_detailed_log(&self, provider: Provider, on: bool) {
+        match provider {
+            Provider::Google => self.google().detailed_log = on,
+            Provider::Outlook => self.graph().detailed_log = on,
+        }
+    }
+
+    pub fn set_page_cap(&self, provider: Provider, cap: Option<usize>) {
+        match provider {
+            Provider::Google => self.google().page_cap = cap,
+            Provider::Outlook => self.graph().page_cap = cap,
+        }
+    }
+
     fn release(&self, provider: Provider, user: &str) {
         let dec = |m: &mut HashMap<String, usize>| {
             if let Some(n) = m.get_mut(user) {
@@ -909,8 +877,6 @@ struct Admission {
     over_quota: bool,
     counted: bool,
     fault: Option<FaultKind>,
-    /// An answer a script gives instead of the real one.
-    scripted: Option<Resp>,
     latency_ms: u64,
     hang_ms: u64,
     retry_after: f64,
@@ -934,7 +900,6 @@ fn admit_in<U>(st: &mut ProvState<U>, req: &Req, now: DateTime<Utc>) -> Admissio
     }
     let f = &st.faults;
     let mut fault = None;
-    let mut retry_after = st.faults.retry_after;
     if f.probability > 0.0 && !f.kinds.is_empty() {
         let p = f.probability.min(1.0);
         let kinds = f.kinds.clone();
@@ -943,26 +908,14 @@ fn admit_in<U>(st: &mut ProvState<U>, req: &Req, now: DateTime<Utc>) -> Admissio
             fault = Some(kinds[i]);
         }
     }
-    let target = format!("{}?{}", req.path, req.raw_query);
-    let mut scripted = None;
-    if let Some(s) = take_script(&mut st.scripts, &req.method, &target) {
-        scripted = s.answer();
-        if s.fault.is_some() {
-            fault = s.fault;
-        }
-        if let Some(ra) = s.retry_after {
-            retry_after = ra;
-        }
-    }
     Admission {
         user,
         over_quota,
         counted,
         fault,
-        scripted,
         latency_ms: st.faults.latency_ms,
         hang_ms: st.faults.hang_ms,
-        retry_after,
+        retry_after: st.faults.retry_after,
     }
 }
 
@@ -987,8 +940,11 @@ pub(crate) async fn entry(
     }
 }
 
-async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<FaultKind>) {
+async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<BodyCut>) {
     let adm = shared.admit(provider, &r);
+    let (script, detailed) =
+        shared.with_state(provider, |scripts, detailed| (scripts.take(&r), detailed));
+    let mut cut = None;
     let mut fault_name = None;
     let resp = if adm.over_quota {
         fault_name = Some("quota".to_string());
@@ -1008,21 +964,27 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Fau
         if let Some(k) = adm.fault {
             fault_name = Some(k.name().to_string());
         }
-        let resp = match (adm.scripted.clone(), adm.fault) {
-            (Some(answer), _) => {
-                fault_name = Some("script".to_string());
-                answer
+        let resp = match (&script, adm.fault) {
+            (Some(s), _) => {
+                let own = s.needs_own().then(|| dispatch(shared, provider, &r));
+                let (resp, c) = s.answer(own);
+                fault_name = Some("script".into());
+                cut = c.map(|c| match c {
+                    Cut::Bytes(n) => BodyCut::At(n),
+                    Cut::Half => BodyCut::At(resp.body.len() / 2),
+                });
+                resp
             }
-            (None, Some(FaultKind::TooMany)) => throttled(provider, adm.retry_after, false),
-            (None, Some(FaultKind::Internal)) => server_error(provider, 500, None),
-            (None, Some(FaultKind::Unavailable)) => {
-                server_error(provider, 503, Some(adm.retry_after))
-            }
-            (None, Some(FaultKind::Hang)) => {
-                tokio::time::sleep(Duration::from_millis(adm.hang_ms)).await;
-                dispatch(shared, provider, &r)
-            }
-            _ => dispatch(shared, provider, &r),
+            (None, fault) => match fault {
+                Some(FaultKind::TooMany) => throttled(provider, adm.retry_after, false),
+                Some(FaultKind::Internal) => server_error(provider, 500, None),
+                Some(FaultKind::Unavailable) => server_error(provider, 503, Some(adm.retry_after)),
+                Some(FaultKind::Hang) => {
+                    tokio::time::sleep(Duration::from_millis(adm.hang_ms)).await;
+                    dispatch(shared, provider, &r)
+                }
+                _ => dispatch(shared, provider, &r),
+            },
         };
         if adm.counted {
             if let Some(u) = &adm.user {
@@ -1041,17 +1003,19 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Fau
             user: adm.user.clone(),
             fault: fault_name,
             prefer: r.header("prefer").map(String::from),
-            grant_type: r
-                .path
-                .ends_with("/token")
-                .then(|| r.form().get("grant_type").cloned())
-                .flatten(),
+            bearer: detailed.then(|| r.bearer().map(str::to_string)).flatten(),
+            body: detailed.then(|| String::from_utf8_lossy(&r.body).into_owned()),
         },
     );
-    let body_fault = adm
-        .fault
-        .filter(|k| matches!(k, FaultKind::Drop | FaultKind::Truncate));
-    (resp, body_fault)
+    if script.is_some() {
+        return (resp, cut);
+    }
+    let body_cut = match adm.fault {
+        Some(FaultKind::Drop) => Some(BodyCut::Drop),
+        Some(FaultKind::Truncate) => Some(BodyCut::At(resp.body.len() / 2)),
+        _ => None,
+    };
+    (resp, body_cut)
 }
 
 pub(crate) fn dispatch(shared: &Shared, provider: Provider, r: &Req) -> Resp {
@@ -1231,6 +1195,36 @@ pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
                 control_err(404, "no such user")
             }
         }
+        ("POST", ["scripts"]) => {
+            let s: Script = match parse_body(r) {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
+            shared.with_state(provider, |scripts, _| scripts.add(s));
+            Resp::json(201, &json!({}))
+        }
+        ("DELETE", ["scripts"]) => {
+            shared.with_state(provider, |scripts, _| scripts.clear());
+            Resp::empty(204)
+        }
+        ("POST", ["detailed-log"]) => {
+            let on = r
+                .json()
+                .ok()
+                .and_then(|b| b.get("on").and_then(Value::as_bool))
+                .unwrap_or(true);
+            shared.set_detailed_log(provider, on);
+            Resp::json(200, &json!({"on": on}))
+        }
+        ("POST", ["page-cap"]) => {
+            let cap = r
+                .json()
+                .ok()
+                .and_then(|b| b.get("max").and_then(Value::as_u64))
+                .map(|n| n as usize);
+            shared.set_page_cap(provider, cap);
+            Resp::json(200, &json!({"max": cap}))
+        }
         ("POST", ["gates"]) => {
             let body = r.json().unwrap_or(Value::Null);
             let contains: Vec<String> = match body.get("contains") {
@@ -1275,27 +1269,6 @@ pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
             } else {
                 control_err(404, "no such gate")
             }
-        }
-        ("POST", ["scripts"]) => {
-            let sc: Script = match parse_body(r) {
-                Ok(b) => b,
-                Err(e) => return e,
-            };
-            if sc.fault.is_none() && sc.status.is_none() {
-                return control_err(400, "a script needs a fault or a status");
-            }
-            let id = match provider {
-                Provider::Google => shared.google().add_script(sc),
-                Provider::Outlook => shared.graph().add_script(sc),
-            };
-            Resp::json(201, &json!({"id": id}))
-        }
-        ("DELETE", ["scripts"]) => {
-            match provider {
-                Provider::Google => shared.google().scripts.clear(),
-                Provider::Outlook => shared.graph().scripts.clear(),
-            }
-            Resp::empty(204)
         }
         ("GET", ["in-flight"]) => {
             let peak = match provider {

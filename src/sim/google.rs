@@ -574,8 +574,9 @@ fn unauthenticated(reason: &str) -> Resp {
 
 /// Entry point for every non-control request on the Google server.
 pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
-    let ctx = shared.ctx();
+    let mut ctx = shared.ctx();
     let mut st = shared.google();
+    ctx.page_cap = st.page_cap;
     let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
     let m = r.method.as_str();
     match (m, segs.as_slice()) {
@@ -667,7 +668,7 @@ fn api(u: &mut GUser, r: &Req, segs: &[&str], ctx: &Ctx, base: &str) -> Resp {
             let id = action.trim_end_matches(":updateContact");
             let upf = match parse_mask(
                 r.q("updatePersonFields"),
-                UPDATABLE_PERSON_FIELDS,
+                &UPDATABLE_PERSON_FIELDS,
                 "updatePersonFields",
             ) {
                 Ok(f) => f,
@@ -920,7 +921,7 @@ fn batch_update(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
     };
     let upf = match parse_mask(
         body.get("updateMask").and_then(Value::as_str),
-        UPDATABLE_PERSON_FIELDS,
+        &UPDATABLE_PERSON_FIELDS,
         "update_mask",
     ) {
         Ok(f) => f,
@@ -1036,6 +1037,7 @@ fn list_connections(u: &mut GUser, r: &Req, ctx: &Ctx, base: &str) -> Resp {
             }
         },
     };
+    let page_size = ctx.page_cap.map_or(page_size, |c| page_size.min(c.max(1)));
     let rs_param = r.q("requestSyncToken") == Some("true");
     let sync = r.q("syncToken").filter(|s| !s.is_empty());
     let params = params_hash(&fields, sync, rs_param);

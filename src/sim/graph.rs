@@ -9,9 +9,10 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::common::{
-    b64, control_err, mix, pkce_ok, random_token, server_error, take_script, throttled, unb64,
-    AuthCode, Ctx, DeviceCode, FaultKind, ProvState, Req, Resp, Script, Shared,
+    b64, control_err, mix, pkce_ok, random_token, unb64, AuthCode, Ctx, DeviceCode, ProvState, Req,
+    Resp, Shared,
 };
+use super::script::Scripts;
 use super::seed::{people, user_salt, SeedPerson};
 // Wire facts the client and the simulator share.
 use super::SeedUser;
@@ -1434,7 +1435,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
 
 fn batch(
     u: &mut MUser,
-    scripts: &mut Vec<(u64, Script)>,
+    scripts: &mut Scripts,
     r: &Req,
     ctx: &Ctx,
     base: &str,
@@ -1511,17 +1512,7 @@ fn batch(
                     .any(|dep| statuses.get(dep).is_none_or(|s| *s >= 400))
             })
             .unwrap_or(false);
-        let script = take_script(scripts, method, url);
-        let resp = if let Some(answer) = script.as_ref().and_then(Script::answer) {
-            answer
-        } else if let Some(kind) = script.as_ref().and_then(|s| s.fault) {
-            let ra = script.as_ref().and_then(|s| s.retry_after).unwrap_or(1.0);
-            match kind {
-                FaultKind::TooMany => throttled(super::Provider::Outlook, ra, false),
-                FaultKind::Unavailable => server_error(super::Provider::Outlook, 503, Some(ra)),
-                _ => server_error(super::Provider::Outlook, 500, None),
-            }
-        } else if failed_dep {
+        let resp = if failed_dep {
             error(
                 424,
                 "FailedDependency",
@@ -1551,7 +1542,17 @@ fn batch(
             let rel = rel.strip_prefix("v1.0/").unwrap_or(rel);
             let inner = Req::new(method, &format!("/v1.0/{rel}"), headers, body.into());
             let segs: Vec<&str> = inner.segs.iter().skip(1).map(String::as_str).collect();
-            api(u, &inner, &segs, ctx, base, write_ok)
+            // A scripted answer for the part (a part throttled on its own); a cut body
+            // means nothing inside a `$batch` answer.
+            match scripts.take(&inner) {
+                Some(s) => {
+                    let own = s
+                        .needs_own()
+                        .then(|| api(u, &inner, &segs, ctx, base, write_ok));
+                    s.answer(own).0
+                }
+                None => api(u, &inner, &segs, ctx, base, write_ok),
+            }
         };
         statuses.insert(id.clone(), resp.status);
         let mut hdrs = Map::new();

@@ -24,6 +24,7 @@ pub(crate) mod common;
 pub(crate) mod google;
 pub(crate) mod graph;
 pub mod jpeg;
+pub mod script;
 pub mod seed;
 
 use std::net::SocketAddr;
@@ -34,8 +35,9 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpServer};
 
 pub use cli::{run_cli, SimArgs};
-pub use common::{FaultConfig, FaultKind, LogEntry, Script};
+pub use common::{FaultConfig, FaultKind, LogEntry};
 pub use graph::BatchPart;
+pub use script::{Cut, Script, ScriptBody};
 pub use seed::{people, user_salt, SeedAddress, SeedPerson, SeedPhone};
 
 use common::{Shared, SharedRef};
@@ -258,14 +260,6 @@ impl Sim {
         }
     }
 
-    /// Adds a scripted answer (see [`Script`]) to one provider; returns its id.
-    pub fn script(&self, provider: Provider, script: Script) -> u64 {
-        match provider {
-            Provider::Google => self.shared.google().add_script(script),
-            Provider::Outlook => self.shared.graph().add_script(script),
-        }
-    }
-
     /// The most API requests one user had in flight at once.
     pub fn peak_in_flight(&self, provider: Provider, user: &str) -> usize {
         let get = |m: &std::collections::HashMap<String, usize>| m.get(user).copied().unwrap_or(0);
@@ -311,6 +305,29 @@ impl Sim {
     /// Expires every access token issued so far, on both providers.
     pub fn expire_access_tokens(&self) {
         self.shared.expire_access_tokens();
+    }
+
+    /// Adds a scripted answer ([`Script`]) for a provider's API requests.
+    pub fn script(&self, provider: Provider, s: Script) {
+        self.shared
+            .with_state(provider, |scripts, _| scripts.add(s));
+    }
+
+    /// Removes a provider's scripted answers.
+    pub fn clear_scripts(&self, provider: Provider) {
+        self.shared
+            .with_state(provider, |scripts, _| scripts.clear());
+    }
+
+    /// Whether the request log keeps each request's bearer token and body.
+    pub fn set_detailed_log(&self, provider: Provider, on: bool) {
+        self.shared.set_detailed_log(provider, on);
+    }
+
+    /// The most items a listing page holds, whatever the client asks for (`None`: the
+    /// provider's own limit).
+    pub fn set_page_cap(&self, provider: Provider, cap: Option<usize>) {
+        self.shared.set_page_cap(provider, cap);
     }
 
     /// Moves the simulator's clock forward (token and cursor expiry use it).

@@ -22,7 +22,7 @@
 //!   them (the simulator uses the same constants);
 //! - [`map`]: pure functions between a `Person` and CRM fields;
 //! - [`read`]: listings, paging, sync tokens and the cursor, photos, re-reads;
-//! - [`write`]: two-way `batchCreateContacts` / `batchUpdateContacts` /
+//! - [`mod@write`]: two-way `batchCreateContacts` / `batchUpdateContacts` /
 //!   `batchDeleteContacts`.
 //!
 //! Every request goes through the shared [`crate::providers::transport`] executor with the
@@ -100,19 +100,11 @@ enum CallKind {
 }
 
 /// A Google People API client for one account.
+#[derive(Debug)]
 pub struct GoogleClient {
     api_base: String,
     group: Group,
     t: Transport,
-}
-
-impl std::fmt::Debug for GoogleClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoogleClient")
-            .field("api_base", &self.api_base)
-            .field("group", &self.group)
-            .finish_non_exhaustive()
-    }
 }
 
 impl GoogleClient {

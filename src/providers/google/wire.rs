@@ -53,33 +53,20 @@ pub const ALL_PERSON_FIELDS: &[&str] = &[
     "userDefined",
 ];
 
-/// The person fields `updatePersonFields` / `updateMask` accepts.
-pub const UPDATABLE_PERSON_FIELDS: &[&str] = &[
-    "addresses",
-    "biographies",
-    "birthdays",
-    "calendarUrls",
-    "clientData",
-    "emailAddresses",
-    "events",
-    "externalIds",
-    "genders",
-    "imClients",
-    "interests",
-    "locales",
-    "locations",
-    "memberships",
-    "miscKeywords",
-    "names",
-    "nicknames",
-    "occupations",
-    "organizations",
-    "phoneNumbers",
-    "relations",
-    "sipAddresses",
-    "urls",
-    "userDefined",
-];
+/// The person fields no update can set (output only).
+pub const READ_ONLY_PERSON_FIELDS: &[&str] =
+    &["ageRanges", "coverPhotos", "metadata", "photos", "skills"];
+
+/// The person fields `updatePersonFields` / `updateMask` accepts: all but the read-only
+/// ones.
+pub static UPDATABLE_PERSON_FIELDS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| {
+        ALL_PERSON_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| !READ_ONLY_PERSON_FIELDS.contains(f))
+            .collect()
+    });
 
 /// The person fields CRM fields map to, in the order an update mask lists them.
 pub const MAPPED_PERSON_FIELDS: &[&str] = &[
@@ -93,157 +80,153 @@ pub const MAPPED_PERSON_FIELDS: &[&str] = &[
 /// The group every contact we create joins.
 pub const MY_CONTACTS_GROUP: &str = "contactGroups/myContacts";
 
-/// `ListConnectionsResponse`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ListConnectionsJson {
-    /// Decoded person by person ([`super::decode_person`]): one unreadable person does not make
-    /// the page unreadable.
-    pub connections: Vec<serde_json::Value>,
-    pub next_page_token: Option<String>,
-    pub next_sync_token: Option<String>,
-    pub total_items: Option<u64>,
-    pub total_people: Option<u64>,
+/// Declares People API schema types as Google sends them: every field may be missing
+/// (`#[serde(default)]`), names are camelCase, unknown fields are ignored.
+macro_rules! schema {
+    ($($(#[$doc:meta])* $name:ident { $($(#[$attr:meta])* $field:ident: $ty:ty,)* })*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        #[serde(default, rename_all = "camelCase")]
+        pub struct $name {
+            $($(#[$attr])* pub $field: $ty,)*
+        }
+    )*};
 }
 
-/// `Person`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct PersonJson {
-    pub resource_name: String,
-    pub etag: Option<String>,
-    pub metadata: Option<PersonMetadataJson>,
-    pub names: Vec<NameJson>,
-    pub email_addresses: Vec<ValueJson>,
-    pub phone_numbers: Vec<ValueJson>,
-    pub addresses: Vec<AddressJson>,
-    pub organizations: Vec<OrganizationJson>,
-    pub birthdays: Vec<BirthdayJson>,
-    pub photos: Vec<PhotoJson>,
-    pub memberships: Vec<MembershipJson>,
-}
+schema! {
+    /// `ListConnectionsResponse`.
+    ListConnectionsJson {
+        /// Decoded person by person ([`super::decode_person`]): one unreadable person does not make
+        /// the page unreadable.
+        connections: Vec<serde_json::Value>,
+        next_page_token: Option<String>,
+        next_sync_token: Option<String>,
+        total_items: Option<u64>,
+        total_people: Option<u64>,
+    }
 
-/// `PersonMetadata`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct PersonMetadataJson {
-    pub deleted: Option<bool>,
-    pub sources: Vec<SourceJson>,
-    /// Former resource names (only in listings made with a sync token).
-    pub previous_resource_names: Vec<String>,
-}
+    /// `Person`.
+    PersonJson {
+        resource_name: String,
+        etag: Option<String>,
+        metadata: Option<PersonMetadataJson>,
+        names: Vec<NameJson>,
+        email_addresses: Vec<ValueJson>,
+        phone_numbers: Vec<ValueJson>,
+        addresses: Vec<AddressJson>,
+        organizations: Vec<OrganizationJson>,
+        birthdays: Vec<BirthdayJson>,
+        photos: Vec<PhotoJson>,
+        memberships: Vec<MembershipJson>,
+    }
 
-/// `Source` (as found in `PersonMetadata.sources`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct SourceJson {
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub id: Option<String>,
-    pub etag: Option<String>,
-}
+    /// `PersonMetadata`.
+    PersonMetadataJson {
+        deleted: Option<bool>,
+        sources: Vec<SourceJson>,
+        /// Former resource names (only in listings made with a sync token).
+        previous_resource_names: Vec<String>,
+    }
 
-/// `FieldMetadata`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct FieldMetadataJson {
-    pub primary: Option<bool>,
-}
+    /// `Source` (as found in `PersonMetadata.sources`).
+    SourceJson {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        id: Option<String>,
+        etag: Option<String>,
+    }
 
-/// `Name`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct NameJson {
-    pub metadata: Option<FieldMetadataJson>,
-    pub display_name: Option<String>,
-    pub given_name: Option<String>,
-    pub family_name: Option<String>,
-}
+    /// `FieldMetadata`.
+    FieldMetadataJson {
+        primary: Option<bool>,
+    }
 
-/// `EmailAddress` and `PhoneNumber` (we read only the value).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ValueJson {
-    pub metadata: Option<FieldMetadataJson>,
-    pub value: Option<String>,
-}
+    /// `Name`.
+    NameJson {
+        metadata: Option<FieldMetadataJson>,
+        display_name: Option<String>,
+        given_name: Option<String>,
+        family_name: Option<String>,
+    }
 
-/// `Address`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct AddressJson {
-    pub metadata: Option<FieldMetadataJson>,
-    pub street_address: Option<String>,
-    pub city: Option<String>,
-    pub region: Option<String>,
-    pub postal_code: Option<String>,
-    pub country: Option<String>,
-    pub country_code: Option<String>,
-}
+    /// `EmailAddress` and `PhoneNumber` (we read only the value).
+    ValueJson {
+        metadata: Option<FieldMetadataJson>,
+        value: Option<String>,
+    }
 
-/// `Organization`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct OrganizationJson {
-    pub metadata: Option<FieldMetadataJson>,
-    pub name: Option<String>,
-    pub title: Option<String>,
-}
+    /// `Address`.
+    AddressJson {
+        metadata: Option<FieldMetadataJson>,
+        street_address: Option<String>,
+        city: Option<String>,
+        region: Option<String>,
+        postal_code: Option<String>,
+        country: Option<String>,
+        country_code: Option<String>,
+    }
 
-/// `Birthday`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct BirthdayJson {
-    pub metadata: Option<FieldMetadataJson>,
-    pub date: Option<DateJson>,
-}
+    /// `Organization`.
+    OrganizationJson {
+        metadata: Option<FieldMetadataJson>,
+        name: Option<String>,
+        title: Option<String>,
+    }
 
-/// `Date`: a partial date; 0 (or absence) means "not given".
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DateJson {
-    pub year: Option<i64>,
-    pub month: Option<i64>,
-    pub day: Option<i64>,
-}
+    /// `Birthday`.
+    BirthdayJson {
+        metadata: Option<FieldMetadataJson>,
+        date: Option<DateJson>,
+    }
 
-/// `Photo`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct PhotoJson {
-    pub url: Option<String>,
-    pub default: Option<bool>,
-}
+    /// `Date`: a partial date; 0 (or absence) means "not given".
+    DateJson {
+        year: Option<i64>,
+        month: Option<i64>,
+        day: Option<i64>,
+    }
 
-/// `Membership`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct MembershipJson {
-    pub contact_group_membership: Option<ContactGroupMembershipJson>,
-}
+    /// `Photo`.
+    PhotoJson {
+        url: Option<String>,
+        default: Option<bool>,
+    }
 
-/// `ContactGroupMembership`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ContactGroupMembershipJson {
-    pub contact_group_id: Option<String>,
-    pub contact_group_resource_name: Option<String>,
-}
+    /// `Membership`.
+    MembershipJson {
+        contact_group_membership: Option<ContactGroupMembershipJson>,
+    }
 
-/// `{"error": Status}` as Google sends it on failures.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ErrorEnvelope {
-    pub error: Option<ApiError>,
-}
+    /// `ContactGroupMembership`.
+    ContactGroupMembershipJson {
+        contact_group_id: Option<String>,
+        contact_group_resource_name: Option<String>,
+    }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct ApiError {
-    pub code: Option<i64>,
-    pub message: Option<String>,
-    pub status: Option<String>,
-    pub details: Vec<serde_json::Value>,
+    /// `{"error": Status}` as Google sends it on failures.
+    ErrorEnvelope {
+        error: Option<ApiError>,
+    }
+
+    ApiError {
+        code: Option<i64>,
+        message: Option<String>,
+        status: Option<String>,
+        details: Vec<serde_json::Value>,
+    }
+
+    PersonResponseJson {
+        person: Option<PersonJson>,
+        status: Option<ApiError>,
+    }
+
+    BatchCreateResponseJson {
+        created_people: Vec<PersonResponseJson>,
+    }
+
+    BatchUpdateResponseJson {
+        update_result: std::collections::HashMap<String, PersonResponseJson>,
+    }
 }
 
 impl ApiError {
@@ -276,25 +259,6 @@ impl ApiError {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct PersonResponseJson {
-    pub person: Option<PersonJson>,
-    pub status: Option<ApiError>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct BatchCreateResponseJson {
-    pub created_people: Vec<PersonResponseJson>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct BatchUpdateResponseJson {
-    pub update_result: std::collections::HashMap<String, PersonResponseJson>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +273,10 @@ mod tests {
             assert!(PERSON_FIELDS.split(',').any(|p| p == *f), "{f}");
         }
         assert!(crate::providers::google::FULL_SYNC_MAX_AGE < SYNC_TOKEN_LIFETIME);
+        // `updatePersonFields` in the discovery document (people.v1.json).
+        assert_eq!(UPDATABLE_PERSON_FIELDS.len(), 24);
+        for f in ["memberships", "userDefined", "names", "sipAddresses"] {
+            assert!(UPDATABLE_PERSON_FIELDS.contains(&f), "{f}");
+        }
     }
 }

@@ -77,7 +77,8 @@ fn origin_of(u: &url::Url) -> Option<Origin> {
     ))
 }
 
-/// Sends requests for one account.
+/// Sends requests for one account. Its `Debug` shows no secret ([`Auth`] redacts them).
+#[derive(Debug)]
 pub struct Transport {
     http: reqwest::Client,
     auth: Auth,
@@ -91,15 +92,6 @@ pub struct Transport {
     /// No request is sent before this instant (a `Retry-After` holds for the account).
     pause_until: Mutex<Option<Instant>>,
     sent: AtomicU64,
-}
-
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport")
-            .field("service", &self.service)
-            .field("auth", &self.auth)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Why one attempt failed, and whether it may be made again.

@@ -30,6 +30,9 @@ fn auth_debug_redacts_the_password() {
     };
     let s = format!("{a:?}");
     assert!(s.contains("ops") && !s.contains("hunter2"));
+    let t = Transport::new(&url("https://dav.example.com/"), a, RetryPolicy::fast()).unwrap();
+    let s = format!("{t:?}");
+    assert!(s.contains("ops") && !s.contains("hunter2"), "{s}");
 }
 
 #[test]

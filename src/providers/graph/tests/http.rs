@@ -7,19 +7,20 @@ use crate::model::ProviderContact;
 use crate::providers::graph::map::photo_url;
 use crate::providers::graph::MAX_IN_FLIGHT;
 use crate::providers::{Provider as _, ProviderError, MAX_PHOTO_BYTES};
-use crate::sim::{FaultConfig, FaultKind};
+use crate::sim::{Cut, FaultConfig, ScriptBody};
 
 use super::*;
 
 #[tokio::test]
 async fn throttled_429_with_fractional_retry_after_is_retried_then_succeeds() {
     let m = mailbox().await;
-    m.script(Script {
-        fault: Some(FaultKind::TooMany),
-        retry_after: Some(0.01),
-        times: Some(1),
-        ..script(&[bare(&m.kids), "/contacts/delta?$select"])
-    });
+    m.script(
+        Script::on(&format!("{}/contacts/delta", enc(&m.kids)))
+            .with("$select")
+            .times(1)
+            .json(429, json!({"error": {"code": "ApplicationThrottled", "message": "Application is over its MailboxConcurrency limit."}}))
+            .header("Retry-After", "0.01"),
+    );
     let round = m.round(None).await;
     assert_eq!(upserts(&round).len(), 600);
     let kids_delta = format!("/v1.0/me/contactFolders/{}/contacts/delta", enc(&m.kids));
@@ -32,24 +33,30 @@ async fn throttled_429_with_fractional_retry_after_is_retried_then_succeeds() {
     );
 }
 
+/// Every Graph request answered 429 with this `Retry-After`.
+fn throttle_all(retry_after: &str) -> Script {
+    Script::on("/v1.0/")
+        .json(
+            429,
+            json!({"error": {"code": "TooManyRequests", "message": "Please retry again later."}}),
+        )
+        .header("Retry-After", retry_after)
+}
+
+/// The follow-up pages of the default folder's delta (links the simulator wrote).
+fn root_follow_up(m: &Mailbox) -> Script {
+    Script::on(&format!("{}/contacts/delta", m.root)).with("$skiptoken")
+}
+
 #[tokio::test]
 async fn throttling_that_never_ends_is_reported_as_throttled() {
     let m = mailbox_with(60).await;
-    m.script(Script {
-        fault: Some(FaultKind::TooMany),
-        retry_after: Some(0.001),
-        ..script(&["/v1.0/"])
-    });
+    m.script(throttle_all("0.001"));
     let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Throttled { .. }), "{err:?}");
     // A Retry-After beyond the policy's maximum ends the round at once.
-    m.sim
-        .control(SimProvider::Outlook, "DELETE", "/scripts", None);
-    m.script(Script {
-        fault: Some(FaultKind::TooMany),
-        retry_after: Some(3600.0),
-        ..script(&["/v1.0/"])
-    });
+    m.sim.clear_scripts(SimProvider::Outlook);
+    m.script(throttle_all("3600"));
     m.sim.clear_requests(SimProvider::Outlook);
     let fresh = m.new_client().fetch_round(None, &no_progress()).await;
     let waited = match fresh {
@@ -63,11 +70,7 @@ async fn throttling_that_never_ends_is_reported_as_throttled() {
 #[tokio::test]
 async fn truncated_body_is_retried_and_never_read_as_an_empty_page() {
     let m = mailbox().await;
-    m.script(Script {
-        fault: Some(FaultKind::Truncate),
-        times: Some(1),
-        ..script(&[bare(&m.root), "skiptoken"])
-    });
+    m.script(root_follow_up(&m).times(1).cut(Cut::Half));
     let round = m.round(None).await;
     assert_eq!(upserts(&round).len(), 600);
     let root_follow_ups = |m: &Mailbox| {
@@ -79,10 +82,7 @@ async fn truncated_body_is_retried_and_never_read_as_an_empty_page() {
     assert_eq!(root_follow_ups(&m), 2);
 
     // Always cut off: the round fails (Transient), it does not come back empty.
-    m.script(Script {
-        fault: Some(FaultKind::Truncate),
-        ..script(&[bare(&m.root), "skiptoken"])
-    });
+    m.script(root_follow_up(&m).cut(Cut::Half));
     let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
 }
@@ -113,8 +113,7 @@ async fn unauthorized_401_refreshes_the_token_once_and_retries() {
 #[tokio::test]
 async fn unauthorized_twice_in_a_row_needs_reauth() {
     let m = mailbox_with(60).await;
-    m.script(answer(
-        &["/v1.0/"],
+    m.script(Script::on("/v1.0/").json(
         401,
         json!({"error": {"code": "InvalidAuthenticationToken"}}),
     ));
@@ -126,6 +125,7 @@ async fn unauthorized_twice_in_a_row_needs_reauth() {
 async fn invalid_grant_from_the_token_endpoint_is_reauth_required() {
     let m = mailbox_with(0).await;
     // A refresh token the identity platform does not know: 400 invalid_grant (AADSTS70000).
+    m.sim.set_detailed_log(SimProvider::Outlook, true);
     let (client, _, stored) = client_for(&m.sim, "r1");
     let err = client.fetch_round(None, &no_progress()).await.unwrap_err();
     assert!(matches!(err, ProviderError::ReauthRequired(_)), "{err:?}");
@@ -136,7 +136,9 @@ async fn invalid_grant_from_the_token_endpoint_is_reauth_required() {
     );
     let first = &m.sim.requests(SimProvider::Outlook)[0];
     assert!(first.path.ends_with("/oauth2/v2.0/token"));
-    assert_eq!(first.grant_type.as_deref(), Some("refresh_token"));
+    let form = first.body.as_deref().unwrap_or_default();
+    assert!(form.contains("grant_type=refresh_token"), "{form}");
+    assert!(form.contains("refresh_token=r1"), "{form}");
     assert_eq!(first.status, 400);
 }
 
@@ -168,12 +170,11 @@ async fn photo_is_fetched_with_auth_404_is_none_and_oversized_is_none() {
     let big = add_with_photo(&m, "Big");
     let (_, none) = m.control("POST", "/contacts", Some(json!({"givenName": "None"})));
     let none = none["id"].as_str().expect("id").to_string();
-    m.script(Script {
-        status: Some(200),
-        bytes: Some(MAX_PHOTO_BYTES + 1),
-        headers: [("Content-Type".to_string(), "image/jpeg".to_string())].into(),
-        ..script(&[bare(&big), "/photo/"])
-    });
+    m.script(
+        Script::on(&format!("/contacts/{}/photo", enc(&big)))
+            .status(200)
+            .body(ScriptBody::Filler(MAX_PHOTO_BYTES + 1)),
+    );
     let mut with_url = pc(&has);
     with_url.photo_url = Some(photo_url(m.client.api_base(), &has));
     assert_eq!(

@@ -269,23 +269,6 @@ impl Mailbox {
     }
 }
 
-/// A script matching requests whose `path?query` contains every text.
-fn script(contains: &[&str]) -> Script {
-    Script {
-        contains: contains.iter().map(|s| s.to_string()).collect(),
-        ..Script::default()
-    }
-}
-
-/// A script answering `status` with a JSON body instead of the real answer.
-fn answer(contains: &[&str], status: u16, body: Value) -> Script {
-    Script {
-        status: Some(status),
-        json: Some(body),
-        ..script(contains)
-    }
-}
-
 /// The part of a simulator id that reads the same in a path whether or not the client
 /// percent-encoded it (ids end in `=`).
 fn bare(id: &str) -> &str {

@@ -4,7 +4,6 @@
 use crate::model::Progress;
 use crate::providers::graph::GraphCursor;
 use crate::providers::{Provider as _, ProviderError};
-use crate::sim::FaultKind;
 
 use super::*;
 
@@ -169,14 +168,15 @@ async fn resync_required_code_in_a_400_is_compared_case_insensitively() {
     let m = mailbox().await;
     let first = m.round(None).await;
     assert!(m.sim.expire_graph_folder_delta(OLGA, &m.root));
-    m.script(Script {
-        times: Some(1),
-        ..answer(
-            &[bare(&m.kids), "deltatoken"],
-            400,
-            json!({"error": {"code": "BadRequest", "innerError": {"code": "RESYNCREQUIRED"}}}),
-        )
-    });
+    m.script(
+        Script::on(&format!("{}/contacts/delta", m.kids))
+            .with("$deltatoken")
+            .times(1)
+            .json(
+                400,
+                json!({"error": {"code": "BadRequest", "innerError": {"code": "RESYNCREQUIRED"}}}),
+            ),
+    );
     let round = m.round(Some(&first.cursor)).await;
     assert_eq!(round.complete_scopes, vec![m.root.clone(), m.kids.clone()]);
     assert!(round.full);
@@ -193,12 +193,12 @@ async fn with_old_folder(m: &Mailbox) -> (String, Vec<u8>) {
 }
 
 /// A mailbox whose folder `Old`, listed by a first round, was deleted since: the mailbox,
-/// the folder's id, the first round's cursor and the `path?` of the folder's lookup.
+/// the folder's id, the first round's cursor and the path of the folder's lookup.
 async fn deleted_old_folder() -> (Mailbox, String, Vec<u8>, String) {
     let m = mailbox_with(60).await;
     let (old, cursor) = with_old_folder(&m).await;
     assert_eq!(m.control("DELETE", &format!("/folders/{old}"), None).0, 204);
-    let lookup = format!("/me/contactFolders/{}?", enc(&old));
+    let lookup = format!("/me/contactFolders/{}", enc(&old));
     (m, old, cursor, lookup)
 }
 
@@ -246,10 +246,10 @@ async fn folder_found_by_id_outside_the_default_tree_is_a_gone_scope() {
 #[tokio::test]
 async fn vanished_folder_whose_lookup_fails_with_500_fails_the_round() {
     let (m, old, cursor, lookup) = deleted_old_folder().await;
-    m.script(Script {
-        fault: Some(FaultKind::Internal),
-        ..script(&[&lookup])
-    });
+    m.script(Script::on(&lookup).json(
+        500,
+        json!({"error": {"code": "InternalServerError", "message": "An internal server error occurred."}}),
+    ));
     let err = m.failed_round(Some(&cursor)).await;
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
     // Retried per policy before giving up.
@@ -264,12 +264,7 @@ async fn vanished_folder_whose_lookup_fails_with_500_fails_the_round() {
 #[tokio::test]
 async fn vanished_folder_with_a_bare_404_is_not_treated_as_gone() {
     let (m, _, cursor, lookup) = deleted_old_folder().await;
-    m.script(Script {
-        status: Some(404),
-        text: Some("<html>no</html>".into()),
-        headers: [("Content-Type".to_string(), "text/html".to_string())].into(),
-        ..script(&[&lookup])
-    });
+    m.script(Script::on(&lookup).text(404, "<html>no</html>"));
     let err = m.failed_round(Some(&cursor)).await;
     assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
 }
@@ -277,8 +272,7 @@ async fn vanished_folder_with_a_bare_404_is_not_treated_as_gone() {
 #[tokio::test]
 async fn default_folder_falls_back_to_the_parent_of_a_top_level_folder() {
     let m = mailbox_with(60).await;
-    m.script(answer(
-        &["/me/contactFolders/contacts?"],
+    m.script(Script::on("/me/contactFolders/contacts").json(
         400,
         json!({"error": {"code": "ErrorInvalidIdMalformed", "message": "Id is malformed."}}),
     ));
@@ -290,14 +284,12 @@ async fn default_folder_falls_back_to_the_parent_of_a_top_level_folder() {
 #[tokio::test]
 async fn skiptoken_expiring_mid_listing_restarts_that_folder_and_keeps_no_half_round() {
     let m = mailbox().await;
-    m.script(Script {
-        times: Some(1),
-        ..answer(
-            &[bare(&m.kids), "skiptoken"],
-            410,
-            json!({"error": {"code": "syncStateNotFound"}}),
-        )
-    });
+    m.script(
+        Script::on(&format!("{}/contacts/delta", m.kids))
+            .with("$skiptoken")
+            .times(1)
+            .json(410, json!({"error": {"code": "syncStateNotFound"}})),
+    );
     let round = m.round(None).await;
     assert_eq!(round.complete_scopes, vec![m.root.clone(), m.kids.clone()]);
     // The first page of kids was listed before the failure and again after the restart:
@@ -344,7 +336,7 @@ async fn stored_link_to_another_host_is_not_followed_and_the_folder_is_relisted(
 #[tokio::test]
 async fn delta_page_without_next_or_delta_link_is_a_failed_fetch() {
     let m = mailbox_with(60).await;
-    m.script(answer(&["/contacts/delta"], 200, json!({"value": []})));
+    m.script(Script::on("/contacts/delta").json(200, json!({"value": []})));
     let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
 }
@@ -352,11 +344,12 @@ async fn delta_page_without_next_or_delta_link_is_a_failed_fetch() {
 #[tokio::test]
 async fn paging_link_to_another_host_is_refused() {
     let m = mailbox_with(60).await;
-    m.script(answer(
-        &[bare(&m.root), "/contacts/delta"],
-        200,
-        json!({"value": [], "@odata.nextLink": "http://evil.example/steal"}),
-    ));
+    m.script(
+        Script::on(&format!("{}/contacts/delta", enc(&m.root))).json(
+            200,
+            json!({"value": [], "@odata.nextLink": "http://evil.example/steal"}),
+        ),
+    );
     let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
 }

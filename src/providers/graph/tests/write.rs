@@ -2,7 +2,6 @@
 
 use crate::providers::graph::{WriteOp, WriteResult};
 use crate::providers::ProviderError;
-use crate::sim::FaultKind;
 
 use super::*;
 
@@ -23,13 +22,13 @@ async fn writes_go_through_batch_in_chunks_of_twenty_with_if_match_and_conflicts
             .and_then(|(_, _, c)| c["@odata.etag"].as_str().map(String::from))
     };
     // The throttled contact's part is throttled once, inside its `$batch`.
-    m.script(Script {
-        fault: Some(FaultKind::TooMany),
-        retry_after: Some(0.01),
-        times: Some(1),
-        method: Some("PATCH".into()),
-        ..script(&[&format!("/me/contacts/{}", enc(&throttled))])
-    });
+    m.script(
+        Script::on(&format!("/me/contacts/{}", enc(&throttled)))
+            .method("PATCH")
+            .times(1)
+            .json(429, json!({"error": {"code": "ApplicationThrottled"}}))
+            .header("Retry-After", "0.01"),
+    );
     let mut ops: Vec<WriteOp> = (0..21)
         .map(|i| WriteOp::Create {
             fields: sample_fields(if i == 0 { 4 } else { 1 }, 1),
@@ -108,10 +107,10 @@ async fn writes_go_through_batch_in_chunks_of_twenty_with_if_match_and_conflicts
 #[tokio::test]
 async fn a_batch_with_creates_is_not_sent_twice_after_a_server_error() {
     let m = mailbox_with(0).await;
-    m.script(Script {
-        fault: Some(FaultKind::Internal),
-        ..script(&["/v1.0/$batch"])
-    });
+    m.script(Script::on("/v1.0/$batch").json(
+        500,
+        json!({"error": {"code": "InternalServerError", "message": "An internal server error occurred."}}),
+    ));
     let err = m.client.create(&sample_fields(1, 1)).await.unwrap_err();
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
     assert_eq!(m.graph_requests().len(), 1);
