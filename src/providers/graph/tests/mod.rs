@@ -269,6 +269,12 @@ impl Mailbox {
     }
 }
 
+/// Graph's error answer (`{"error": {"code", "message"}}`) with `status` for requests whose
+/// path contains `path`.
+fn graph_error(path: &str, status: u16, code: &str, message: &str) -> Script {
+    Script::on(path).json(status, json!({"error": {"code": code, "message": message}}))
+}
+
 /// The part of a simulator id that reads the same in a path whether or not the client
 /// percent-encoded it (ids end in `=`).
 fn bare(id: &str) -> &str {

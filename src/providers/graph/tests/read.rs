@@ -246,9 +246,11 @@ async fn folder_found_by_id_outside_the_default_tree_is_a_gone_scope() {
 #[tokio::test]
 async fn vanished_folder_whose_lookup_fails_with_500_fails_the_round() {
     let (m, old, cursor, lookup) = deleted_old_folder().await;
-    m.script(Script::on(&lookup).json(
+    m.script(graph_error(
+        &lookup,
         500,
-        json!({"error": {"code": "InternalServerError", "message": "An internal server error occurred."}}),
+        "InternalServerError",
+        "An internal server error occurred.",
     ));
     let err = m.failed_round(Some(&cursor)).await;
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
@@ -272,9 +274,11 @@ async fn vanished_folder_with_a_bare_404_is_not_treated_as_gone() {
 #[tokio::test]
 async fn default_folder_falls_back_to_the_parent_of_a_top_level_folder() {
     let m = mailbox_with(60).await;
-    m.script(Script::on("/me/contactFolders/contacts").json(
+    m.script(graph_error(
+        "/me/contactFolders/contacts",
         400,
-        json!({"error": {"code": "ErrorInvalidIdMalformed", "message": "Id is malformed."}}),
+        "ErrorInvalidIdMalformed",
+        "Id is malformed.",
     ));
     let round = m.round(None).await;
     assert_eq!(round.complete_scopes, vec![m.root.clone(), m.kids.clone()]);

@@ -107,9 +107,11 @@ async fn writes_go_through_batch_in_chunks_of_twenty_with_if_match_and_conflicts
 #[tokio::test]
 async fn a_batch_with_creates_is_not_sent_twice_after_a_server_error() {
     let m = mailbox_with(0).await;
-    m.script(Script::on("/v1.0/$batch").json(
+    m.script(graph_error(
+        "/v1.0/$batch",
         500,
-        json!({"error": {"code": "InternalServerError", "message": "An internal server error occurred."}}),
+        "InternalServerError",
+        "An internal server error occurred.",
     ));
     let err = m.client.create(&sample_fields(1, 1)).await.unwrap_err();
     assert!(matches!(err, ProviderError::Transient(_)), "{err:?}");
