@@ -154,9 +154,10 @@ impl GoogleClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        if kind == CallKind::Create {
-            req = req.not_idempotent();
-        }
+        req = match kind {
+            CallKind::Create => req.not_idempotent(),
+            CallKind::Read | CallKind::EmptyOk => req.idempotent(),
+        };
         let empty_ok = kind == CallKind::EmptyOk;
         let answer = self
             .t

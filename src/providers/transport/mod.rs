@@ -288,6 +288,11 @@ impl Transport {
                     b.until_ready().await;
                 }
             }
+            // The token before a slot: a refresh does not hold one of the account's slots.
+            let token = match (&self.auth, credentials) {
+                (Auth::Bearer(tokens), true) => Some(tokens.access_token().await?),
+                _ => None,
+            };
             let _permit = match &self.in_flight {
                 Some(s) => Some(
                     s.acquire()
@@ -295,10 +300,6 @@ impl Transport {
                         .map_err(|_| ProviderError::Transient("Client shut down.".into()))?,
                 ),
                 None => None,
-            };
-            let token = match (&self.auth, credentials) {
-                (Auth::Bearer(tokens), true) => Some(tokens.access_token().await?),
-                _ => None,
             };
             self.sent
                 .fetch_add(u64::from(req.cost.max(1)), Ordering::Relaxed);

@@ -52,7 +52,9 @@ pub struct Request {
     pub cap: usize,
     /// Whether sending the request twice does no harm (reads, etag-guarded updates,
     /// deletes). A request that is not idempotent (a create) is retried only after
-    /// failures that cannot have reached the server: a 429, or no connection at all.
+    /// failures that cannot have reached the server: a 429, or no connection at all. True
+    /// unless [`Request::not_idempotent`] says otherwise: the caller knows whether its POST
+    /// creates (not idempotent) or reads or writes under an etag (idempotent).
     pub idempotent: bool,
     /// Units of the account's request budget this request spends (a `$batch` of n parts
     /// costs n); 1 by default.
@@ -64,12 +66,12 @@ pub struct Request {
 impl Request {
     pub fn new(method: Method, url: url::Url, cap: usize) -> Self {
         Request {
+            idempotent: true,
             method,
             url,
             headers: vec![],
             body: None,
             cap,
-            idempotent: true,
             cost: 1,
             timeout: None,
         }
@@ -103,6 +105,13 @@ impl Request {
         if !pairs.is_empty() {
             self.url.query_pairs_mut().extend_pairs(pairs);
         }
+        self
+    }
+
+    /// Marks the request as idempotent: sending it twice does no harm (see
+    /// [`Request::idempotent`]).
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use reqwest::Method;
 
 fn url(s: &str) -> url::Url {
     url::Url::parse(s).unwrap()
@@ -150,5 +151,22 @@ fn requests_build_their_query_and_json_body() {
     assert_eq!(r.body.as_deref(), Some(&b"{\"x\":1}"[..]));
     assert!(!r.idempotent);
     assert_eq!(r.cost, 1);
+    let u = url("https://dav.example.com/a.vcf");
+    // Idempotent unless the caller says otherwise, whatever the method.
+    for m in [
+        Method::GET,
+        Method::PUT,
+        Method::DELETE,
+        Method::POST,
+        Method::PATCH,
+    ] {
+        assert!(Request::new(m.clone(), u.clone(), 1).idempotent, "{m}");
+    }
+    assert!(
+        Request::new(Method::POST, u, 1)
+            .not_idempotent()
+            .idempotent()
+            .idempotent
+    );
     assert!(redact(&r.url).ends_with("/connections"));
 }

@@ -19,15 +19,20 @@ fn primary_name_is_used_not_the_first() {
     assert_eq!(c.scope, "");
 }
 
+/// Asserts the first and last name a person maps to.
+fn assert_names(v: serde_json::Value, first: &str, last: &str) {
+    let f = upsert(map_person(&person(v), Group::All)).fields;
+    assert_eq!((f.first_name.as_str(), f.last_name.as_str()), (first, last));
+}
+
 #[test]
 fn first_name_entry_is_used_when_none_is_primary() {
-    let p = person(json!({"resourceName": "people/c1", "names": [
-        {"givenName": "Grace", "familyName": "Hopper"},
-        {"givenName": "Amazing", "familyName": "Grace"}]}));
-    let c = upsert(map_person(&p, Group::All));
-    assert_eq!(
-        (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
-        ("Grace", "Hopper")
+    assert_names(
+        json!({"resourceName": "people/c1", "names": [
+            {"givenName": "Grace", "familyName": "Hopper"},
+            {"givenName": "Amazing", "familyName": "Grace"}]}),
+        "Grace",
+        "Hopper",
     );
 }
 
@@ -39,30 +44,22 @@ fn display_name_fallback_splits_last_word_as_last_name() {
     assert_eq!(c.fields.first_name, "Jean Claude Van");
     assert_eq!(c.fields.last_name, "Damme");
 
-    let p = person(json!({"resourceName": "people/c3", "names": [
-        {"displayName": "Cher", "givenName": "", "familyName": " "}]}));
-    let c = upsert(map_person(&p, Group::All));
-    assert_eq!(
-        (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
-        ("Cher", "")
+    assert_names(
+        json!({"resourceName": "people/c3", "names": [
+            {"displayName": "Cher", "givenName": "", "familyName": " "}]}),
+        "Cher",
+        "",
     );
-
-    let p = person(json!({"resourceName": "people/c4"}));
-    let c = upsert(map_person(&p, Group::All));
-    assert_eq!(
-        (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
-        ("", "")
-    );
+    assert_names(json!({"resourceName": "people/c4"}), "", "");
 }
 
 #[test]
 fn given_name_alone_does_not_use_display_name() {
-    let p = person(json!({"resourceName": "people/c5", "names": [
-        {"displayName": "Madonna Louise Ciccone", "givenName": "Madonna"}]}));
-    let c = upsert(map_person(&p, Group::All));
-    assert_eq!(
-        (c.fields.first_name.as_str(), c.fields.last_name.as_str()),
-        ("Madonna", "")
+    assert_names(
+        json!({"resourceName": "people/c5", "names": [
+            {"displayName": "Madonna Louise Ciccone", "givenName": "Madonna"}]}),
+        "Madonna",
+        "",
     );
 }
 
