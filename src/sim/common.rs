@@ -339,7 +339,7 @@ pub struct LogEntry {
     pub status: u16,
     pub user: Option<String>,
     pub fault: Option<String>,
-    /// The request's `Prefer` header, as sent.
+    /// The request's `Prefer` header, as sent (detailed log only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefer: Option<String>,
     /// The request's bearer token (detailed log only).
@@ -1002,7 +1002,9 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Bod
             status: resp.status,
             user: adm.user.clone(),
             fault: fault_name,
-            prefer: r.header("prefer").map(String::from),
+            prefer: detailed
+                .then(|| r.header("prefer").map(String::from))
+                .flatten(),
             bearer: detailed.then(|| r.bearer().map(str::to_string)).flatten(),
             body: detailed.then(|| String::from_utf8_lossy(&r.body).into_owned()),
         },

@@ -276,7 +276,7 @@ pub(crate) struct MUser {
     /// `METHOD url` of every `$batch` part served (the request log has one entry per
     /// `$batch`), newest last; the oldest tenth goes beyond 200,000.
     pub batch_parts: Vec<String>,
-    /// The newest 10,000 `$batch` parts, whole.
+    /// The newest 10,000 `$batch` parts, whole (with the detailed log on).
     pub batch_log: Vec<BatchPart>,
     /// `$batch` requests served.
     batches: u64,
@@ -798,7 +798,8 @@ pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
                 }
             }
             if is_batch {
-                return batch(u, &mut st.scripts, r, &ctx, &base, write_ok);
+                let detailed = st.detailed_log;
+                return batch(u, &mut st.scripts, detailed, r, &ctx, &base, write_ok);
             }
             api(u, r, rest, &ctx, &base, write_ok)
         }
@@ -1436,6 +1437,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
 fn batch(
     u: &mut MUser,
     scripts: &mut Scripts,
+    detailed: bool,
     r: &Req,
     ctx: &Ctx,
     base: &str,
@@ -1472,30 +1474,32 @@ fn batch(
             u.batch_parts.drain(..20_000);
         }
         u.batch_parts.push(format!("{method} {url}"));
-        if u.batch_log.len() >= 10_000 {
-            u.batch_log.drain(..1_000);
+        if detailed {
+            if u.batch_log.len() >= 10_000 {
+                u.batch_log.drain(..1_000);
+            }
+            u.batch_log.push(BatchPart {
+                batch: u.batches + 1,
+                id: id.clone(),
+                method: method.to_string(),
+                url: url.to_string(),
+                headers: q
+                    .get("headers")
+                    .and_then(Value::as_object)
+                    .map(|h| {
+                        h.iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.clone(),
+                                    v.as_str().map_or_else(|| v.to_string(), String::from),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                body: q.get("body").cloned(),
+            });
         }
-        u.batch_log.push(BatchPart {
-            batch: u.batches + 1,
-            id: id.clone(),
-            method: method.to_string(),
-            url: url.to_string(),
-            headers: q
-                .get("headers")
-                .and_then(Value::as_object)
-                .map(|h| {
-                    h.iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                v.as_str().map_or_else(|| v.to_string(), String::from),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            body: q.get("body").cloned(),
-        });
         if id.is_empty() || url.is_empty() {
             return bad(
                 r,

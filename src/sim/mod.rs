@@ -236,8 +236,8 @@ impl Sim {
             .unwrap_or_default()
     }
 
-    /// Every `$batch` part an Outlook user's requests carried, with its headers and body (the
-    /// newest 10,000).
+    /// Every `$batch` part an Outlook user's requests carried while the detailed log was on
+    /// ([`Sim::set_detailed_log`]), with its headers and body (the newest 10,000).
     pub fn graph_batch_log(&self, user: &str) -> Vec<BatchPart> {
         self.shared
             .graph()

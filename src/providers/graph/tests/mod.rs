@@ -138,6 +138,8 @@ async fn mailbox_with(contacts: usize) -> Mailbox {
         .find(|id| *id != root)
         .expect("a child folder")
         .to_string();
+    // Prefer headers and whole `$batch` parts in the request log.
+    sim.set_detailed_log(SimProvider::Outlook, true);
     let refresh = sim
         .refresh_token(SimProvider::Outlook, OLGA)
         .expect("seeded");
