@@ -5,7 +5,7 @@
 //! - Each provider runs its own actix-web server on loopback. Both serve the provider's wire
 //!   format (paths, parameters, JSON field names, error shapes) so that a client that works
 //!   against the simulator should work against the real service.
-//! - State lives in memory, per provider, behind one mutex ([`ProvState`]). Every handler is
+//! - State lives in memory, per provider, behind one mutex (`ProvState`). Every handler is
 //!   synchronous over that state; only fault injection (latency, hangs) awaits.
 //! - Change tracking uses a per-user, monotonically increasing change sequence. Every
 //!   contact carries the sequence number of its last change and every deletion leaves a

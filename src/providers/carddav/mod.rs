@@ -6,7 +6,7 @@
 //! - [`patch`]: CRM fields → vCard: write-back that patches a card's own lines, new cards;
 //! - [`read`]: discovery (RFC 6764, RFC 5397, RFC 6352 §7.1) and rounds (RFC 6578
 //!   `sync-collection`, `addressbook-multiget`, a `getetag` listing as fallback);
-//! - [`write`]: two-way PUT / DELETE with `If-Match` / `If-None-Match`.
+//! - [`write`](mod@write): two-way PUT / DELETE with `If-Match` / `If-None-Match`.
 //!
 //! Every request goes through the shared [`crate::providers::transport`] with HTTP Basic
 //! (the account's app password from `password_file`).
