@@ -299,10 +299,10 @@ impl OutlookProvider {
         "https://graph.microsoft.com/v1.0".into()
     }
     fn default_request_budget() -> u32 {
-        crate::providers::outlook::DEFAULT_REQUEST_BUDGET
+        crate::providers::graph::DEFAULT_REQUEST_BUDGET
     }
     fn default_request_budget_window() -> Duration {
-        crate::providers::outlook::DEFAULT_BUDGET_WINDOW
+        crate::providers::graph::DEFAULT_BUDGET_WINDOW
     }
     pub fn auth_url(&self) -> String {
         self.auth_url.clone().unwrap_or_else(|| {

@@ -6,7 +6,7 @@ use contact_sync::config::{self, Group};
 use contact_sync::crm::{plan_edit, ContactInput, CrmEdit, EditError};
 use contact_sync::model::Change;
 use contact_sync::providers::google::{map_person, ListConnectionsJson, PersonJson};
-use contact_sync::providers::outlook::{
+use contact_sync::providers::graph::{
     map_contact, parse_page, row_outcome, GraphContact, RowOutcome,
 };
 use contact_sync::store::Db;
@@ -404,7 +404,7 @@ proptest! {
         if let Ok(c) = serde_json::from_slice::<GraphContact>(&bytes) {
             let _ = map_contact(&c, "folder");
         }
-        let _ = contact_sync::providers::outlook::GraphCursor::decode(&bytes);
+        let _ = contact_sync::providers::graph::GraphCursor::decode(&bytes);
     }
 }
 

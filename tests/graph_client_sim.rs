@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use contact_sync::model::{Change, Fields, ProviderContact};
+use contact_sync::providers::graph::{GraphClient, GraphCursor, WriteResult};
 use contact_sync::providers::http::RetryPolicy;
 use contact_sync::providers::oauth::{GrantSink, OAuthClient, TokenSource};
-use contact_sync::providers::outlook::{GraphClient, GraphCursor, WriteResult};
 use contact_sync::providers::{ProgressFn, Provider as _, ProviderError, Round};
 use contact_sync::sim::{FaultConfig, FaultKind, Provider, SeedUser, Sim, SimOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -351,7 +351,7 @@ async fn write_with_a_read_only_grant_is_reauth_required_naming_contacts_readwri
         .expect("reads work");
     let c = upserts(&round)[0].clone();
     let out = client
-        .write(&[contact_sync::providers::outlook::WriteOp::Update {
+        .write(&[contact_sync::providers::graph::WriteOp::Update {
             id: c.provider_id.clone(),
             etag: c.etag.clone(),
             fields: c.fields.clone(),

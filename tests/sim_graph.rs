@@ -956,7 +956,7 @@ async fn partial_delta_rows_carry_only_changed_properties_and_read_tokens_cannot
     assert_eq!(v["error"]["code"], "ErrorAccessDenied");
 }
 
-const HAS_PICTURE: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
+use contact_sync::providers::graph::HAS_PICTURE;
 
 fn has_picture_filter() -> String {
     format!(

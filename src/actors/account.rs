@@ -1,7 +1,9 @@
-//! The account actor: one per connected account. It owns the account's delta cursor and
-//! drives rounds: fetch every change since the cursor from the provider, check the
-//! contact limit, then hand the changes to the matcher in chunks; the last chunk carries
-//! the new cursor, so the cursor only moves once everything it covers is committed.
+//! The account actor: one per connected account. It drives rounds: read the account's
+//! delta cursor from the store, fetch every change since it from the provider, check the
+//! contact limit, then hand the changes to the matcher in chunks. The cursor is the
+//! store's: the last chunk carries the new one and the writer commits it in that chunk's
+//! transaction, so the cursor only moves once everything it covers is committed (the
+//! supervisor clears it when the account's group changes). The actor keeps no copy.
 //!
 //! It never retries on its own: when a round fails it stops and tells the supervisor why
 //! ([`AccountExit`]); the supervisor decides about restarts and backoff.

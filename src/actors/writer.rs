@@ -1,10 +1,17 @@
-//! The writer actor: where sync rounds and API edits commit CRM state (two-way push answers,
-//! status records, grants and approvals are committed by their own owners; see
-//! `docs/architecture.md`). It owns the durability contract of SPEC §8: a page's CRM
-//! writes, links, base snapshots, metrics, the new cursor and the page's audit events are
-//! committed in one store transaction and flushed before the reply; the audit drainer then
-//! writes the events to the daily file. It runs on its own thread (a `SyncArbiter`), since commits and
-//! flushes block.
+//! The writer actor: the one place where CRM contacts, companies, links, base snapshots and
+//! sync cursors change. Sync rounds, two-way push answers and API edits of CRM contacts are
+//! all planned by the matcher and committed here as [`CommitPage`], one at a time, so they
+//! never interleave. Other records are committed directly by their owner, each in one
+//! durable store transaction: account status and the held-deletion, resync and approval
+//! flags (the account actor), the cursor reset after a group change (the supervisor),
+//! grants, approvals, disconnects and retry requests with their outbox entries (the API and
+//! the CLI), and the audit log's own records.
+//!
+//! It owns the durability contract of SPEC §8: a page's CRM writes, links, base snapshots,
+//! metrics, the new cursor and the page's audit events are committed in one store
+//! transaction and flushed before the reply; the audit drainer then writes the events to
+//! the daily file. It runs on its own thread (a `SyncArbiter`), since commits and flushes
+//! block.
 
 use std::sync::Arc;
 

@@ -162,7 +162,7 @@ fn build_client(
                 ProviderError::Permanent("[providers.outlook] is not configured.".into())
             })?;
             Ok(Arc::new(
-                super::outlook::GraphClient::new(p.api_base.clone(), tokens, retry_policy())
+                super::graph::GraphClient::new(p.api_base.clone(), tokens, retry_policy())
                     .with_budget(p.request_budget, p.request_budget_window),
             ))
         }

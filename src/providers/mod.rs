@@ -11,9 +11,9 @@
 pub mod build;
 pub mod carddav;
 pub mod google;
+pub mod graph;
 pub mod http;
 pub mod oauth;
-pub mod outlook;
 pub mod text;
 pub mod transport;
 
@@ -231,3 +231,55 @@ pub trait Provider: Send + Sync {
         )
     }
 }
+
+/// Implements [`Provider`] for a client from inherent async methods: `round(cursor,
+/// progress)` for [`Provider::fetch_round`], `push_ops(ops)` for [`Provider::push`],
+/// `photo(contact)` for [`Provider::fetch_photo`] and, given `photos = name`, a batched
+/// `name(contacts)` for [`Provider::fetch_photos`]. One copy of the boxing glue for every
+/// client.
+macro_rules! provider_impl {
+    ($client:ty $(, photos = $photos:ident)?) => {
+        impl $crate::providers::Provider for $client {
+            fn fetch_round<'a>(
+                &'a self,
+                cursor: Option<&'a [u8]>,
+                progress: &'a $crate::providers::ProgressFn,
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                Result<$crate::providers::Round, $crate::providers::ProviderError>,
+            > {
+                Box::pin(self.round(cursor, progress))
+            }
+
+            fn push<'a>(
+                &'a self,
+                ops: &'a [$crate::providers::PushOp],
+            ) -> futures_util::future::BoxFuture<'a, Vec<$crate::providers::PushResult>> {
+                Box::pin(self.push_ops(ops))
+            }
+
+            fn fetch_photo<'a>(
+                &'a self,
+                contact: &'a $crate::model::ProviderContact,
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                Result<Option<$crate::providers::Jpeg>, $crate::providers::ProviderError>,
+            > {
+                Box::pin(self.photo(contact))
+            }
+
+            $(
+                fn fetch_photos<'a>(
+                    &'a self,
+                    contacts: &'a [$crate::model::ProviderContact],
+                ) -> futures_util::future::BoxFuture<
+                    'a,
+                    Vec<Result<Option<$crate::providers::Jpeg>, $crate::providers::ProviderError>>,
+                > {
+                    Box::pin(self.$photos(contacts))
+                }
+            )?
+        }
+    };
+}
+pub(crate) use provider_impl;

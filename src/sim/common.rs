@@ -123,25 +123,11 @@ impl Req {
     }
 }
 
+/// Decodes `%XX` escapes; a `%` not followed by two hex digits stays as it is.
 pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(v) = hex {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A response produced by a handler.
@@ -353,6 +339,9 @@ pub struct LogEntry {
     pub status: u16,
     pub user: Option<String>,
     pub fault: Option<String>,
+    /// The request's `Prefer` header, as sent (detailed log only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<String>,
     /// The request's bearer token (detailed log only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer: Option<String>,
@@ -535,6 +524,8 @@ pub(crate) struct ProvState<U> {
     /// The most items a listing page holds, whatever page size the client asks for (as
     /// the services may serve fewer than asked).
     pub page_cap: Option<usize>,
+    /// The most API requests each user had in flight at once.
+    pub peak_inflight: HashMap<String, usize>,
 }
 
 /// A closed gate (see [`ProvState::gates`]).
@@ -608,6 +599,7 @@ impl<U> ProvState<U> {
             scripts: Scripts::default(),
             detailed_log: false,
             page_cap: None,
+            peak_inflight: HashMap::new(),
         }
     }
 
@@ -894,13 +886,16 @@ fn admit_in<U>(st: &mut ProvState<U>, req: &Req, now: DateTime<Utc>) -> Admissio
     let user = st.auth.user_of(req.bearer(), now);
     let mut over_quota = false;
     let mut counted = false;
-    if let (Some(max), Some(u)) = (st.quota, user.as_ref()) {
+    if let Some(u) = user.as_ref() {
         let n = st.inflight.entry(u.clone()).or_insert(0);
-        if *n >= max {
+        if st.quota.is_some_and(|max| *n >= max) {
             over_quota = true;
         } else {
             *n += 1;
             counted = true;
+            let now_in = *n;
+            let peak = st.peak_inflight.entry(u.clone()).or_insert(0);
+            *peak = (*peak).max(now_in);
         }
     }
     let f = &st.faults;
@@ -1007,6 +1002,9 @@ async fn serve(shared: &Shared, provider: Provider, r: Req) -> (Resp, Option<Bod
             status: resp.status,
             user: adm.user.clone(),
             fault: fault_name,
+            prefer: detailed
+                .then(|| r.header("prefer").map(String::from))
+                .flatten(),
             bearer: detailed.then(|| r.bearer().map(str::to_string)).flatten(),
             body: detailed.then(|| String::from_utf8_lossy(&r.body).into_owned()),
         },
@@ -1066,7 +1064,7 @@ pub(crate) fn throttled(provider: Provider, retry_after: f64, concurrency: bool)
     }
 }
 
-fn server_error(provider: Provider, status: u16, retry_after: Option<f64>) -> Resp {
+pub(crate) fn server_error(provider: Provider, status: u16, retry_after: Option<f64>) -> Resp {
     let r = match provider {
         Provider::Google => {
             if status == 503 {
@@ -1273,6 +1271,13 @@ pub(crate) fn control(shared: &Shared, provider: Provider, r: &Req) -> Resp {
             } else {
                 control_err(404, "no such gate")
             }
+        }
+        ("GET", ["in-flight"]) => {
+            let peak = match provider {
+                Provider::Google => shared.google().peak_inflight.clone(),
+                Provider::Outlook => shared.graph().peak_inflight.clone(),
+            };
+            Resp::json(200, &json!({ "peak": peak }))
         }
         ("POST", ["expire-access-tokens"]) => {
             shared.expire_access_tokens();

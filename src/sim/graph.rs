@@ -12,8 +12,14 @@ use super::common::{
     b64, control_err, mix, pkce_ok, random_token, unb64, AuthCode, Ctx, DeviceCode, ProvState, Req,
     Resp, Shared,
 };
+use super::script::Scripts;
 use super::seed::{people, user_salt, SeedPerson};
+// Wire facts the client and the simulator share.
 use super::SeedUser;
+use crate::providers::graph::{
+    DEFAULT_PAGE_SIZE, HAS_PICTURE, MAX_BATCH, MAX_BUSINESS_PHONES, MAX_EMAILS, MAX_HOME_PHONES,
+    MAX_PAGE_SIZE,
+};
 
 /// Contact properties in the order Graph serialises them. (name, default when unset)
 const PROPS: &[&str] = &[
@@ -75,17 +81,10 @@ const ADDRESSES: &[&str] = &["homeAddress", "businessAddress", "otherAddress"];
 const ADDRESS_KEYS: &[&str] = &["street", "city", "state", "countryOrRegion", "postalCode"];
 /// Multi-value limits the service enforces (reference §2.2).
 const LIMITS: &[(&str, &str, usize)] = &[
-    ("emailAddresses", "EmailAddresses", 3),
-    ("businessPhones", "BusinessPhones", 2),
-    ("homePhones", "HomePhones", 2),
+    ("emailAddresses", "EmailAddresses", MAX_EMAILS),
+    ("businessPhones", "BusinessPhones", MAX_BUSINESS_PHONES),
+    ("homePhones", "HomePhones", MAX_HOME_PHONES),
 ];
-const DEFAULT_PAGE: usize = 10;
-const MAX_PAGE: usize = 1000;
-const BATCH_MAX: usize = 20;
-
-/// PidLidHasPicture (PSETID_Address, long id 0x8015, Boolean) as a Graph single-value
-/// extended property id: TRUE when the contact has a photo attachment.
-pub const HAS_PICTURE: &str = "Boolean {00062004-0000-0000-C000-000000000046} Id 0x8015";
 
 /// Query options Graph refuses on contact `delta` (`ErrorInvalidUrlQuery`): only
 /// `$select`, `$deltatoken` and `$skiptoken` are documented for it.
@@ -277,6 +276,25 @@ pub(crate) struct MUser {
     /// `METHOD url` of every `$batch` part served (the request log has one entry per
     /// `$batch`), newest last; the oldest tenth goes beyond 200,000.
     pub batch_parts: Vec<String>,
+    /// The newest 10,000 `$batch` parts, whole (with the detailed log on).
+    pub batch_log: Vec<BatchPart>,
+    /// `$batch` requests served.
+    batches: u64,
+    /// Per contact folder, bumped to invalidate that folder's delta and skip tokens.
+    pub folder_epochs: BTreeMap<String, u64>,
+}
+
+/// One `$batch` part as the simulator received it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BatchPart {
+    /// Which `$batch` request of the user carried it (1, 2, …).
+    pub batch: u64,
+    pub id: String,
+    pub method: String,
+    pub url: String,
+    /// Header names as sent.
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<Value>,
 }
 
 /// The token bucket behind [`MUser::budget`].
@@ -334,6 +352,9 @@ impl MUser {
             budget: None,
             budget_refusals: 0,
             batch_parts: Vec::new(),
+            batch_log: Vec::new(),
+            batches: 0,
+            folder_epochs: BTreeMap::new(),
         };
         m.root_id = m.new_id("AQMkAD");
         m.default_id = m.new_id("AQMkAD");
@@ -437,6 +458,10 @@ impl MUser {
             }
             None => false,
         }
+    }
+
+    fn folder_epoch(&self, folder: &str) -> u64 {
+        self.folder_epochs.get(folder).copied().unwrap_or(0)
     }
 
     /// Resolves a folder reference: an id, the well-known name `contacts`, or `('id')`.
@@ -667,7 +692,7 @@ fn prefs(r: &Req) -> Prefs {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| *n > 0)
-                    .map(|n| n.min(MAX_PAGE));
+                    .map(|n| n.min(MAX_PAGE_SIZE));
             } else if part
                 .replace(' ', "")
                 .eq_ignore_ascii_case("IdType=\"ImmutableId\"")
@@ -724,13 +749,14 @@ fn unauthorized(r: &Req, msg: &str) -> Resp {
 /// Entry point for every non-control request on the Graph server.
 pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
     let ctx = shared.ctx();
-    let mut st = shared.graph();
+    let mut guard = shared.graph();
+    let st = &mut *guard;
     let segs: Vec<&str> = r.segs.iter().map(String::as_str).collect();
     let m = r.method.as_str();
     match (m, segs.as_slice()) {
-        ("GET", [_tenant, "oauth2", "v2.0", "authorize"]) => authorize(&mut st, r, &ctx),
-        ("POST", [_tenant, "oauth2", "v2.0", "token"]) => token(&mut st, r, &ctx),
-        ("POST", [_tenant, "oauth2", "v2.0", "devicecode"]) => devicecode(&mut st, r, &ctx),
+        ("GET", [_tenant, "oauth2", "v2.0", "authorize"]) => authorize(st, r, &ctx),
+        ("POST", [_tenant, "oauth2", "v2.0", "token"]) => token(st, r, &ctx),
+        ("POST", [_tenant, "oauth2", "v2.0", "devicecode"]) => devicecode(st, r, &ctx),
         (_, ["v1.0", rest @ ..]) => {
             let user = match r.bearer() {
                 None => return unauthorized(r, "Access token is empty."),
@@ -772,7 +798,8 @@ pub(crate) fn handle(shared: &Shared, r: &Req) -> Resp {
                 }
             }
             if is_batch {
-                return batch(u, r, &ctx, &base, write_ok);
+                let detailed = st.detailed_log;
+                return batch(u, &mut st.scripts, detailed, r, &ctx, &base, write_ok);
             }
             api(u, r, rest, &ctx, &base, write_ok)
         }
@@ -913,8 +940,8 @@ fn page_params(r: &Req) -> (usize, usize) {
         .q("$top")
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
-        .map(|n| n.min(MAX_PAGE))
-        .unwrap_or(DEFAULT_PAGE);
+        .map(|n| n.min(MAX_PAGE_SIZE))
+        .unwrap_or(DEFAULT_PAGE_SIZE);
     let skip = r
         .q("$skip")
         .and_then(|v| v.parse::<usize>().ok())
@@ -1235,6 +1262,9 @@ struct DeltaState {
     f: String,
     /// User epoch at issue time.
     e: u64,
+    /// Folder epoch at issue time.
+    #[serde(default)]
+    fe: u64,
     /// Start of the round (exclusive); None for an initial round.
     from: Option<u64>,
     /// Snapshot sequence of the round; None in a delta token.
@@ -1289,6 +1319,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
             DeltaState {
                 f: folder.to_string(),
                 e: u.epoch,
+                fe: u.folder_epoch(folder),
                 from: None,
                 snap: Some(u.seq),
                 after: 0,
@@ -1298,7 +1329,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
         Some(t) => {
             let parsed: Option<DeltaState> = unb64(t).and_then(|b| serde_json::from_slice(&b).ok());
             match parsed {
-                Some(s) if s.e == u.epoch && s.f == folder => {
+                Some(s) if s.e == u.epoch && s.fe == u.folder_epoch(folder) && s.f == folder => {
                     if r.q("$deltatoken").is_some() {
                         // Start of a new round from the saved state.
                         DeltaState {
@@ -1318,7 +1349,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
     let snap = st.snap.unwrap_or(u.seq);
     let from = st.from.unwrap_or(0);
     let lo = from.max(st.after);
-    let page_size = p.maxpagesize.unwrap_or(DEFAULT_PAGE);
+    let page_size = p.maxpagesize.unwrap_or(DEFAULT_PAGE_SIZE);
     let mut rows: Vec<(u64, Value)> = Vec::new();
     for c in u.contacts.values() {
         if c.folder == folder && c.seq > lo && c.seq <= snap {
@@ -1379,6 +1410,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
         let next = DeltaState {
             f: st.f.clone(),
             e: st.e,
+            fe: st.fe,
             from: st.from,
             snap: Some(snap),
             after: last,
@@ -1390,6 +1422,7 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
         let d = DeltaState {
             f: st.f.clone(),
             e: st.e,
+            fe: st.fe,
             from: Some(snap),
             snap: None,
             after: 0,
@@ -1401,7 +1434,15 @@ fn delta(u: &MUser, r: &Req, folder: &str, _ctx: &Ctx, base: &str, p: &Prefs) ->
     apply_prefs(Resp::json(200, &out), p, p.maxpagesize.is_some())
 }
 
-fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp {
+fn batch(
+    u: &mut MUser,
+    scripts: &mut Scripts,
+    detailed: bool,
+    r: &Req,
+    ctx: &Ctx,
+    base: &str,
+    write_ok: bool,
+) -> Resp {
     let body = match r.json() {
         Ok(b) => b,
         Err(_) => return bad(r, "BadRequest", "Invalid batch payload format."),
@@ -1409,11 +1450,11 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp 
     let Some(reqs) = body.get("requests").and_then(Value::as_array) else {
         return bad(r, "BadRequest", "Invalid batch payload format.");
     };
-    if reqs.len() > BATCH_MAX {
+    if reqs.len() > MAX_BATCH {
         return bad(
             r,
             "BadRequest",
-            &format!("Number of batch requests exceeds the limit of {BATCH_MAX}."),
+            &format!("Number of batch requests exceeds the limit of {MAX_BATCH}."),
         );
     }
     let mut statuses: BTreeMap<String, u16> = BTreeMap::new();
@@ -1433,6 +1474,32 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp 
             u.batch_parts.drain(..20_000);
         }
         u.batch_parts.push(format!("{method} {url}"));
+        if detailed {
+            if u.batch_log.len() >= 10_000 {
+                u.batch_log.drain(..1_000);
+            }
+            u.batch_log.push(BatchPart {
+                batch: u.batches + 1,
+                id: id.clone(),
+                method: method.to_string(),
+                url: url.to_string(),
+                headers: q
+                    .get("headers")
+                    .and_then(Value::as_object)
+                    .map(|h| {
+                        h.iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.clone(),
+                                    v.as_str().map_or_else(|| v.to_string(), String::from),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                body: q.get("body").cloned(),
+            });
+        }
         if id.is_empty() || url.is_empty() {
             return bad(
                 r,
@@ -1479,7 +1546,17 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp 
             let rel = rel.strip_prefix("v1.0/").unwrap_or(rel);
             let inner = Req::new(method, &format!("/v1.0/{rel}"), headers, body.into());
             let segs: Vec<&str> = inner.segs.iter().skip(1).map(String::as_str).collect();
-            api(u, &inner, &segs, ctx, base, write_ok)
+            // A scripted answer for the part (a part throttled on its own); a cut body
+            // means nothing inside a `$batch` answer.
+            match scripts.take(&inner) {
+                Some(s) => {
+                    let own = s
+                        .needs_own()
+                        .then(|| api(u, &inner, &segs, ctx, base, write_ok));
+                    s.answer(own).0
+                }
+                None => api(u, &inner, &segs, ctx, base, write_ok),
+            }
         };
         statuses.insert(id.clone(), resp.status);
         let mut hdrs = Map::new();
@@ -1502,6 +1579,7 @@ fn batch(u: &mut MUser, r: &Req, ctx: &Ctx, base: &str, write_ok: bool) -> Resp 
         }
         responses.push(entry);
     }
+    u.batches += 1;
     Resp::json(200, &json!({"responses": responses}))
 }
 
@@ -2009,6 +2087,14 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 control_err(404, "no such folder (or the default folder)")
             }
         }
+        ("POST", ["folders", id, "expire-delta"]) => {
+            if u.folders.contains_key(*id) {
+                *u.folder_epochs.entry(id.to_string()).or_insert(0) += 1;
+                Resp::json(200, &json!({}))
+            } else {
+                control_err(404, "no such folder")
+            }
+        }
         ("DELETE", ["folders", id]) => {
             if u.delete_folder(id) {
                 Resp::empty(204)
@@ -2056,6 +2142,23 @@ mod tests {
             .filter(|c| c.folder == u.default_id)
             .count();
         assert_eq!(per_folder, 100);
+    }
+
+    #[test]
+    fn every_property_the_client_selects_is_a_contact_property() {
+        for p in crate::providers::graph::SELECT_PROPERTIES {
+            assert!(*p == "id" || PROPS.contains(p), "{p}");
+        }
+        let u = MUser::seeded(&SeedUser::new("o@example.com", 1, 1), 1, Utc::now());
+        let c = u.contacts.values().next().expect("one contact");
+        let sel: Vec<String> = crate::providers::graph::SELECT_PROPERTIES
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let v = render(c, Some(&sel));
+        for p in crate::providers::graph::SELECT_PROPERTIES {
+            assert!(v.get(*p).is_some(), "{p} rendered");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - Each provider runs its own actix-web server on loopback. Both serve the provider's wire
 //!   format (paths, parameters, JSON field names, error shapes) so that a client that works
 //!   against the simulator should work against the real service.
-//! - State lives in memory, per provider, behind one mutex ([`ProvState`]). Every handler is
+//! - State lives in memory, per provider, behind one mutex (`ProvState`). Every handler is
 //!   synchronous over that state; only fault injection (latency, hangs) awaits.
 //! - Change tracking uses a per-user, monotonically increasing change sequence. Every
 //!   contact carries the sequence number of its last change and every deletion leaves a
@@ -36,6 +36,7 @@ use actix_web::{web, App, HttpServer};
 
 pub use cli::{run_cli, SimArgs};
 pub use common::{FaultConfig, FaultKind, LogEntry};
+pub use graph::BatchPart;
 pub use script::{Cut, Script, ScriptBody};
 pub use seed::{people, user_salt, SeedAddress, SeedPerson, SeedPhone};
 
@@ -235,10 +236,44 @@ impl Sim {
             .unwrap_or_default()
     }
 
+    /// Every `$batch` part an Outlook user's requests carried while the detailed log was on
+    /// ([`Sim::set_detailed_log`]), with its headers and body (the newest 10,000).
+    pub fn graph_batch_log(&self, user: &str) -> Vec<BatchPart> {
+        self.shared
+            .graph()
+            .users
+            .get(user)
+            .map(|u| u.batch_log.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes every delta and skip token of one Outlook contact folder expire (410
+    /// `SyncStateNotFound`), as Graph does for one folder whose sync state it dropped.
+    pub fn expire_graph_folder_delta(&self, user: &str, folder: &str) -> bool {
+        let mut st = self.shared.graph();
+        match st.users.get_mut(user) {
+            Some(u) if u.folders.contains_key(folder) => {
+                *u.folder_epochs.entry(folder.to_string()).or_insert(0) += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The most API requests one user had in flight at once.
+    pub fn peak_in_flight(&self, provider: Provider, user: &str) -> usize {
+        let get = |m: &std::collections::HashMap<String, usize>| m.get(user).copied().unwrap_or(0);
+        match provider {
+            Provider::Google => get(&self.shared.google().peak_inflight),
+            Provider::Outlook => get(&self.shared.graph().peak_inflight),
+        }
+    }
+
     /// Clears the `$batch` parts of every Outlook user.
     pub fn clear_graph_batch_parts(&self) {
         for u in self.shared.graph().users.values_mut() {
             u.batch_parts.clear();
+            u.batch_log.clear();
         }
     }
 

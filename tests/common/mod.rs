@@ -470,9 +470,9 @@ pub fn graph_changes(sim: &Sim, user: &str) -> Vec<contact_sync::model::Change> 
         .unwrap()
         .iter()
         .map(|c| {
-            let g: contact_sync::providers::outlook::GraphContact =
+            let g: contact_sync::providers::graph::GraphContact =
                 serde_json::from_value(c["contact"].clone()).unwrap();
-            contact_sync::model::Change::Upsert(contact_sync::providers::outlook::map_contact(
+            contact_sync::model::Change::Upsert(contact_sync::providers::graph::map_contact(
                 &g,
                 c["folderId"].as_str().unwrap_or(""),
             ))

@@ -2,10 +2,11 @@
 //!
 //! Layers, as for the other providers:
 //! - [`wire`]: WebDAV/CardDAV XML request bodies and `multistatus` parsing;
-//! - [`map`]: vCard 3.0/4.0 ↔ CRM fields, and write-back that patches a card's own lines;
+//! - [`map`]: vCard 3.0/4.0 → CRM fields, and the content-line reading both directions use;
+//! - [`patch`]: CRM fields → vCard: write-back that patches a card's own lines, new cards;
 //! - [`read`]: discovery (RFC 6764, RFC 5397, RFC 6352 §7.1) and rounds (RFC 6578
 //!   `sync-collection`, `addressbook-multiget`, a `getetag` listing as fallback);
-//! - [`write`]: two-way PUT / DELETE with `If-Match` / `If-None-Match`.
+//! - [`write`](mod@write): two-way PUT / DELETE with `If-Match` / `If-None-Match`.
 //!
 //! Every request goes through the shared [`crate::providers::transport`] with HTTP Basic
 //! (the account's app password from `password_file`).
@@ -18,19 +19,19 @@
 //!   last listing.
 
 pub mod map;
+pub mod patch;
 pub mod read;
 pub mod wire;
 pub mod write;
 
 use std::collections::BTreeMap;
 
-use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::http::RetryPolicy;
 use super::transport::{Auth, Request, Transport};
-use super::{Jpeg, ProgressFn, Provider, ProviderError, PushOp, PushResult, Round};
+use super::{Jpeg, ProgressFn, ProviderError, PushOp, PushResult, Round};
 use crate::model::ProviderContact;
 
 /// Hrefs per `addressbook-multiget` (real clients use 10-100; servers cap or fail on
@@ -150,66 +151,62 @@ pub fn status_error(what: &str, status: reqwest::StatusCode) -> ProviderError {
     }
 }
 
-impl Provider for CardDavClient {
-    fn fetch_round<'a>(
-        &'a self,
-        cursor: Option<&'a [u8]>,
-        progress: &'a ProgressFn,
-    ) -> BoxFuture<'a, Result<Round, ProviderError>> {
-        Box::pin(async move {
-            let r = self.round(cursor, progress).await;
-            if r.is_err() {
-                self.forget_books().await;
-            }
-            r
-        })
+impl CardDavClient {
+    /// A round; after a failure the discovered books are forgotten (they may have moved).
+    async fn round(
+        &self,
+        cursor: Option<&[u8]>,
+        progress: &ProgressFn,
+    ) -> Result<Round, ProviderError> {
+        let r = self.list_round(cursor, progress).await;
+        if r.is_err() {
+            self.forget_books().await;
+        }
+        r
     }
 
-    fn push<'a>(&'a self, ops: &'a [PushOp]) -> BoxFuture<'a, Vec<PushResult>> {
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(ops.len());
-            for op in ops {
-                out.push(self.push_one(op).await);
-            }
-            out
-        })
+    /// Pushes, one request per op, in order.
+    async fn push_ops(&self, ops: &[PushOp]) -> Vec<PushResult> {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(self.push_one(op).await);
+        }
+        out
     }
 
-    fn fetch_photo<'a>(
-        &'a self,
-        contact: &'a ProviderContact,
-    ) -> BoxFuture<'a, Result<Option<Jpeg>, ProviderError>> {
-        Box::pin(async move {
-            let Some(p) = &contact.photo_url else {
-                return Ok(None);
-            };
-            if p.starts_with("data:") {
-                return Ok(map::data_uri_bytes(p).filter(|b| b.len() <= super::MAX_PHOTO_BYTES));
-            }
-            let Ok(u) = url::Url::parse(p) else {
-                return Ok(None);
-            };
-            if !map::photo_host_allowed(&u, &self.url) {
-                return Ok(None);
-            }
-            let resp = self
-                .t
-                .execute(&Request::new(
-                    reqwest::Method::GET,
-                    u,
-                    super::MAX_PHOTO_BYTES,
-                ))
-                .await;
-            match resp {
-                Ok(r) if r.status.is_success() && !r.body.is_empty() => Ok(Some(r.body)),
-                Ok(_) => Ok(None),
-                // Too large: skipped, like the other providers' oversized photos.
-                Err(e) if super::transport::is_oversize(&e) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
+    /// A contact's photo: an inline `data:` URI, or a URL on the server's own host.
+    async fn photo(&self, contact: &ProviderContact) -> Result<Option<Jpeg>, ProviderError> {
+        let Some(p) = &contact.photo_url else {
+            return Ok(None);
+        };
+        if p.starts_with("data:") {
+            return Ok(map::data_uri_bytes(p).filter(|b| b.len() <= super::MAX_PHOTO_BYTES));
+        }
+        let Ok(u) = url::Url::parse(p) else {
+            return Ok(None);
+        };
+        if !map::photo_host_allowed(&u, &self.url) {
+            return Ok(None);
+        }
+        let resp = self
+            .t
+            .execute(&Request::new(
+                reqwest::Method::GET,
+                u,
+                super::MAX_PHOTO_BYTES,
+            ))
+            .await;
+        match resp {
+            Ok(r) if r.status.is_success() && !r.body.is_empty() => Ok(Some(r.body)),
+            Ok(_) => Ok(None),
+            // Too large: skipped, like the other providers' oversized photos.
+            Err(e) if super::transport::is_oversize(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
+
+super::provider_impl!(CardDavClient);
 
 #[cfg(test)]
 mod tests {

@@ -223,7 +223,7 @@ impl CardDavClient {
     }
 
     /// One round over every book.
-    pub(super) async fn round(
+    pub(super) async fn list_round(
         &self,
         cursor: Option<&[u8]>,
         progress: &ProgressFn,
