@@ -35,7 +35,14 @@ pub struct Runtime {
     /// One lock per account around pushing its outbox (see `actors::account`).
     push_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub started_at: DateTime<Utc>,
+    /// Full listings (initial syncs, resyncs) that may run at once across accounts. Their
+    /// pages go through the one matcher and the one writer anyway, so more at once only
+    /// holds more pages in memory and makes every account finish last.
+    pub full_listings: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many full listings run at once ([`Runtime::full_listings`]).
+pub const FULL_LISTINGS_AT_ONCE: usize = 2;
 
 fn r<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|p| p.into_inner())
@@ -54,6 +61,7 @@ impl Runtime {
             reload_failures: Default::default(),
             push_locks: Default::default(),
             started_at: Utc::now(),
+            full_listings: Arc::new(tokio::sync::Semaphore::new(FULL_LISTINGS_AT_ONCE)),
         })
     }
 

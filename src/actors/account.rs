@@ -567,6 +567,23 @@ async fn run_round(
     // cannot have seen those contacts. Only links older than the listing can be missing
     // from it. Reading and decoding every link is blocking work: it runs on the blocking
     // pool, not on the arbiter every account shares (so do the checks below).
+    // A full listing waits for one of the daemon's full-listing slots (see
+    // `Runtime::full_listings`); it is held until the round's last chunk is committed.
+    let _slot = match cursor {
+        None => {
+            if rt.full_listings.available_permits() == 0 {
+                tracing::info!(account = %cfg.id, "Full listing waits for another account's to finish.");
+            }
+            Some(
+                rt.full_listings
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| RoundError::Store("the daemon is stopping".into()))?,
+            )
+        }
+        Some(_) => None,
+    };
     let (db, id) = (rt.db.clone(), cfg.id.clone());
     let links_before = rt.db.blocking(move || db.links_of(&id)).await?;
     let config = rt.config();
