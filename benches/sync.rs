@@ -58,8 +58,8 @@ const CASES: &[&str] = &[
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CHILD_ENV: &str = "BENCH_CHILD";
-/// The daemon's chunk size (`actors::account::CHUNK`).
-const CHUNK: usize = 500;
+/// The daemon's chunk size.
+use contact_sync::actors::account::CHUNK;
 /// Printed by a child before its JSON result.
 const RESULT_TAG: &str = "BENCH_RESULT ";
 const API_TOKEN: &str = "bench-api-token-0123456789";
