@@ -57,28 +57,32 @@ pub fn oauth_client(
             "carddav accounts sign in with a password file, not OAuth.".into(),
         )),
         ProviderKind::Google => {
-            let p = config.providers.google.as_ref().ok_or_else(|| {
-                ProviderError::Permanent("[providers.google] is not configured.".into())
-            })?;
+            let p = configured(config.providers.google.as_ref(), "google")?;
+            let secret = secret(&p.client_secret_file)?;
             Ok(OAuthClient {
                 client_id: p.client_id.clone(),
-                client_secret: secret(&p.client_secret_file)?,
+                client_secret: secret,
                 token_url: p.token_url.clone(),
                 scopes: vec![],
             })
         }
         ProviderKind::Outlook => {
-            let p = config.providers.outlook.as_ref().ok_or_else(|| {
-                ProviderError::Permanent("[providers.outlook] is not configured.".into())
-            })?;
+            let p = configured(config.providers.outlook.as_ref(), "outlook")?;
+            let (token_url, scopes) = (p.token_url(), outlook_scopes(account.direction));
             Ok(OAuthClient {
                 client_id: p.client_id.clone(),
                 client_secret: secret(&p.client_secret_file)?,
-                token_url: p.token_url(),
-                scopes: outlook_scopes(account.direction),
+                token_url,
+                scopes,
             })
         }
     }
+}
+
+/// A provider's `[providers.NAME]` section, or the error that it is missing.
+fn configured<'a, T>(section: Option<&'a T>, name: &str) -> Result<&'a T, ProviderError> {
+    section
+        .ok_or_else(|| ProviderError::Permanent(format!("[providers.{name}] is not configured.")))
 }
 
 /// The factory the supervisor uses: decrypts the account's grant and builds its client.

@@ -358,25 +358,21 @@ mod tests {
 
     #[test]
     fn carddav_emails_from_email() {
-        let m = read_lines(
-            "3.0",
-            &[
-                "EMAIL;TYPE=INTERNET;TYPE=pref:a@x.org",
-                "item1.EMAIL:b@x.org",
-            ],
-        );
+        const LINES: [&str; 2] = [
+            "EMAIL;TYPE=INTERNET;TYPE=pref:a@x.org",
+            "item1.EMAIL:b@x.org",
+        ];
+        let m = read_lines("3.0", &LINES);
         assert_eq!(m.fields.emails, ["a@x.org", "b@x.org"]);
     }
 
     #[test]
     fn carddav_phones_from_tel_text_and_uri() {
-        let m = read_lines(
-            "4.0",
-            &[
-                "TEL;VALUE=uri;TYPE=cell:tel:+1-201-555-0100",
-                "TEL;TYPE=work:+44 20 7946 0000",
-            ],
-        );
+        const LINES: [&str; 2] = [
+            "TEL;VALUE=uri;TYPE=cell:tel:+1-201-555-0100",
+            "TEL;TYPE=work:+44 20 7946 0000",
+        ];
+        let m = read_lines("4.0", &LINES);
         assert_eq!(m.fields.phones, ["+1-201-555-0100", "+44 20 7946 0000"]);
     }
 

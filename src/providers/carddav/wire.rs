@@ -76,12 +76,19 @@ pub struct Entry {
 /// The properties we read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Props {
+    /// `getetag`.
     pub etag: Option<String>,
+    /// `resourcetype` holds DAV's `collection`.
     pub is_collection: bool,
+    /// `resourcetype` holds CardDAV's `addressbook`.
     pub is_addressbook: bool,
+    /// `displayname`.
     pub displayname: Option<String>,
+    /// The href in `current-user-principal`.
     pub principal: Option<String>,
+    /// The hrefs in `addressbook-home-set`.
     pub home_sets: Vec<String>,
+    /// `address-data`: the vCard itself (multiget answers).
     pub address_data: Option<String>,
     /// `supported-report-set` was present; and whether it lists `sync-collection`.
     pub reports_listed: bool,

@@ -108,6 +108,7 @@ pub struct GraphAddress {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GraphContact {
+    /// Graph's id of the contact: our provider id.
     pub id: String,
     #[serde(rename = "@odata.etag")]
     pub odata_etag: Option<String>,
@@ -116,8 +117,11 @@ pub struct GraphContact {
     pub display_name: Option<String>,
     pub given_name: Option<String>,
     pub surname: Option<String>,
+    /// At most [`MAX_EMAILS`].
     pub email_addresses: Option<Vec<Option<GraphEmail>>>,
+    /// At most [`MAX_BUSINESS_PHONES`].
     pub business_phones: Option<Vec<Option<String>>>,
+    /// At most [`MAX_HOME_PHONES`].
     pub home_phones: Option<Vec<Option<String>>>,
     pub mobile_phone: Option<String>,
     pub home_address: Option<GraphAddress>,
