@@ -734,16 +734,22 @@ async fn send_chunk(
 /// A chunk's photos by provider id.
 type Photos = HashMap<String, Vec<u8>>;
 
-/// Chunks on their way to the matcher, two deep: while chunk *n* is planned and committed,
-/// the photos of chunk *n + 1* are fetched.
+/// Chunks whose photos may be fetched ahead of their commit. A chunk has only a few
+/// contacts with a photo (about 20 of 200), so one chunk at a time would leave most of
+/// the provider's photo slots idle while every chunk waits a round trip or two.
+const PHOTO_CHUNKS_AHEAD: usize = 4;
+
+/// Chunks on their way to the matcher. With photos wanted, the photos of the next
+/// [`PHOTO_CHUNKS_AHEAD`] chunks are fetched (as tasks of their own) while the chunk in
+/// front is planned and committed; without, each chunk is committed as it comes.
 struct Pipeline<'a> {
     rt: &'a Arc<Runtime>,
     provider: &'a Arc<dyn Provider>,
     matcher: &'a Addr<Matcher>,
     ctx: &'a PlanContext,
     want_photos: bool,
-    /// The chunk whose photos are in, waiting for its commit.
-    ready: Option<(Vec<Change>, Photos)>,
+    /// Chunks waiting for their commit, with their photo fetch.
+    ahead: std::collections::VecDeque<(Vec<Change>, Option<tokio::task::JoinHandle<Photos>>)>,
     total: DayMetrics,
 }
 
@@ -761,35 +767,52 @@ impl<'a> Pipeline<'a> {
             matcher,
             ctx,
             want_photos,
-            ready: None,
+            ahead: Default::default(),
             total: DayMetrics::default(),
         }
     }
 
-    async fn photos(&self, chunk: &[Change]) -> HashMap<String, Vec<u8>> {
-        if self.want_photos {
-            chunk_photos(self.rt, self.provider, self.ctx, chunk).await
-        } else {
-            HashMap::new()
+    /// Starts fetching `chunk`'s photos, when photos are wanted.
+    fn start_photos(&self, chunk: &[Change]) -> Option<tokio::task::JoinHandle<Photos>> {
+        if !self.want_photos {
+            return None;
         }
+        let (rt, provider, ctx) = (self.rt.clone(), self.provider.clone(), self.ctx.clone());
+        let chunk = chunk.to_vec();
+        Some(tokio::spawn(async move {
+            chunk_photos(&rt, &provider, &ctx, &chunk).await
+        }))
     }
 
-    /// Commits the chunk before `chunk` while `chunk`'s photos are fetched.
-    async fn push(&mut self, chunk: Vec<Change>) -> Result<(), RoundError> {
-        let (matcher, ctx, ready) = (self.matcher, self.ctx, self.ready.take());
-        let commit = async move {
-            match ready {
-                Some((changes, photos)) => send_chunk(matcher, ctx, changes, photos, None)
-                    .await
-                    .map(|s| Some(s.metrics)),
-                None => Ok(None),
-            }
+    /// Plans and commits the chunk in front, once its photos are in.
+    async fn commit_front(&mut self, cursor: Option<Vec<u8>>) -> Result<(), RoundError> {
+        let Some((changes, fetch)) = self.ahead.pop_front() else {
+            return Ok(());
         };
-        let (committed, photos) = futures_util::join!(commit, self.photos(&chunk));
-        if let Some(m) = committed? {
-            self.total.add(&m);
+        let photos = match fetch {
+            Some(h) => h.await.unwrap_or_else(|e| {
+                tracing::warn!(account = %self.ctx.account, error = %e, "Photo fetch task failed; chunk synced without photos.");
+                HashMap::new()
+            }),
+            None => HashMap::new(),
+        };
+        let s = send_chunk(self.matcher, self.ctx, changes, photos, cursor).await?;
+        self.total.add(&s.metrics);
+        Ok(())
+    }
+
+    /// Queues `chunk` (its photos start at once) and commits what is due.
+    async fn push(&mut self, chunk: Vec<Change>) -> Result<(), RoundError> {
+        let fetch = self.start_photos(&chunk);
+        self.ahead.push_back((chunk, fetch));
+        let depth = if self.want_photos {
+            PHOTO_CHUNKS_AHEAD
+        } else {
+            0
+        };
+        while self.ahead.len() > depth {
+            self.commit_front(None).await?;
         }
-        self.ready = Some((chunk, photos));
         Ok(())
     }
 
@@ -799,12 +822,24 @@ impl<'a> Pipeline<'a> {
         last: Vec<Change>,
         cursor: Vec<u8>,
     ) -> Result<DayMetrics, RoundError> {
-        self.push(last).await?;
-        if let Some((changes, photos)) = self.ready.take() {
-            let s = send_chunk(self.matcher, self.ctx, changes, photos, Some(cursor)).await?;
-            self.total.add(&s.metrics);
+        let fetch = self.start_photos(&last);
+        self.ahead.push_back((last, fetch));
+        while self.ahead.len() > 1 {
+            self.commit_front(None).await?;
         }
-        Ok(self.total)
+        self.commit_front(Some(cursor)).await?;
+        Ok(std::mem::take(&mut self.total))
+    }
+}
+
+impl Drop for Pipeline<'_> {
+    /// A round that stops early (an error, the account stopped) abandons its photo fetches.
+    fn drop(&mut self) {
+        for (_, fetch) in self.ahead.drain(..) {
+            if let Some(h) = fetch {
+                h.abort();
+            }
+        }
     }
 }
 

@@ -259,6 +259,9 @@ impl ApiError {
     }
 }
 
+/// Photo downloads in flight at once (Google's photo CDN; see `GoogleClient::fetch_photos`).
+pub const PHOTO_CONCURRENCY: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
