@@ -599,8 +599,8 @@ async fn run_round(
     };
     let limit = config.daemon.contact_limit as usize;
     // Photos: only during the initial sync of a one-way account, only for contacts that
-    // sync creates (SPEC §3); fetched chunk by chunk, just before the chunk is planned, so
-    // at most two chunks' photos are held.
+    // sync creates (SPEC §3); fetched chunk by chunk, a few chunks ahead of their commit
+    // (`Pipeline`), so at most five chunks' photos are held.
     let want_photos = initial && cfg.direction == Direction::OneWay;
     if want_photos && !resuming {
         set_meta(&rt, initial_key(&cfg.id), Some(vec![])).await?;
@@ -856,8 +856,8 @@ enum Streamed {
 const PAGES_IN_FLIGHT: usize = 2;
 
 /// A full listing of an account with no links, planned and committed while it is fetched:
-/// page *n* is planned and committed while page *n + 1* is fetched, with the photos of each
-/// chunk fetched while the chunk before it is committed; the last chunk waits for the end
+/// page *n* is planned and committed while page *n + 1* is fetched, with the photos of the
+/// next chunks fetched while the chunk in front is committed; the last chunk waits for the end
 /// of the listing and carries the cursor. Such a round deletes nothing (there are no
 /// links), so the deletion guard has nothing to hold.
 ///
