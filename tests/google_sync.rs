@@ -444,3 +444,100 @@ async fn google_starred_group_syncs_only_starred_and_unstarring_unlinks() {
     .await;
     check_no_duplicates(&d.contacts().await, "s");
 }
+
+/// SPEC §3 (photos at the initial sync) with streamed rounds: an initial sync cut short
+/// after some chunks were committed (every page after the first keeps failing) resumes as
+/// the initial sync once the provider recovers, so the contacts the resumed round creates
+/// get their photos too, and nothing is created twice.
+#[tokio::test]
+async fn google_initial_sync_cut_short_resumes_with_photos() {
+    use contact_sync::model::Change;
+    use contact_sync::sim::{Script, ScriptBody};
+    let sim = start_sim(vec![SeedUser::new(USER, 2300, 18)], vec![]).await;
+    let changes = google_changes(&sim, USER);
+    let (eligible, _) = expected(&changes);
+    let with_photo: std::collections::HashSet<String> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(pc) if pc.photo_url.is_some() && eligible.contains(&pc.provider_id) => {
+                Some(pc.provider_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(with_photo.len() > 20, "{}", with_photo.len());
+    // The first two pages are served; every later page fails.
+    sim.script(
+        Provider::Google,
+        Script {
+            method: "GET".into(),
+            path: "/people/me/connections".into(),
+            with: vec!["pageToken".into()],
+            times: 1,
+            ..Script::default()
+        },
+    );
+    sim.script(
+        Provider::Google,
+        Script {
+            method: "GET".into(),
+            path: "/people/me/connections".into(),
+            with: vec!["pageToken".into()],
+            status: Some(500),
+            body: ScriptBody::Json(
+                json!({"error": {"code": 500, "message": "Internal error encountered.", "status": "INTERNAL"}}),
+            ),
+            ..Script::default()
+        },
+    );
+    let acct = account_toml("g", "google", "all", "one-way");
+    let d = daemon_for(&sim, "", &acct).await;
+    d.connect("g", &sim.refresh_token(Provider::Google, USER).unwrap())
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !d.log().contains("Sync round failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: std::collections::HashSet<u64> = d
+        .contacts()
+        .await
+        .iter()
+        .filter_map(|c| c["id"].as_u64())
+        .collect();
+    let partial = before.len();
+    assert!(
+        partial > 0 && partial < eligible.len(),
+        "the first pages' chunks are committed, not the round: {partial} of {}",
+        eligible.len()
+    );
+    // The provider recovers: the next round finishes the initial sync.
+    sim.clear_scripts(Provider::Google);
+    d.wait_synced("g", None).await;
+    let contacts = d.contacts().await;
+    let links = check_no_duplicates(&contacts, "g");
+    assert_eq!(links.len(), eligible.len());
+    // A contact created from a provider contact with a photo has it, whichever round
+    // created it (a CRM contact with two links was created by the other one, or merged).
+    let mut resumed = 0;
+    for pid in &with_photo {
+        let c = contacts
+            .iter()
+            .find(|c| c["id"] == links[pid])
+            .expect("linked contact");
+        if c["links"].as_array().map_or(0, |l| l.len()) != 1 {
+            continue;
+        }
+        assert_eq!(
+            c["has_photo"], true,
+            "{pid} was created with its photo: {c}"
+        );
+        if !before.contains(&links[pid]) {
+            resumed += 1;
+        }
+    }
+    assert!(
+        resumed > 10,
+        "the resumed round created contacts with photos: {resumed}"
+    );
+}
