@@ -694,17 +694,9 @@ async fn run_round(
         return Err(RoundError::Limit(msg));
     }
 
-    let mut chunks: Vec<Vec<Change>> = changes.chunks(CHUNK).map(<[Change]>::to_vec).collect();
-    drop(changes);
-    if chunks.is_empty() {
-        chunks.push(vec![]);
-    }
-    let mut pipe = Pipeline::new(&rt, &provider, &matcher, &ctx, want_photos);
-    let last = chunks.pop().unwrap_or_default();
-    for chunk in chunks {
-        pipe.push(chunk).await?;
-    }
-    let total = pipe.finish(last, round.cursor.clone()).await?;
+    let total = Pipeline::new(&rt, &provider, &matcher, &ctx, want_photos)
+        .finish(changes, round.cursor.clone())
+        .await?;
     finish_round(
         rt, provider, matcher, cfg, total, resync, approved, deletions,
     )
@@ -816,12 +808,21 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// Commits what is waiting, then `last` with the round's cursor.
+    /// Queues the rest of the round in chunks (moved, not copied) and commits everything,
+    /// the last chunk (empty when `rest` is) with the round's cursor.
     async fn finish(
         mut self,
-        last: Vec<Change>,
+        rest: Vec<Change>,
         cursor: Vec<u8>,
     ) -> Result<DayMetrics, RoundError> {
+        let mut rest = rest.into_iter().peekable();
+        let last = loop {
+            let chunk: Vec<Change> = rest.by_ref().take(CHUNK).collect();
+            if rest.peek().is_none() {
+                break chunk;
+            }
+            self.push(chunk).await?;
+        };
         let fetch = self.start_photos(&last);
         self.ahead.push_back((last, fetch));
         while self.ahead.len() > 1 {
@@ -895,13 +896,9 @@ async fn stream_round(
                 whole.extend(page.changes);
                 continue;
             };
-            if surplus {
-                pending.extend(page.changes);
-                continue;
-            }
             count_eligible(&mut counted, &page.changes, region);
             pending.extend(page.changes);
-            if counted.len() as u64 > total {
+            if surplus || counted.len() as u64 > total {
                 // More than announced: keep the rest for the check at the end.
                 surplus = true;
                 continue;
@@ -912,7 +909,8 @@ async fn stream_round(
                 pipe.push(chunk).await?;
             }
         }
-        Ok::<_, RoundError>((announced.flatten().is_some(), whole, pending, pipe, surplus))
+        let streamed = announced.flatten().is_some();
+        Ok::<_, RoundError>((streamed, whole, pending, pipe, surplus.then_some(counted)))
     };
     let (fetched, consumed) = futures_util::join!(fetch, consume);
     let (streamed, whole, pending, pipe, surplus) = consumed?;
@@ -921,12 +919,10 @@ async fn stream_round(
         round.changes = whole;
         return Ok(Streamed::Whole(round));
     }
-    if surplus {
-        let mut counted = HashSet::new();
-        count_eligible(&mut counted, &pending, region);
-        let (db, id) = (rt.db.clone(), ctx.account.clone());
-        let projected = rt.db.blocking(move || db.link_count(&id)).await? as usize
-            + pending_new(&rt.db, &ctx.account, &counted)?;
+    if let Some(counted) = surplus {
+        // The account had no links when the listing started: every eligible contact
+        // listed, committed, queued or held back, becomes one.
+        let projected = counted.len();
         if projected > limit {
             AuditEvent::new(
                 &ctx.account,
@@ -941,13 +937,7 @@ async fn stream_round(
             )));
         }
     }
-    let mut pipe = pipe;
-    let mut rest = pending;
-    while rest.len() > CHUNK {
-        let chunk: Vec<Change> = rest.drain(..CHUNK).collect();
-        pipe.push(chunk).await?;
-    }
-    let total = pipe.finish(rest, round.cursor.clone()).await?;
+    let total = pipe.finish(pending, round.cursor.clone()).await?;
     tracing::info!(account = %ctx.account, pages = round.pages, "Round streamed: planned and committed while it was fetched.");
     if rt.db.meta(&held_key(&ctx.account))?.is_some() {
         // This round deletes nothing: nothing is held any more.
@@ -969,21 +959,6 @@ fn count_eligible(
             }
         }
     }
-}
-
-/// How many of `ids` the account has no link for yet.
-fn pending_new(
-    db: &crate::store::Db,
-    account: &str,
-    ids: &HashSet<String>,
-) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for pid in ids {
-        if db.link(account, pid)?.is_none() {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 /// The end of a round, once its last chunk is committed: clears the one-shot records, and
