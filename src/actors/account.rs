@@ -480,23 +480,19 @@ async fn chunk_photos(
     rt: &Arc<Runtime>,
     provider: &Arc<dyn Provider>,
     ctx: &PlanContext,
-    chunk: &[Change],
+    chunk: Vec<Change>,
 ) -> HashMap<String, Vec<u8>> {
-    let candidates: Vec<Change> = chunk
-        .iter()
-        .filter(|c| match c {
-            Change::Upsert(pc) => pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok(),
-            _ => false,
-        })
-        .cloned()
-        .collect();
-    if candidates.is_empty() {
+    let candidate = |c: &Change| match c {
+        Change::Upsert(pc) => pc.photo_url.is_some() && eligibility::check(&pc.fields).is_ok(),
+        _ => false,
+    };
+    if !chunk.iter().any(candidate) {
         return HashMap::new();
     }
-    let (db, plan_ctx, all) = (rt.db.clone(), ctx.clone(), chunk.to_vec());
-    let creates = match rt
+    let (db, plan_ctx) = (rt.db.clone(), ctx.clone());
+    let (creates, chunk) = match rt
         .db
-        .blocking(move || sync::creations(&db, plan_ctx, &all))
+        .blocking(move || Ok((sync::creations(&db, plan_ctx, &chunk)?, chunk)))
         .await
     {
         Ok(c) => c,
@@ -505,8 +501,9 @@ async fn chunk_photos(
             return HashMap::new();
         }
     };
-    let wanted: Vec<_> = candidates
+    let wanted: Vec<_> = chunk
         .into_iter()
+        .filter(candidate)
         .filter_map(|c| match c {
             Change::Upsert(pc) if creates.contains(&pc.provider_id) => Some(pc),
             _ => None,
@@ -772,7 +769,7 @@ impl<'a> Pipeline<'a> {
         let (rt, provider, ctx) = (self.rt.clone(), self.provider.clone(), self.ctx.clone());
         let chunk = chunk.to_vec();
         Some(tokio::spawn(async move {
-            chunk_photos(&rt, &provider, &ctx, &chunk).await
+            chunk_photos(&rt, &provider, &ctx, chunk).await
         }))
     }
 
