@@ -75,6 +75,49 @@ fn address_of(person: &PersonJson) -> Option<Address> {
     .non_empty()
 }
 
+/// Reads one person of a listing page as sent, with the renames it implies
+/// ([`renames`]). A readable person is parsed once, straight from its text into
+/// [`PersonJson`]; only one that does not fit the schema is parsed again as a JSON value,
+/// to be read as leniently as [`decode_person`] reads it.
+pub fn decode_raw_person(raw: &serde_json::value::RawValue, group: Group) -> (Change, Vec<Change>) {
+    if let Ok(p) = serde_json::from_str::<PersonJson>(raw.get()) {
+        if !p.resource_name.is_empty() {
+            let change = map_person(&p, group);
+            let former = p
+                .metadata
+                .as_ref()
+                .map(|m| m.previous_resource_names.as_slice())
+                .unwrap_or_default();
+            let renamed = renames_from(former.iter().map(String::as_str), &change);
+            return (change, renamed);
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(v) => {
+            let change = decode_person(&v, group);
+            let renamed = renames(&v, &change);
+            (change, renamed)
+        }
+        // The page as a whole parsed, so its parts are JSON; this is only for safety.
+        Err(e) => (
+            Change::Unreadable {
+                provider_id: format!("unreadable:{}", text_hash(raw.get().as_bytes())),
+                version: format!("sha256:{}", text_hash(raw.get().as_bytes())),
+                error: e.to_string().chars().take(200).collect(),
+            },
+            vec![],
+        ),
+    }
+}
+
+fn text_hash(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Reads one person of a listing page. A person that does not fit the schema (`names` as a
 /// string, a number where a string belongs, …) becomes [`Change::Unreadable`], versioned by
 /// its etag when one can be read, else by a hash of what was sent.
@@ -127,25 +170,27 @@ pub fn decode_person(raw: &serde_json::Value, group: Group) -> Change {
 /// The [`Change::Renamed`]s a listed person implies: one per former resource name
 /// (`metadata.previousResourceNames`), to move its link before its upsert is planned.
 pub(super) fn renames(raw: &serde_json::Value, change: &Change) -> Vec<Change> {
+    let former = raw
+        .pointer("/metadata/previousResourceNames")
+        .and_then(serde_json::Value::as_array)
+        .map(|names| names.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_else(Vec::new);
+    renames_from(former.into_iter(), change)
+}
+
+fn renames_from<'a>(former: impl Iterator<Item = &'a str>, change: &Change) -> Vec<Change> {
     let (Change::Upsert(ProviderContact { provider_id, .. }) | Change::Left { provider_id }) =
         change
     else {
         return vec![];
     };
-    raw.pointer("/metadata/previousResourceNames")
-        .and_then(serde_json::Value::as_array)
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(serde_json::Value::as_str)
-                .filter(|from| !from.is_empty() && *from != provider_id)
-                .map(|from| Change::Renamed {
-                    from: from.to_string(),
-                    to: provider_id.clone(),
-                })
-                .collect()
+    former
+        .filter(|from| !from.is_empty() && *from != provider_id)
+        .map(|from| Change::Renamed {
+            from: from.to_string(),
+            to: provider_id.clone(),
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// Google also reports a re-identified contact's former name as deleted: that is no

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use super::map::{decode_person, drop_renamed_deletions, map_person, renames};
+use super::map::{decode_raw_person, drop_renamed_deletions, map_person};
 use super::wire::*;
 use super::{CallError, CallKind, GoogleClient};
 use crate::model::{Change, Progress};
@@ -107,8 +107,8 @@ impl GoogleClient {
             // Streamed: this page's changes go to the sink, not into the round.
             let before = round.changes.len();
             for raw in &page.connections {
-                let change = decode_person(raw, self.group);
-                round.changes.extend(renames(raw, &change));
+                let (change, renamed) = decode_raw_person(raw, self.group);
+                round.changes.extend(renamed);
                 if let Change::Unreadable {
                     provider_id, error, ..
                 } = &change

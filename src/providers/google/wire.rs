@@ -96,9 +96,10 @@ macro_rules! schema {
 schema! {
     /// `ListConnectionsResponse`.
     ListConnectionsJson {
-        /// Decoded person by person ([`super::decode_person`]): one unreadable person does not make
-        /// the page unreadable.
-        connections: Vec<serde_json::Value>,
+        /// Kept as raw JSON text and decoded person by person ([`super::decode_raw_person`]):
+        /// one unreadable person does not make the page unreadable, and a readable one is
+        /// parsed once, straight into [`PersonJson`].
+        connections: Vec<Box<serde_json::value::RawValue>>,
         next_page_token: Option<String>,
         next_sync_token: Option<String>,
         total_items: Option<u64>,

@@ -324,3 +324,26 @@ fn over_long_values_count_as_absent_and_the_limit_itself_is_kept() {
     assert_eq!(c.fields.organization, None);
     assert_eq!(c.fields.job_title.as_deref(), Some("Countess"));
 }
+
+#[test]
+fn a_person_read_from_its_raw_text_is_read_as_from_a_json_value() {
+    let mut renamed = ada();
+    renamed["metadata"]["previousResourceNames"] = json!(["people/c1", "people/c100"]);
+    let people = [
+        ada(),
+        renamed,
+        json!({"resourceName": "people/c5", "etag": "%Ep5",
+            "metadata": {"sources": [{"type": "CONTACT", "etag": "#s5"}]},
+            "names": "Broken Person", "emailAddresses": [{"value": 42}]}),
+        json!({"resourceName": 7, "names": [{"givenName": ["x"]}]}),
+        json!({"resourceName": "people/c6", "metadata": {"deleted": true}, "names": 1}),
+        json!({"names": [{"givenName": "No", "familyName": "Name"}]}),
+    ];
+    for p in people {
+        let raw = serde_json::value::to_raw_value(&p).unwrap();
+        let (change, renamed) = super::super::map::decode_raw_person(&raw, Group::All);
+        let expected = decode_person(&p, Group::All);
+        assert_eq!(renamed, renames(&p, &expected), "{p}");
+        assert_eq!(change, expected, "{p}");
+    }
+}
