@@ -580,6 +580,35 @@ mod tests {
     }
 
     #[test]
+    fn audit_stored_lines_are_the_events_serialised_with_their_seq() {
+        let db = db();
+        let mut full = AuditEvent::new("a", "google", Action::AmbiguousMatch).crm_id(7);
+        full.others = vec![8, 9];
+        full.provider_id = Some("people/c1 \"quoted\"".into());
+        full.fields = vec!["emails", "phones"];
+        full.reason = Some("two candidates".into());
+        full.values = Some(serde_json::json!({"emails": ["ada@example.com"]}));
+        full.direction = Some(Direction::ToCrm);
+        let bare = AuditEvent::new("b", "outlook", Action::Deleted);
+        commit(&db, &[bare.clone(), full.clone()]);
+        let pending = db.audit_pending(10).unwrap();
+        assert_eq!(pending.len(), 2);
+        for ((seq, millis, line), mut e) in pending.into_iter().zip([bare, full]) {
+            e.seq = Some(seq);
+            assert_eq!(String::from_utf8(line).unwrap(), e.line());
+            assert_eq!(millis, e.time.timestamp_millis());
+        }
+        // Each contact the event names keeps the same line in its story.
+        for id in [7, 8, 9] {
+            let story = db.contact_events(id).unwrap();
+            assert_eq!(story.len(), 1);
+            let v: serde_json::Value = serde_json::from_slice(&story[0]).unwrap();
+            assert_eq!(v["seq"], 2);
+            assert_eq!(v["others"], serde_json::json!([8, 9]));
+        }
+    }
+
+    #[test]
     fn audit_a_failed_append_keeps_the_events_and_reports_until_the_directory_is_writable() {
         let db = db();
         let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@
 //! - `outbox`: entry id → [`OutboxEntry`]; `tombstones`: contact id → [`Tombstone`]
 //! - `photos`: contact id → JPEG bytes; `grants`: account → encrypted refresh token
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -48,6 +49,32 @@ struct TxState {
     contacts: i64,
     /// Links added minus links removed, by account.
     links: std::collections::BTreeMap<String, i64>,
+}
+
+/// One operation of a batch, with what could be computed before its transaction.
+enum Prepared<'a> {
+    /// Applied as it is, inside the transaction.
+    Op(&'a Op),
+    /// One encoded value to insert.
+    Put(Tree, Vec<u8>, Vec<u8>),
+    /// A link (counted when new).
+    Link {
+        account: &'a str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Contact {
+        contact: &'a Contact,
+        value: Vec<u8>,
+        /// Its index keys (`None`: its company must be read inside the transaction).
+        new_keys: Option<Vec<Vec<u8>>>,
+    },
+    /// An audit event's line without its `seq` (and without the opening brace).
+    Audit {
+        event: &'a crate::audit::AuditEvent,
+        millis: [u8; 8],
+        rest: String,
+    },
 }
 
 /// The `meta` key of an account's number of links (kept like [`CONTACT_COUNT`]).
@@ -679,6 +706,15 @@ impl Db {
 
     /// The index keys of a contact, reading its company name inside the transaction.
     fn index_keys(&self, tx: &dyn TxView, c: &Contact) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.index_keys_with(c, |cid| self.company_name_in(tx, cid))
+    }
+
+    /// The index keys of a contact, with its company's name from `company`.
+    fn index_keys_with(
+        &self,
+        c: &Contact,
+        company: impl FnOnce(CompanyId) -> Result<Option<Arc<str>>, StoreError>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let name = normalize::name_key(&c.first_name, &c.last_name);
         let mut keys = vec![];
         let mut push = |kind, value: &str| {
@@ -695,7 +731,7 @@ impl Db {
             }
         }
         if let Some(cid) = c.company_id {
-            if let Some(name) = self.company_name_in(tx, cid)? {
+            if let Some(name) = company(cid)? {
                 push(IndexKind::NameOrg, &normalize::text_key(&name));
             }
         }
@@ -1049,14 +1085,20 @@ impl Db {
 
     /// Applies every operation of `batch` in one transaction. It is not durable until
     /// [`Db::flush`] returns.
+    ///
+    /// sled runs a transaction's closure under a process-wide write lock that every read
+    /// (an API request, another account's matching) waits for. So what does not depend on
+    /// the store's state at commit time (encoding values, index keys, audit lines) is done
+    /// first, by [`Db::prepare`], and the closure only reads what it must and writes bytes.
     pub fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
+        let prepared = self.prepare(batch)?;
         self.kv.transaction(&|tx| {
             let mut st = TxState::default();
-            for op in &batch.ops {
-                self.apply_op(tx, op, &mut st)?;
+            for p in &prepared {
+                self.apply_prepared(tx, p, &mut st)?;
             }
             if let Some(seq) = st.audit_seq {
                 tx.insert(Tree::Meta, AUDIT_SEQ, seq.to_be_bytes().to_vec())?;
@@ -1076,6 +1118,173 @@ impl Db {
             }
             Ok(())
         })
+    }
+
+    /// The work of `batch` that can be done before its transaction.
+    fn prepare<'a>(&self, batch: &'a Batch) -> Result<Vec<Prepared<'a>>, StoreError> {
+        // Companies this batch creates, for the index keys of its contacts.
+        let created: HashMap<CompanyId, &str> = batch
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutCompany(c) => Some((c.id, c.name.as_str())),
+                _ => None,
+            })
+            .collect();
+        // A company's name outside the transaction: company records never change once
+        // written, so one read now is the one the transaction would read. `None` when it
+        // is not found: the transaction then looks for itself.
+        let company = |cid: CompanyId| -> Result<Option<Arc<str>>, StoreError> {
+            match created.get(&cid) {
+                Some(name) => Ok(Some(Arc::from(*name))),
+                None => self.company_name(cid),
+            }
+        };
+        let keys_of = |c: &Contact| -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+            let mut missing = false;
+            let keys = self.index_keys_with(c, |cid| {
+                let name = company(cid)?;
+                missing = name.is_none();
+                Ok(name)
+            })?;
+            Ok((!missing).then_some(keys))
+        };
+        let mut out = Vec::with_capacity(batch.ops.len());
+        for op in &batch.ops {
+            out.push(match op {
+                Op::PutContact(c) => Prepared::Contact {
+                    contact: c,
+                    value: enc(c),
+                    new_keys: keys_of(c)?,
+                },
+                Op::PutLink {
+                    account,
+                    provider_id,
+                    link,
+                } => Prepared::Link {
+                    account,
+                    key: pair_key(account, provider_id),
+                    value: enc(link),
+                },
+                Op::PutBase {
+                    account,
+                    provider_id,
+                    base,
+                } => Prepared::Put(Tree::Bases, pair_key(account, provider_id), enc(base)),
+                Op::PutSkip {
+                    account,
+                    provider_id,
+                    skip,
+                } => Prepared::Put(Tree::Skips, pair_key(account, provider_id), enc(skip)),
+                Op::PutSkipLabel {
+                    account,
+                    provider_id,
+                    label,
+                } => Prepared::Put(Tree::SkipLabels, pair_key(account, provider_id), enc(label)),
+                Op::PutOutbox(entry) => Prepared::Put(
+                    Tree::Outbox,
+                    outbox_key(&entry.account, entry.contact_id),
+                    enc(entry),
+                ),
+                Op::Audit(event) => {
+                    let mut e = event.clone();
+                    e.seq = None;
+                    let line = e.line();
+                    // `seq` is the line's first member: the transaction puts it in front.
+                    let rest = line.strip_prefix('{').map(str::to_string);
+                    match rest {
+                        Some(rest) if rest.starts_with('"') => Prepared::Audit {
+                            event,
+                            millis: e.time.timestamp_millis().to_be_bytes(),
+                            rest,
+                        },
+                        _ => Prepared::Op(op),
+                    }
+                }
+                other => Prepared::Op(other),
+            });
+        }
+        Ok(out)
+    }
+
+    fn apply_prepared(
+        &self,
+        tx: &dyn TxView,
+        p: &Prepared<'_>,
+        st: &mut TxState,
+    ) -> Result<(), StoreError> {
+        match p {
+            Prepared::Op(op) => self.apply_op(tx, op, st),
+            Prepared::Put(tree, key, value) => tx.insert(*tree, key, value.clone()),
+            Prepared::Link {
+                account,
+                key,
+                value,
+            } => {
+                if tx.get(Tree::Links, key)?.is_none() {
+                    *st.links.entry(account.to_string()).or_default() += 1;
+                }
+                tx.insert(Tree::Links, key, value.clone())
+            }
+            Prepared::Contact {
+                contact,
+                value,
+                new_keys,
+            } => {
+                let key = contact.id.to_be_bytes();
+                let new_keys = match new_keys {
+                    Some(k) => std::borrow::Cow::Borrowed(k),
+                    None => std::borrow::Cow::Owned(self.index_keys(tx, contact)?),
+                };
+                // The keys of the version it replaces: what the store holds now (this same
+                // batch may have written it), so they are read here.
+                let old_keys = match tx.get(Tree::Contacts, &key)? {
+                    Some(old) => {
+                        let old: Contact = dec(Tree::Contacts, &old)?;
+                        self.index_keys(tx, &old)?
+                    }
+                    None => {
+                        st.contacts += 1;
+                        // Only a contact that is not stored can have a tombstone (restore).
+                        if tx.get(Tree::Tombstones, &key)?.is_some() {
+                            tx.remove(Tree::Tombstones, &key)?;
+                        }
+                        vec![]
+                    }
+                };
+                // Only the keys that changed are written: an update that keeps the name and
+                // email leaves that index entry alone.
+                for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+                    tx.remove(Tree::Index, k)?;
+                }
+                for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+                    tx.insert(Tree::Index, k, vec![])?;
+                }
+                tx.insert(Tree::Contacts, &key, value.clone())
+            }
+            Prepared::Audit {
+                event,
+                millis,
+                rest,
+            } => {
+                let seq = match st.audit_seq {
+                    Some(s) => s,
+                    None => be_u64(tx.get(Tree::Meta, AUDIT_SEQ)?),
+                } + 1;
+                st.audit_seq = Some(seq);
+                let seq_member = format!("{{\"seq\":{seq},");
+                let mut v = Vec::with_capacity(8 + seq_member.len() + rest.len());
+                v.extend_from_slice(millis);
+                v.extend_from_slice(seq_member.as_bytes());
+                v.extend_from_slice(rest.as_bytes());
+                for id in event.crm_id.iter().chain(&event.others) {
+                    let mut k = id.to_be_bytes().to_vec();
+                    k.extend_from_slice(&seq.to_be_bytes());
+                    tx.insert(Tree::ContactEvents, &k, v[8..].to_vec())?;
+                }
+                tx.insert(Tree::Audit, &seq.to_be_bytes(), v)
+            }
+        }
     }
 
     /// Commits and flushes: once this returns, the batch survives a crash.
@@ -1111,5 +1320,103 @@ impl Db {
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| StoreError::Io(format!("blocking store task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact(id: ContactId, first: &str, email: &str, company: Option<CompanyId>) -> Contact {
+        Contact {
+            id,
+            first_name: first.into(),
+            last_name: "Lovelace".into(),
+            emails: vec![email.into()],
+            phones: vec!["+1 415 555 0100".into()],
+            address: None,
+            company_id: company,
+            job_title: None,
+            birthday: None,
+            has_photo: false,
+            links: vec![],
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn found(db: &Db, kind: IndexKind, first: &str, value: &str) -> Vec<ContactId> {
+        let name = normalize::name_key(first, "Lovelace");
+        db.candidates(kind, &name, value).unwrap()
+    }
+
+    /// Index keys are worked out before the transaction; a contact written twice in one
+    /// batch, or tied to a company the same batch creates, still ends with exactly the keys
+    /// of its last version.
+    fn index_keys_follow_the_last_write_of_a_batch(db: &Db) {
+        let company = Company {
+            id: 50,
+            name: "Analytical Engines".into(),
+            created_at: Utc::now(),
+        };
+        let mut b = Batch::default();
+        b.push(Op::PutCompany(company));
+        b.push(Op::PutContact(contact(
+            1,
+            "Ada",
+            "ada@one.example",
+            Some(50),
+        )));
+        b.push(Op::PutContact(contact(
+            1,
+            "Ada",
+            "ada@two.example",
+            Some(50),
+        )));
+        db.commit(&b).unwrap();
+        let org = normalize::text_key("Analytical Engines");
+        assert_eq!(found(db, IndexKind::NameOrg, "Ada", &org), vec![1]);
+        assert_eq!(
+            found(db, IndexKind::NameEmail, "Ada", "ada@two.example"),
+            vec![1]
+        );
+        assert!(found(db, IndexKind::NameEmail, "Ada", "ada@one.example").is_empty());
+        assert_eq!(db.contact_count().unwrap(), 1);
+        // Renamed in a later batch: the old name's keys go, the new name's come.
+        let mut b = Batch::default();
+        b.push(Op::PutContact(contact(
+            1,
+            "Augusta",
+            "ada@two.example",
+            Some(50),
+        )));
+        db.commit(&b).unwrap();
+        assert!(found(db, IndexKind::NameOrg, "Ada", &org).is_empty());
+        assert!(found(db, IndexKind::NameEmail, "Ada", "ada@two.example").is_empty());
+        assert_eq!(found(db, IndexKind::NameOrg, "Augusta", &org), vec![1]);
+        // Deleted and written again in one batch: counted once, indexed once.
+        let mut b = Batch::default();
+        b.push(Op::DeleteContact(1));
+        b.push(Op::PutContact(contact(1, "Ada", "ada@three.example", None)));
+        db.commit(&b).unwrap();
+        assert_eq!(db.contact_count().unwrap(), 1);
+        assert!(found(db, IndexKind::NameOrg, "Augusta", &org).is_empty());
+        assert!(found(db, IndexKind::NameEmail, "Augusta", "ada@two.example").is_empty());
+        assert_eq!(
+            found(db, IndexKind::NameEmail, "Ada", "ada@three.example"),
+            vec![1]
+        );
+    }
+
+    #[test]
+    fn index_keys_follow_the_last_write_of_a_batch_in_memory() {
+        index_keys_follow_the_last_write_of_a_batch(&Db::in_memory(normalize::region("US")));
+    }
+
+    #[test]
+    fn index_keys_follow_the_last_write_of_a_batch_in_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), normalize::region("US")).unwrap();
+        index_keys_follow_the_last_write_of_a_batch(&db);
     }
 }

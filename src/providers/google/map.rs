@@ -170,11 +170,11 @@ pub fn decode_person(raw: &serde_json::Value, group: Group) -> Change {
 /// The [`Change::Renamed`]s a listed person implies: one per former resource name
 /// (`metadata.previousResourceNames`), to move its link before its upsert is planned.
 pub(super) fn renames(raw: &serde_json::Value, change: &Change) -> Vec<Change> {
-    let former = raw
+    let former: Vec<&str> = raw
         .pointer("/metadata/previousResourceNames")
         .and_then(serde_json::Value::as_array)
         .map(|names| names.iter().filter_map(serde_json::Value::as_str).collect())
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     renames_from(former.into_iter(), change)
 }
 

@@ -43,7 +43,10 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
-pub use map::{contact_etag, decode_person, decode_raw_person, fields_to_person, is_starred, map_person, update_mask};
+pub use map::{
+    contact_etag, decode_person, decode_raw_person, fields_to_person, is_starred, map_person,
+    update_mask,
+};
 pub use read::{Cursor, FULL_SYNC_MAX_AGE};
 pub use wire::*;
 pub use write::{Created, Deleted, UpdateOutcome, Updated};
