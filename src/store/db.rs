@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::filter::{FillHandle, IndexFilter};
 use super::{Store, StoreError, Tree, TxView};
 use crate::model::{
     AccountStatus, Company, CompanyId, Contact, ContactId, DayMetrics, Fields, LinkRecord,
@@ -323,6 +324,11 @@ pub struct Db {
     /// Company ids by normalised name, for names found in the store (a company, once
     /// stored, keeps its name and id; a name not found is never cached).
     company_ids: Arc<std::sync::RwLock<std::collections::HashMap<String, CompanyId>>>,
+    /// Which index prefixes may be stored ([`super::filter`]).
+    index_filter: Arc<IndexFilter>,
+    /// The thread filling `index_filter`, stopped when the last clone is dropped. Declared
+    /// after `kv`: the store's last handle may be the thread's.
+    _filling: Arc<FillHandle>,
 }
 
 impl Db {
@@ -345,7 +351,7 @@ impl Db {
                 ),
             });
         }
-        Db::with_store(kv, region)
+        Db::with_store_filled(kv, region, true)
     }
 
     pub fn in_memory(region: phonenumber::country::Id) -> Db {
@@ -359,6 +365,16 @@ impl Db {
     pub fn with_store(
         kv: Arc<dyn Store>,
         region: phonenumber::country::Id,
+    ) -> Result<Db, StoreError> {
+        Db::with_store_filled(kv, region, false)
+    }
+
+    /// `background_fill`: the index filter is filled by a thread of its own (a large store
+    /// opens without waiting for it), else before this returns.
+    fn with_store_filled(
+        kv: Arc<dyn Store>,
+        region: phonenumber::country::Id,
+        background_fill: bool,
     ) -> Result<Db, StoreError> {
         match kv.get(Tree::Meta, b"schema_version")? {
             Some(v) => {
@@ -389,15 +405,25 @@ impl Db {
                 kv.flush()?;
             }
         }
-        let db = Db {
+        let mut db = Db {
             kv,
             region,
             company_names: Default::default(),
             company_ids: Default::default(),
+            // Never filled: every lookup goes to the store until the real one is made.
+            index_filter: Arc::new(IndexFilter::new(0)),
+            _filling: Default::default(),
         };
         db.count_contacts_once()?;
         db.count_links_once()?;
         db.reindex_if_region_changed()?;
+        let filter = Arc::new(IndexFilter::new(db.contact_count()?));
+        db.index_filter = filter.clone();
+        if background_fill {
+            db._filling = Arc::new(filter.fill_in_background(db.kv.clone()));
+        } else {
+            filter.fill(db.kv.as_ref(), &Default::default())?;
+        }
         Ok(db)
     }
 
@@ -680,6 +706,9 @@ impl Db {
         value_key: &str,
     ) -> Result<Vec<ContactId>, StoreError> {
         let prefix = index_prefix(kind, name_key, value_key);
+        if !self.index_filter.may_contain(&prefix) {
+            return Ok(vec![]);
+        }
         let mut ids: Vec<ContactId> = self
             .kv
             .scan_prefix(Tree::Index, &prefix)?
@@ -785,33 +814,16 @@ impl Db {
 
     fn apply_op(&self, tx: &dyn TxView, op: &Op, st: &mut TxState) -> Result<(), StoreError> {
         match op {
-            Op::PutContact(c) => {
-                let key = c.id.to_be_bytes();
-                let new_keys = self.index_keys(tx, c)?;
-                let old_keys = match tx.get(Tree::Contacts, &key)? {
-                    Some(old) => {
-                        let old: Contact = dec(Tree::Contacts, &old)?;
-                        self.index_keys(tx, &old)?
-                    }
-                    None => {
-                        st.contacts += 1;
-                        // Only a contact that is not stored can have a tombstone (restore).
-                        if tx.get(Tree::Tombstones, &key)?.is_some() {
-                            tx.remove(Tree::Tombstones, &key)?;
-                        }
-                        vec![]
-                    }
-                };
-                // Only the keys that changed are written: an update that keeps the name and
-                // email leaves that index entry alone.
-                for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
-                    tx.remove(Tree::Index, k)?;
-                }
-                for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
-                    tx.insert(Tree::Index, k, vec![])?;
-                }
-                tx.insert(Tree::Contacts, &key, enc(c))?;
-            }
+            // Prepared by `prepare`; this is the same write with nothing worked out before.
+            Op::PutContact(c) => self.apply_prepared(
+                tx,
+                &Prepared::Contact {
+                    contact: c,
+                    value: enc(c),
+                    new_keys: None,
+                },
+                st,
+            )?,
             Op::DeleteContact(id) => {
                 let key = id.to_be_bytes();
                 if let Some(old) = tx.get(Tree::Contacts, &key)? {
@@ -1152,11 +1164,18 @@ impl Db {
         let mut out = Vec::with_capacity(batch.ops.len());
         for op in &batch.ops {
             out.push(match op {
-                Op::PutContact(c) => Prepared::Contact {
-                    contact: c,
-                    value: enc(c),
-                    new_keys: keys_of(c)?,
-                },
+                Op::PutContact(c) => {
+                    let new_keys = keys_of(c)?;
+                    // In the filter before they can be read from the store.
+                    for k in new_keys.iter().flatten() {
+                        self.index_filter.add_key(k);
+                    }
+                    Prepared::Contact {
+                        contact: c,
+                        value: enc(c),
+                        new_keys,
+                    }
+                }
                 Op::PutLink {
                     account,
                     provider_id,
@@ -1234,7 +1253,13 @@ impl Db {
                 let key = contact.id.to_be_bytes();
                 let new_keys = match new_keys {
                     Some(k) => std::borrow::Cow::Borrowed(k),
-                    None => std::borrow::Cow::Owned(self.index_keys(tx, contact)?),
+                    None => {
+                        let keys = self.index_keys(tx, contact)?;
+                        for k in &keys {
+                            self.index_filter.add_key(k);
+                        }
+                        std::borrow::Cow::Owned(keys)
+                    }
                 };
                 // The keys of the version it replaces: what the store holds now (this same
                 // batch may have written it), so they are read here.

@@ -8,6 +8,7 @@
 //! of typed operations in a single transaction — the durability contract of SPEC §8.
 
 pub mod db;
+pub mod filter;
 pub mod memory;
 pub mod sled;
 
