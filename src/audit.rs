@@ -213,6 +213,22 @@ pub fn recent_events(n: usize) -> Vec<AuditEvent> {
     r.iter().rev().take(n).rev().cloned().collect()
 }
 
+/// A contact's story is counted (and trimmed to [`crate::store::db::CONTACT_EVENTS_KEPT`])
+/// on about one of its events in this many, so a story can run this far past the bound
+/// (on average) before it is trimmed.
+pub const STORY_CHECK_EVERY: u64 = 64;
+
+/// Whether draining event `seq` of `contact` counts the contact's story: a hash of both, so
+/// the choice is spread evenly over any contact's events and the same on every run.
+fn story_checked_at(contact: u64, seq: u64) -> bool {
+    // splitmix64's finaliser over both numbers.
+    let mut z = contact.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(31) ^ seq;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % STORY_CHECK_EVERY == 0
+}
+
 /// The CRM ids an audit line names.
 #[derive(serde::Deserialize)]
 struct Named {
@@ -413,12 +429,17 @@ impl AuditLog {
                 break Err(e);
             }
             let seqs: Vec<u64> = pending.iter().map(|(s, _, _)| *s).collect();
-            // Keep each contact's story bounded.
+            // Keep each contact's story bounded: counted on about one of its events in
+            // `STORY_CHECK_EVERY` (most stories are a handful of events, never near the bound).
             let mut named = std::collections::BTreeSet::new();
-            for (_, _, line) in &pending {
+            for (seq, _, line) in &pending {
                 if let Ok(ids) = serde_json::from_slice::<Named>(line) {
-                    named.extend(ids.crm_id);
-                    named.extend(ids.others);
+                    named.extend(
+                        ids.crm_id
+                            .into_iter()
+                            .chain(ids.others)
+                            .filter(|id| story_checked_at(*id, *seq)),
+                    );
                 }
             }
             for id in named {
@@ -605,6 +626,52 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&story[0]).unwrap();
             assert_eq!(v["seq"], 2);
             assert_eq!(v["others"], serde_json::json!([8, 9]));
+        }
+    }
+
+    #[test]
+    fn audit_contact_story_is_trimmed_to_about_the_kept_number_of_events() {
+        use crate::store::db::CONTACT_EVENTS_KEPT;
+        let db = db();
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(db.clone(), dir.path(), chrono_tz::UTC, None).unwrap();
+        let events = 4 * CONTACT_EVENTS_KEPT;
+        for chunk in (0..events).collect::<Vec<_>>().chunks(100) {
+            let batch: Vec<AuditEvent> = chunk
+                .iter()
+                .map(|_| AuditEvent::new("a", "google", Action::Updated).crm_id(1))
+                .collect();
+            commit(&db, &batch);
+            log.drain().unwrap();
+        }
+        // A contact with one event is left alone.
+        commit(
+            &db,
+            &[AuditEvent::new("a", "google", Action::Added).crm_id(2)],
+        );
+        log.drain().unwrap();
+        let story = db.contact_events(1).unwrap().len();
+        assert!(
+            story >= CONTACT_EVENTS_KEPT
+                && story <= CONTACT_EVENTS_KEPT + 4 * STORY_CHECK_EVERY as usize,
+            "{story} events kept of {events}"
+        );
+        assert_eq!(db.contact_events(2).unwrap().len(), 1);
+        // The newest are the ones kept.
+        let last: serde_json::Value =
+            serde_json::from_slice(db.contact_events(1).unwrap().last().unwrap()).unwrap();
+        assert_eq!(last["seq"], events as u64);
+        // Every event still reached the file.
+        assert_eq!(lines(dir.path()).len(), events + 1);
+    }
+
+    #[test]
+    fn audit_story_checks_are_spread_over_a_contacts_events() {
+        for contact in [1u64, 2, 77, 123_456] {
+            let checked = (1..=64_000u64)
+                .filter(|seq| story_checked_at(contact, *seq))
+                .count();
+            assert!((800..1200).contains(&checked), "{contact}: {checked}");
         }
     }
 
