@@ -403,3 +403,80 @@ fn link_count_is_kept_per_account_and_counted_once_for_an_older_store() {
     assert_eq!(reopened.link_count("g").unwrap(), 1);
     assert_eq!(reopened.link_count("gx").unwrap(), 1);
 }
+
+#[test]
+fn store_of_schema_1_has_its_index_rebuilt_in_the_hashed_format_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = crate::normalize::name_key("Ann", "Doe");
+    {
+        let db = Db::open(dir.path(), Id::US).unwrap();
+        db.commit_durable(&Batch {
+            ops: vec![Op::PutContact(contact(
+                1,
+                "Ann",
+                "a@x.org",
+                "+1 201 555 0123",
+                None,
+            ))],
+        })
+        .unwrap();
+    }
+    // What schema 1 wrote: the index key spelled out (tag, name, 0, value, 0, id) and no
+    // hashed entries.
+    let kv = SledStore::open(dir.path()).unwrap();
+    let mut old_key = b"e".to_vec();
+    old_key.extend_from_slice(name.as_bytes());
+    old_key.push(0);
+    old_key.extend_from_slice(b"a@x.org");
+    old_key.push(0);
+    old_key.extend_from_slice(&1u64.to_be_bytes());
+    let hashed: Vec<Vec<u8>> = kv
+        .scan_prefix(Tree::Index, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!hashed.is_empty());
+    assert!(hashed.iter().all(|k| k.len() == 25), "tag + 16 + id");
+    kv.transaction(&|tx| {
+        for k in &hashed {
+            tx.remove(Tree::Index, k)?;
+        }
+        tx.insert(Tree::Index, &old_key, vec![])?;
+        tx.insert(Tree::Meta, b"schema_version", 1u32.to_be_bytes().to_vec())
+    })
+    .unwrap();
+    kv.flush().unwrap();
+    drop(kv);
+
+    let db = Db::open(dir.path(), Id::US).unwrap();
+    assert_eq!(
+        db.candidates(IndexKind::NameEmail, &name, "a@x.org")
+            .unwrap(),
+        vec![1]
+    );
+    assert_eq!(
+        db.candidates(IndexKind::NamePhone, &name, "+12015550123")
+            .unwrap(),
+        vec![1]
+    );
+    drop(db);
+    let kv = SledStore::open(dir.path()).unwrap();
+    let mut keys: Vec<Vec<u8>> = kv
+        .scan_prefix(Tree::Index, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    let mut expected = hashed.clone();
+    expected.sort();
+    assert_eq!(
+        keys, expected,
+        "the old key is gone, the hashed ones are back"
+    );
+    assert_eq!(
+        kv.get(Tree::Meta, b"schema_version").unwrap(),
+        Some(crate::store::db::SCHEMA_VERSION.to_be_bytes().to_vec())
+    );
+}
