@@ -396,8 +396,8 @@ impl AuditLog {
         }
     }
 
-    /// Appends every stored event to its file, fsyncs, and removes what was written from the
-    /// store. Returns how many events were written.
+    /// Makes the stored events durable, appends them to their files, fsyncs, and removes
+    /// what was written from the store. Returns how many events were written.
     pub fn drain(&self) -> Result<usize, String> {
         let _one = self.drain.lock().unwrap_or_else(|p| p.into_inner());
         let tz = *self.tz.lock().unwrap_or_else(|p| p.into_inner());
@@ -409,6 +409,13 @@ impl AuditLog {
             };
             if pending.is_empty() {
                 break Ok(total);
+            }
+            // The events read are made durable before any is written out: a chunk of a round
+            // is committed without waiting for the disk, and a crash may still take such a
+            // commit back (the round is then fetched again); its events must not be in the
+            // file by then, since their `seq`s would be given again to other events.
+            if let Err(e) = self.db.flush() {
+                break Err(format!("cannot make stored audit events durable: {e}"));
             }
             // Lines grouped by file, in seq order within each.
             let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();

@@ -386,6 +386,7 @@ async fn push_outbox(
                         changes,
                         photos: HashMap::new(),
                         cursor: None,
+                        durable: true,
                     })
                     .await
                     .map_err(gone)?
@@ -713,6 +714,9 @@ async fn send_chunk(
             ctx: ctx.clone(),
             changes,
             photos,
+            // Only the round's last chunk, which stores its cursor, must be on disk before
+            // the round goes on (see `CommitPage::durable`).
+            durable: cursor.is_some(),
             cursor,
         })
         .await

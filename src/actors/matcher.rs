@@ -27,6 +27,8 @@ pub struct SyncChunk {
     pub changes: Vec<Change>,
     pub photos: HashMap<String, Vec<u8>>,
     pub cursor: Option<Vec<u8>>,
+    /// Flush the commit before replying: the last chunk of a round (see [`CommitPage`]).
+    pub durable: bool,
 }
 
 /// What a committed chunk did.
@@ -94,6 +96,7 @@ impl Handler<SyncChunk> for Matcher {
                         metrics: plan.metrics,
                         cursor: msg.cursor,
                         audit: plan.audit,
+                        durable: msg.durable,
                     })
                     .await
                     .map_err(|_| SyncFailure::Mailbox)??;
@@ -144,6 +147,7 @@ impl Handler<CommitPush> for Matcher {
                         metrics: out.metrics,
                         cursor: None,
                         audit: out.audit,
+                        durable: true,
                     })
                     .await
                     .map_err(|_| SyncFailure::Mailbox)??;
@@ -191,6 +195,7 @@ impl Handler<MarkSent> for Matcher {
                         metrics: DayMetrics::default(),
                         cursor: None,
                         audit: vec![],
+                        durable: true,
                     })
                     .await
                     .map_err(|_| SyncFailure::Mailbox)??;
@@ -245,6 +250,7 @@ impl Handler<EditCrm> for Matcher {
                         metrics: DayMetrics::default(),
                         cursor: None,
                         audit: events,
+                        durable: true,
                     })
                     .await
                     .map_err(|_| EditError::Unavailable)??;

@@ -301,8 +301,10 @@ async fn a_failing_flush_never_splits_a_chunk_from_its_cursor() {
     h.round(round(0..10, "c1", true))
         .await
         .expect("first round");
-    // Commits land in memory but cannot be made durable: the round fails after its first
-    // chunk, so the in-memory state has that chunk's contacts and no new cursor.
+    // Commits land in memory but cannot be made durable. The chunks before the last are
+    // committed without a flush; the flush before the last chunk (the one with the cursor)
+    // fails, so the in-memory state has whole chunks (each contact with its link) and no
+    // new cursor.
     mode.store(FLUSH_FAILS, Ordering::SeqCst);
     let err = h.round(round(10..1010, "c2", false)).await.unwrap_err();
     assert!(

@@ -9,8 +9,11 @@
 //!
 //! It owns the durability contract of SPEC §8: a page's CRM writes, links, base snapshots,
 //! metrics, the new cursor and the page's audit events are committed in one store
-//! transaction and flushed before the reply; the audit drainer then writes the events to
-//! the daily file. It runs on its own thread (a `SyncArbiter`), since commits and flushes
+//! transaction. The commit that ends a round (it carries the cursor) and every API edit
+//! are flushed before the reply; the chunks before it in a round are not, since a crash
+//! that takes them back leaves the cursor where it was and the round is done again (sled
+//! recovers a prefix of its transactions). The audit drainer flushes the store before it
+//! writes events to the daily file, so no line ever describes a commit a crash could undo. It runs on its own thread (a `SyncArbiter`), since commits and flushes
 //! block.
 
 use std::sync::Arc;
@@ -32,6 +35,10 @@ pub struct CommitPage {
     /// The account's new cursor, stored in the same transaction.
     pub cursor: Option<Vec<u8>>,
     pub audit: Vec<AuditEvent>,
+    /// Flushed before the reply. A chunk of a round that does not end it is not: until the
+    /// round's last commit (which carries the cursor) is durable, a crash only sends the
+    /// round back to its old cursor, and the chunks are fetched and planned again.
+    pub durable: bool,
 }
 
 /// The page is durable.
@@ -79,12 +86,35 @@ impl Handler<CommitPage> for Writer {
             msg.batch.push(Op::Audit(e.clone()));
         }
         let ops = msg.batch.ops.len();
-        self.rt.db.commit_durable(&msg.batch)?;
-        // Side effects only after the commit is durable.
+        if msg.durable
+            && msg
+                .batch
+                .ops
+                .iter()
+                .any(|op| matches!(op, Op::SetCursor { .. }))
+        {
+            // The chunks before this one must be on disk before the cursor that covers them
+            // is committed, even in memory: a failed flush here ends the round before the
+            // cursor moves.
+            self.rt.db.flush()?;
+        }
+        if msg.durable {
+            self.rt.db.commit_durable(&msg.batch)?;
+        } else {
+            self.rt.db.commit(&msg.batch)?;
+        }
+        // Side effects only after the commit.
         if let Some(account) = &msg.account {
             self.rt.update(account, |a| a.totals.add(&msg.metrics));
         }
-        crate::audit::committed(&msg.audit);
+        if msg.durable {
+            crate::audit::committed(&msg.audit);
+        } else {
+            // Drained with the next durable commit, or by the drainer (which flushes first).
+            for e in &msg.audit {
+                e.remember();
+            }
+        }
         Ok(PageCommitted { ops })
     }
 }
