@@ -464,7 +464,13 @@ fn child_plan_write() -> Res<Value> {
         }
         ops += plan.batch.ops.len();
         let t = Instant::now();
-        db.commit_durable(&plan.batch)?;
+        // As the writer does: only the chunk with the cursor is flushed (before and after).
+        if i == last {
+            db.flush()?;
+            db.commit_durable(&plan.batch)?;
+        } else {
+            db.commit(&plan.batch)?;
+        }
         write_s += t.elapsed().as_secs_f64();
     }
     let wall = t0.elapsed().as_secs_f64();
@@ -474,7 +480,7 @@ fn child_plan_write() -> Res<Value> {
         ["↳ of which open store (s)", open_s],
         ["plan + commit, store open (s)", plan_s + write_s],
         ["↳ of which plan (s)", plan_s],
-        ["↳ of which commit_durable (s)", write_s],
+        ["↳ of which commit (s)", write_s],
         ["µs per provider contact", wall / n as f64 * 1e6],
         ["CPU time (s)", cpu],
         [
@@ -545,8 +551,8 @@ fn plan_write(case: &str, crm_factor: usize, runs: usize) -> Res<Summary> {
         "A sled store (tempdir) holding {crm} CRM contacts ({COMPANIES} companies); {n} provider contacts, half matching CRM contacts by name + email, half new, planned with `sync::plan` and written with `Db::commit_durable` in chunks of {CHUNK}, in a fresh process per run."
     );
     Ok(Summary::new(case, params, &samples).ratio(
-        "share of the time in commit_durable",
-        "↳ of which commit_durable (s)",
+        "share of the time in commit",
+        "↳ of which commit (s)",
         "plan + write time (s)",
     ))
 }
