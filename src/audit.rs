@@ -200,6 +200,20 @@ pub fn committed(events: &[AuditEvent]) {
     }
 }
 
+/// Events committed with a batch that is not flushed yet (a chunk of a round): remembered
+/// for the dashboard, and handed to the drainer thread, which makes them durable before it
+/// writes them out. The committing thread does not wait for the disk.
+pub fn committed_in_background(events: &[AuditEvent]) {
+    for e in events {
+        e.remember();
+    }
+    if let Some(log) = installed() {
+        if !events.is_empty() {
+            log.poke();
+        }
+    }
+}
+
 const RECENT: usize = 200;
 
 fn recent() -> &'static Mutex<VecDeque<AuditEvent>> {

@@ -49,11 +49,22 @@ pub struct PageCommitted {
 
 pub struct Writer {
     rt: Arc<Runtime>,
+    /// Commits made since the last flush.
+    unflushed: usize,
 }
+
+/// Chunks a round commits between two flushes. Not one per chunk: an fsync per 200 contacts
+/// was a large part of an initial sync. Not one per round either: sled keeps a page it
+/// cannot write out yet in memory, so a long round without a flush grows the daemon's
+/// memory by tens of MiB (docs/benchmarks.md).
+const FLUSH_EVERY_CHUNKS: usize = 4;
 
 impl Writer {
     pub fn start(rt: Arc<Runtime>) -> Addr<Writer> {
-        SyncArbiter::start(1, move || Writer { rt: rt.clone() })
+        SyncArbiter::start(1, move || Writer {
+            rt: rt.clone(),
+            unflushed: 0,
+        })
     }
 }
 
@@ -87,6 +98,7 @@ impl Handler<CommitPage> for Writer {
         }
         let ops = msg.batch.ops.len();
         if msg.durable
+            && self.unflushed > 0
             && msg
                 .batch
                 .ops
@@ -97,11 +109,13 @@ impl Handler<CommitPage> for Writer {
             // is committed, even in memory: a failed flush here ends the round before the
             // cursor moves.
             self.rt.db.flush()?;
+            self.unflushed = 0;
         }
-        if msg.durable {
-            self.rt.db.commit_durable(&msg.batch)?;
-        } else {
-            self.rt.db.commit(&msg.batch)?;
+        self.rt.db.commit(&msg.batch)?;
+        self.unflushed += 1;
+        if msg.durable || self.unflushed >= FLUSH_EVERY_CHUNKS {
+            self.rt.db.flush()?;
+            self.unflushed = 0;
         }
         // Side effects only after the commit.
         if let Some(account) = &msg.account {
@@ -110,10 +124,7 @@ impl Handler<CommitPage> for Writer {
         if msg.durable {
             crate::audit::committed(&msg.audit);
         } else {
-            // Drained with the next durable commit, or by the drainer (which flushes first).
-            for e in &msg.audit {
-                e.remember();
-            }
+            crate::audit::committed_in_background(&msg.audit);
         }
         Ok(PageCommitted { ops })
     }
