@@ -60,6 +60,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const CHILD_ENV: &str = "BENCH_CHILD";
 /// The daemon's chunk size.
 use contact_sync::actors::account::CHUNK;
+use contact_sync::actors::writer::FLUSH_EVERY_CHUNKS;
 /// Printed by a child before its JSON result.
 const RESULT_TAG: &str = "BENCH_RESULT ";
 const API_TOKEN: &str = "bench-api-token-0123456789";
@@ -465,13 +466,13 @@ fn child_plan_write() -> Res<Value> {
         ops += plan.batch.ops.len();
         let t = Instant::now();
         // As the writer does: the chunk with the cursor is flushed before and after, the
-        // others every fourth.
+        // others every FLUSH_EVERY_CHUNKS.
         if i == last {
             db.flush()?;
             db.commit_durable(&plan.batch)?;
         } else {
             db.commit(&plan.batch)?;
-            if i % 4 == 3 {
+            if i % FLUSH_EVERY_CHUNKS == FLUSH_EVERY_CHUNKS - 1 {
                 db.flush()?;
             }
         }
@@ -552,7 +553,7 @@ fn plan_write(case: &str, crm_factor: usize, runs: usize) -> Res<Summary> {
         samples.push(s);
     }
     let params = format!(
-        "A sled store (tempdir) holding {crm} CRM contacts ({COMPANIES} companies); {n} provider contacts, half matching CRM contacts by name + email, half new, planned with `sync::plan` and written with `Db::commit_durable` in chunks of {CHUNK}, in a fresh process per run."
+        "A sled store (tempdir) holding {crm} CRM contacts ({COMPANIES} companies); {n} provider contacts, half matching CRM contacts by name + email, half new, planned with `sync::plan` and written with `Db::commit` in chunks of {CHUNK} (flushed every {FLUSH_EVERY_CHUNKS} chunks and after the last, as the writer does), in a fresh process per run."
     );
     Ok(Summary::new(case, params, &samples).ratio(
         "share of the time in commit",

@@ -25,9 +25,10 @@ use crate::store::{Batch, Op, StoreError};
 use crate::sync::{self, eligibility, outbox, PlanContext};
 
 /// Changes per matcher message (and per store transaction). Smaller chunks hold sled's
-/// commit lock for less time (CRM API reads wait for it: p95 about 8 ms during a
-/// 25,000-contact initial sync at 200, 20 ms at 500) at the price of more fsyncs.
-pub const CHUNK: usize = 200;
+/// commit lock for less time (CRM API reads wait for it: p95 about 6 ms during a
+/// 25,000-contact initial sync at 100, 8–14 ms at 200, 20 ms at 500); the writer flushes
+/// every few chunks, not after each (`writer::FLUSH_EVERY_CHUNKS`), so this costs no fsyncs.
+pub const CHUNK: usize = 100;
 
 /// Why an account actor stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -727,10 +728,10 @@ async fn send_chunk(
 /// A chunk's photos by provider id.
 type Photos = HashMap<String, Vec<u8>>;
 
-/// Chunks whose photos may be fetched ahead of their commit. A chunk has only a few
-/// contacts with a photo (about 20 of 200), so one chunk at a time would leave most of
-/// the provider's photo slots idle while every chunk waits a round trip or two.
-const PHOTO_CHUNKS_AHEAD: usize = 4;
+/// Chunks whose photos may be fetched ahead of their commit (800 contacts). A chunk has
+/// only a few contacts with a photo (about 10 of 100), so one chunk at a time would leave
+/// most of the provider's photo slots idle while every chunk waits a round trip or two.
+const PHOTO_CHUNKS_AHEAD: usize = 8;
 
 /// Chunks on their way to the matcher. With photos wanted, the photos of the next
 /// [`PHOTO_CHUNKS_AHEAD`] chunks are fetched (as tasks of their own) while the chunk in

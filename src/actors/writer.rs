@@ -53,11 +53,11 @@ pub struct Writer {
     unflushed: usize,
 }
 
-/// Chunks a round commits between two flushes. Not one per chunk: an fsync per 200 contacts
+/// Chunks a round commits between two flushes (800 contacts). Not one per chunk: an fsync per 200 contacts
 /// was a large part of an initial sync. Not one per round either: sled keeps a page it
 /// cannot write out yet in memory, so a long round without a flush grows the daemon's
 /// memory by tens of MiB (docs/benchmarks.md).
-const FLUSH_EVERY_CHUNKS: usize = 4;
+pub const FLUSH_EVERY_CHUNKS: usize = 8;
 
 impl Writer {
     pub fn start(rt: Arc<Runtime>) -> Addr<Writer> {
