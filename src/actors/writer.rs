@@ -13,8 +13,8 @@
 //! are flushed before the reply; the chunks before it in a round are not, since a crash
 //! that takes them back leaves the cursor where it was and the round is done again (sled
 //! recovers a prefix of its transactions). The audit drainer flushes the store before it
-//! writes events to the daily file, so no line ever describes a commit a crash could undo. It runs on its own thread (a `SyncArbiter`), since commits and flushes
-//! block.
+//! writes events to the daily file, so no line ever describes a commit a crash could undo.
+//! It runs on its own thread (a `SyncArbiter`), since commits and flushes block.
 
 use std::sync::Arc;
 
@@ -53,10 +53,11 @@ pub struct Writer {
     unflushed: usize,
 }
 
-/// Chunks a round commits between two flushes (800 contacts). Not one per chunk: an fsync per 200 contacts
-/// was a large part of an initial sync. Not one per round either: sled keeps a page it
-/// cannot write out yet in memory, so a long round without a flush grows the daemon's
-/// memory by tens of MiB (docs/benchmarks.md).
+/// Chunks a round commits between two flushes (800 contacts). Not one per chunk: an fsync
+/// per chunk was a large part of an initial sync's commits. Not one per round either: this
+/// bounds what a crash takes back (and must be fetched and planned again) to 800 contacts.
+/// (The audit drainer, which flushes before it writes, usually flushes sooner, on its own
+/// thread.)
 pub const FLUSH_EVERY_CHUNKS: usize = 8;
 
 impl Writer {

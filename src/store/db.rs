@@ -333,7 +333,9 @@ pub struct Db {
     company_names: Arc<std::sync::RwLock<std::collections::HashMap<CompanyId, Arc<str>>>>,
     /// Company ids by normalised name, for names found in the store (a company, once
     /// stored, keeps its name and id; a name not found is never cached).
-    company_ids: Arc<std::sync::RwLock<std::collections::HashMap<String, CompanyId>>>,
+    /// Kept with the store's [`Store::generation`] it was read in: a company whose commit a
+    /// reopen took back must not be found here.
+    company_ids: Arc<std::sync::RwLock<(u64, std::collections::HashMap<String, CompanyId>)>>,
     /// Which index prefixes may be stored ([`super::filter`]).
     index_filter: Arc<IndexFilter>,
     /// The thread filling `index_filter`, stopped when the last clone is dropped. Declared
@@ -585,19 +587,25 @@ impl Db {
     /// The company with this name (compared after normalisation), if any.
     pub fn company_by_name(&self, name: &str) -> Result<Option<CompanyId>, StoreError> {
         let key = normalize::text_key(name);
-        let ids = || self.company_ids.read().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = ids().get(&key) {
-            return Ok(Some(*id));
+        let generation = self.kv.generation();
+        {
+            let ids = self.company_ids.read().unwrap_or_else(|p| p.into_inner());
+            if ids.0 == generation {
+                if let Some(id) = ids.1.get(&key) {
+                    return Ok(Some(*id));
+                }
+            }
         }
         let found = self
             .kv
             .get(Tree::CompanyNames, key.as_bytes())?
             .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes));
         if let Some(id) = found {
-            self.company_ids
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, id);
+            let mut ids = self.company_ids.write().unwrap_or_else(|p| p.into_inner());
+            if ids.0 != generation {
+                *ids = (generation, Default::default());
+            }
+            ids.1.insert(key, id);
         }
         Ok(found)
     }
@@ -1436,6 +1444,88 @@ mod tests {
             found(db, IndexKind::NameEmail, "Ada", "ada@three.example"),
             vec![1]
         );
+    }
+
+    /// An engine that can "reopen" and lose what was not flushed, as sled does after an
+    /// I/O error: here, the trees are replaced by an earlier copy.
+    struct Reopening {
+        now: std::sync::RwLock<Arc<crate::store::memory::MemoryStore>>,
+        generation: std::sync::atomic::AtomicU64,
+    }
+
+    impl Store for Reopening {
+        fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.now.read().unwrap().get(tree, key)
+        }
+        fn scan_prefix(
+            &self,
+            tree: Tree,
+            prefix: &[u8],
+        ) -> Result<super::super::Entries, StoreError> {
+            self.now.read().unwrap().scan_prefix(tree, prefix)
+        }
+        fn range_after(
+            &self,
+            tree: Tree,
+            after: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<super::super::Entries, StoreError> {
+            self.now.read().unwrap().range_after(tree, after, limit)
+        }
+        fn len(&self, tree: Tree) -> Result<usize, StoreError> {
+            self.now.read().unwrap().len(tree)
+        }
+        fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, StoreError> {
+            self.now.read().unwrap().count_prefix(tree, prefix)
+        }
+        fn transaction(&self, f: super::super::TxFn<'_>) -> Result<(), StoreError> {
+            self.now.read().unwrap().transaction(f)
+        }
+        fn next_id(&self) -> Result<u64, StoreError> {
+            self.now.read().unwrap().next_id()
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn generation(&self) -> u64 {
+            self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_company_a_reopen_took_back_is_not_found_in_the_cache() {
+        let empty = Arc::new(crate::store::memory::MemoryStore::new());
+        let kv = Arc::new(Reopening {
+            now: std::sync::RwLock::new(empty.clone()),
+            generation: Default::default(),
+        });
+        let db = Db::with_store(kv.clone(), normalize::region("US")).unwrap();
+        // What is on disk: the store as it is now, before the company.
+        let on_disk = Arc::new(crate::store::memory::MemoryStore::new());
+        for tree in Tree::ALL {
+            let rows = empty.range_after(tree, None, usize::MAX).unwrap();
+            on_disk
+                .transaction(&|tx| {
+                    for (k, v) in &rows {
+                        tx.insert(tree, k, v.clone())?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let mut b = Batch::default();
+        b.push(Op::PutCompany(Company {
+            id: 9,
+            name: "Analytical Engines".into(),
+            created_at: Utc::now(),
+        }));
+        db.commit(&b).unwrap();
+        assert_eq!(db.company_by_name("analytical engines").unwrap(), Some(9));
+        // The commit was not flushed and the engine reopens from disk.
+        *kv.now.write().unwrap() = on_disk;
+        kv.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(db.company_by_name("analytical engines").unwrap(), None);
     }
 
     #[test]

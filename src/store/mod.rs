@@ -140,4 +140,10 @@ pub trait Store: Send + Sync + 'static {
     fn next_id(&self) -> Result<u64, StoreError>;
     /// Makes every committed transaction durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Changes when the engine drops state it had in memory (sled reopened from disk after an
+    /// I/O error, losing commits that were not flushed yet): caches of what was read must
+    /// then be read again.
+    fn generation(&self) -> u64 {
+        0
+    }
 }

@@ -2,7 +2,7 @@
 //! `Transactional` impl for a slice of trees.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ pub struct SledStore {
     broken: Mutex<Option<(StoreError, Option<Instant>)>>,
     /// Whether `broken` is set: keeps the mutex off the path of a healthy store.
     is_broken: AtomicBool,
+    /// Reopens so far ([`Store::generation`]).
+    reopened: AtomicU64,
 }
 
 struct Inner {
@@ -80,6 +82,7 @@ impl SledStore {
             inner: RwLock::new(Some(Arc::new(inner))),
             broken: Mutex::new(None),
             is_broken: AtomicBool::new(false),
+            reopened: AtomicU64::new(0),
         })
     }
 
@@ -103,6 +106,7 @@ impl SledStore {
                 Ok(inner) => {
                     tracing::info!(dir = %self.dir.display(), "Store reopened after an I/O error.");
                     *broken = None;
+                    self.reopened.fetch_add(1, Ordering::AcqRel);
                     self.is_broken.store(false, Ordering::Release);
                     let inner = Arc::new(inner);
                     *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Some(inner.clone());
@@ -266,6 +270,10 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         let inner = self.inner()?;
         self.seen(inner.db.flush().map(|_| ()).map_err(io))
+    }
+
+    fn generation(&self) -> u64 {
+        self.reopened.load(Ordering::Acquire)
     }
 }
 
