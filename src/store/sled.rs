@@ -50,7 +50,27 @@ fn cache_bytes() -> u64 {
         * 1024
 }
 
+/// How long opening waits for sled's file lock to be released. sled frees the last handle
+/// of a closed store (and with it the lock) through its epoch-based reclamation, which
+/// can run a moment after the close: a store closed and opened again at once (a reopen
+/// after an I/O error, a test) may find the lock still held by itself.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn open_inner(dir: &Path) -> Result<Inner, StoreError> {
+    let started = Instant::now();
+    loop {
+        match open_once(dir) {
+            Err(StoreError::Io(m))
+                if m.contains("could not acquire lock") && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_once(dir: &Path) -> Result<Inner, StoreError> {
     let db = sled::Config::new()
         .path(dir.join("store"))
         .mode(sled::Mode::HighThroughput)
