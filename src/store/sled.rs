@@ -50,10 +50,11 @@ fn cache_bytes() -> u64 {
         * 1024
 }
 
-/// How long opening waits for sled's file lock to be released. sled frees the last handle
-/// of a closed store (and with it the lock) through its epoch-based reclamation, which
-/// can run a moment after the close: a store closed and opened again at once (a reopen
-/// after an I/O error, a test) may find the lock still held by itself.
+/// How long opening waits for sled's file lock to be released. sled 0.34 does not join its
+/// background flusher thread when the last handle of a store is dropped, and that thread
+/// holds the lock until it exits (spacejam/sled#1234, #1289): a store closed and opened
+/// again at once (a reopen after an I/O error, a test) may find the lock still held by
+/// itself.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 fn open_inner(dir: &Path) -> Result<Inner, StoreError> {
