@@ -480,3 +480,165 @@ fn store_of_schema_1_has_its_index_rebuilt_in_the_hashed_format_when_opened() {
         Some(crate::store::db::SCHEMA_VERSION.to_be_bytes().to_vec())
     );
 }
+
+fn found(db: &Db, kind: IndexKind, first: &str, value: &str) -> Vec<ContactId> {
+    let name = crate::normalize::name_key(first, "Doe");
+    db.candidates(kind, &name, value).unwrap()
+}
+
+/// Index keys are worked out before the transaction; a contact written twice in one
+/// batch, or tied to a company the same batch creates, still ends with exactly the keys
+/// of its last version.
+fn index_keys_follow_the_last_write_of_a_batch(db: &Db) {
+    let company = Company {
+        id: 50,
+        name: "Analytical Engines".into(),
+        created_at: Utc::now(),
+    };
+    let mut b = Batch::default();
+    b.push(Op::PutCompany(company));
+    b.push(Op::PutContact(contact(
+        1,
+        "Ada",
+        "ada@one.example",
+        "+1 415 555 0100",
+        Some(50),
+    )));
+    b.push(Op::PutContact(contact(
+        1,
+        "Ada",
+        "ada@two.example",
+        "+1 415 555 0100",
+        Some(50),
+    )));
+    db.commit(&b).unwrap();
+    let org = crate::normalize::text_key("Analytical Engines");
+    assert_eq!(found(db, IndexKind::NameOrg, "Ada", &org), vec![1]);
+    assert_eq!(
+        found(db, IndexKind::NameEmail, "Ada", "ada@two.example"),
+        vec![1]
+    );
+    assert!(found(db, IndexKind::NameEmail, "Ada", "ada@one.example").is_empty());
+    assert_eq!(db.contact_count().unwrap(), 1);
+    // Renamed in a later batch: the old name's keys go, the new name's come.
+    let mut b = Batch::default();
+    b.push(Op::PutContact(contact(
+        1,
+        "Augusta",
+        "ada@two.example",
+        "+1 415 555 0100",
+        Some(50),
+    )));
+    db.commit(&b).unwrap();
+    assert!(found(db, IndexKind::NameOrg, "Ada", &org).is_empty());
+    assert!(found(db, IndexKind::NameEmail, "Ada", "ada@two.example").is_empty());
+    assert_eq!(found(db, IndexKind::NameOrg, "Augusta", &org), vec![1]);
+    // Deleted and written again in one batch: counted once, indexed once.
+    let mut b = Batch::default();
+    b.push(Op::DeleteContact(1));
+    b.push(Op::PutContact(contact(
+        1,
+        "Ada",
+        "ada@three.example",
+        "+1 415 555 0100",
+        None,
+    )));
+    db.commit(&b).unwrap();
+    assert_eq!(db.contact_count().unwrap(), 1);
+    assert!(found(db, IndexKind::NameOrg, "Augusta", &org).is_empty());
+    assert!(found(db, IndexKind::NameEmail, "Augusta", "ada@two.example").is_empty());
+    assert_eq!(
+        found(db, IndexKind::NameEmail, "Ada", "ada@three.example"),
+        vec![1]
+    );
+}
+
+/// An engine that can "reopen" and lose what was not flushed, as sled does after an
+/// I/O error: here, the trees are replaced by an earlier copy.
+struct Reopening {
+    now: std::sync::RwLock<Arc<MemoryStore>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Store for Reopening {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.now.read().unwrap().get(tree, key)
+    }
+    fn scan_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<Entries, StoreError> {
+        self.now.read().unwrap().scan_prefix(tree, prefix)
+    }
+    fn range_after(
+        &self,
+        tree: Tree,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.now.read().unwrap().range_after(tree, after, limit)
+    }
+    fn len(&self, tree: Tree) -> Result<usize, StoreError> {
+        self.now.read().unwrap().len(tree)
+    }
+    fn count_prefix(&self, tree: Tree, prefix: &[u8]) -> Result<usize, StoreError> {
+        self.now.read().unwrap().count_prefix(tree, prefix)
+    }
+    fn transaction(&self, f: TxFn<'_>) -> Result<(), StoreError> {
+        self.now.read().unwrap().transaction(f)
+    }
+    fn next_id(&self) -> Result<u64, StoreError> {
+        self.now.read().unwrap().next_id()
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_company_a_reopen_took_back_is_not_found_in_the_cache() {
+    let empty = Arc::new(MemoryStore::new());
+    let kv = Arc::new(Reopening {
+        now: std::sync::RwLock::new(empty.clone()),
+        generation: Default::default(),
+    });
+    let db = Db::with_store(kv.clone(), Id::US).unwrap();
+    // What is on disk: the store as it is now, before the company.
+    let on_disk = Arc::new(MemoryStore::new());
+    for tree in Tree::ALL {
+        let rows = empty.range_after(tree, None, usize::MAX).unwrap();
+        on_disk
+            .transaction(&|tx| {
+                for (k, v) in &rows {
+                    tx.insert(tree, k, v.clone())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    let mut b = Batch::default();
+    b.push(Op::PutCompany(Company {
+        id: 9,
+        name: "Analytical Engines".into(),
+        created_at: Utc::now(),
+    }));
+    db.commit(&b).unwrap();
+    assert_eq!(db.company_by_name("analytical engines").unwrap(), Some(9));
+    // The commit was not flushed and the engine reopens from disk.
+    *kv.now.write().unwrap() = on_disk;
+    kv.generation
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(db.company_by_name("analytical engines").unwrap(), None);
+}
+
+#[test]
+fn index_keys_follow_the_last_write_of_a_batch_in_memory() {
+    index_keys_follow_the_last_write_of_a_batch(&Db::in_memory(Id::US));
+}
+
+#[test]
+fn index_keys_follow_the_last_write_of_a_batch_in_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Id::US).unwrap();
+    index_keys_follow_the_last_write_of_a_batch(&db);
+}
