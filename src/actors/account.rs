@@ -372,15 +372,7 @@ async fn push_outbox(
     if !stale.is_empty() {
         match provider.refetch(&stale).await {
             Ok(changes) if !changes.is_empty() => {
-                let config = rt.config();
-                let ctx = PlanContext {
-                    account: cfg.id.clone(),
-                    provider: cfg.provider.clone(),
-                    direction: cfg.direction,
-                    audit_values: config.daemon.audit_values,
-                    now: Utc::now(),
-                    two_way: two_way_accounts(&config),
-                };
+                let ctx = plan_context(&cfg, &rt.config());
                 matcher
                     .send(SyncChunk {
                         ctx,
@@ -457,6 +449,18 @@ pub fn approval_key(account: &str) -> String {
 }
 
 /// Ids of the enabled two-way accounts.
+/// What the planner needs to know of `cfg` and the running configuration, now.
+pub fn plan_context(cfg: &AccountConfig, config: &crate::config::Config) -> PlanContext {
+    PlanContext {
+        account: cfg.id.clone(),
+        provider: cfg.provider.clone(),
+        direction: cfg.direction,
+        audit_values: config.daemon.audit_values,
+        now: Utc::now(),
+        two_way: two_way_accounts(config),
+    }
+}
+
 pub fn two_way_accounts(config: &crate::config::Config) -> Vec<String> {
     config
         .accounts
@@ -588,14 +592,7 @@ async fn run_round(
     let (db, id) = (rt.db.clone(), cfg.id.clone());
     let links_before = rt.db.blocking(move || db.links_of(&id)).await?;
     let config = rt.config();
-    let ctx = PlanContext {
-        account: cfg.id.clone(),
-        provider: cfg.provider.clone(),
-        direction: cfg.direction,
-        audit_values: config.daemon.audit_values,
-        now: Utc::now(),
-        two_way: two_way_accounts(&config),
-    };
+    let ctx = plan_context(&cfg, &config);
     let limit = config.daemon.contact_limit as usize;
     // Photos: only during the initial sync of a one-way account, only for contacts that
     // sync creates (SPEC §3); fetched chunk by chunk, a few chunks ahead of their commit

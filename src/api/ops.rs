@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -200,12 +199,8 @@ pub async fn preview(
     let limit = config.daemon.contact_limit;
     let n = changes.len();
     let ctx = PlanContext {
-        account: cfg.id.clone(),
-        provider: cfg.provider.clone(),
-        direction: cfg.direction,
         audit_values: false,
-        now: Utc::now(),
-        two_way: crate::actors::account::two_way_accounts(&config),
+        ..crate::actors::account::plan_context(&cfg, &config)
     };
     let actions = st
         .matcher
