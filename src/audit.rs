@@ -190,12 +190,17 @@ impl AuditEvent {
 /// Events committed with `batch` once it is durable: remembered for the dashboard, and
 /// drained to the file.
 pub fn committed(events: &[AuditEvent]) {
+    committed_then(events, AuditLog::drain_now);
+}
+
+/// Remembers `events` for the dashboard, then hands the audit log (if one runs) to `drain`.
+fn committed_then(events: &[AuditEvent], drain: impl FnOnce(&AuditLog)) {
     for e in events {
         e.remember();
     }
     if let Some(log) = installed() {
         if !events.is_empty() {
-            log.drain_now();
+            drain(log);
         }
     }
 }
@@ -204,14 +209,7 @@ pub fn committed(events: &[AuditEvent]) {
 /// for the dashboard, and handed to the drainer thread, which makes them durable before it
 /// writes them out. The committing thread does not wait for the disk.
 pub fn committed_in_background(events: &[AuditEvent]) {
-    for e in events {
-        e.remember();
-    }
-    if let Some(log) = installed() {
-        if !events.is_empty() {
-            log.poke();
-        }
-    }
+    committed_then(events, AuditLog::poke);
 }
 
 const RECENT: usize = 200;

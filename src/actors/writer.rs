@@ -77,6 +77,8 @@ impl Handler<CommitPage> for Writer {
     type Result = Result<PageCommitted, StoreError>;
 
     fn handle(&mut self, mut msg: CommitPage, _: &mut Self::Context) -> Self::Result {
+        // The commit that stores a round's cursor.
+        let ends_round = msg.account.is_some() && msg.cursor.is_some();
         if let Some(account) = &msg.account {
             if !msg.metrics.is_zero() {
                 msg.batch.push(Op::AddMetrics {
@@ -98,14 +100,7 @@ impl Handler<CommitPage> for Writer {
             msg.batch.push(Op::Audit(e.clone()));
         }
         let ops = msg.batch.ops.len();
-        if msg.durable
-            && self.unflushed > 0
-            && msg
-                .batch
-                .ops
-                .iter()
-                .any(|op| matches!(op, Op::SetCursor { .. }))
-        {
+        if msg.durable && self.unflushed > 0 && ends_round {
             // The chunks before this one must be on disk before the cursor that covers them
             // is committed, even in memory: a failed flush here ends the round before the
             // cursor moves.

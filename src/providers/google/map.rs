@@ -99,17 +99,21 @@ pub fn decode_raw_person(raw: &serde_json::value::RawValue, group: Group) -> (Ch
             (change, renamed)
         }
         // The page as a whole parsed, so its parts are JSON; this is only for safety.
-        Err(e) => (
-            Change::Unreadable {
-                provider_id: format!("unreadable:{}", text_hash(raw.get().as_bytes())),
-                version: format!("sha256:{}", text_hash(raw.get().as_bytes())),
-                error: e.to_string().chars().take(200).collect(),
-            },
-            vec![],
-        ),
+        Err(e) => {
+            let hash = text_hash(raw.get().as_bytes());
+            (
+                Change::Unreadable {
+                    provider_id: format!("unreadable:{hash}"),
+                    version: format!("sha256:{hash}"),
+                    error: e.to_string().chars().take(200).collect(),
+                },
+                vec![],
+            )
+        }
     }
 }
 
+/// 12 bytes of SHA-256, in hex: what stands in for an unreadable person's id and version.
 fn text_hash(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)[..12]
@@ -142,14 +146,7 @@ pub fn decode_person(raw: &serde_json::Value, group: Group) -> Change {
                 .find(|s| s.get("type").and_then(serde_json::Value::as_str) == Some("CONTACT"))
         })
         .and_then(|s| text(s.get("etag")));
-    let hash = || {
-        use sha2::Digest as _;
-        let d = sha2::Sha256::digest(serde_json::to_vec(raw).unwrap_or_default());
-        d[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let hash = || text_hash(&serde_json::to_vec(raw).unwrap_or_default());
     if let Some(pid) = &resource_name {
         if raw.pointer("/metadata/deleted") == Some(&serde_json::Value::Bool(true)) {
             return Change::Deleted {
