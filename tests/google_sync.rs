@@ -293,6 +293,21 @@ async fn google_revoked_grant_gives_reauth_required_and_other_accounts_go_on() {
     assert!(!d.log().contains(TOKEN));
 }
 
+/// Waits for `g` to stop at the contact limit (SPEC §5) and checks that nothing of the
+/// round that crossed it was written; returns the account.
+async fn limit_exceeded_with_nothing_written(d: &TestDaemon) -> serde_json::Value {
+    let a = d.wait_state("g", "limit_exceeded").await;
+    assert!(
+        a["last_error"].as_str().unwrap().contains("contact_limit"),
+        "{a}"
+    );
+    assert!(
+        d.contacts().await.is_empty(),
+        "nothing of the run that crossed the limit is written"
+    );
+    a
+}
+
 #[tokio::test]
 async fn google_contact_limit_stops_the_account_without_writing_and_raising_it_resumes() {
     let sim = start_sim(vec![SeedUser::new(USER, 120, 16)], vec![]).await;
@@ -304,15 +319,7 @@ async fn google_contact_limit_stops_the_account_without_writing_and_raising_it_r
     d.start().await;
     d.connect("g", &sim.refresh_token(Provider::Google, USER).unwrap())
         .await;
-    let a = d.wait_state("g", "limit_exceeded").await;
-    assert!(
-        a["last_error"].as_str().unwrap().contains("contact_limit"),
-        "{a}"
-    );
-    assert!(
-        d.contacts().await.is_empty(),
-        "nothing of the run that crossed the limit is written"
-    );
+    limit_exceeded_with_nothing_written(&d).await;
     assert!(d
         .audit_lines()
         .iter()
@@ -346,15 +353,7 @@ async fn google_streamed_round_crossing_the_limit_writes_nothing() {
     d.start().await;
     d.connect("g", &sim.refresh_token(Provider::Google, USER).unwrap())
         .await;
-    let a = d.wait_state("g", "limit_exceeded").await;
-    assert!(
-        a["last_error"].as_str().unwrap().contains("contact_limit"),
-        "{a}"
-    );
-    assert!(
-        d.contacts().await.is_empty(),
-        "nothing of the run that crossed the limit is written"
-    );
+    let a = limit_exceeded_with_nothing_written(&d).await;
     assert_eq!(a["linked"], 0, "{a}");
     assert!(!d.log().contains("Round streamed"));
     // A limit the announced total fits under: the round streams.
