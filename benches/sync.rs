@@ -822,6 +822,10 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // BENCH_KEEP_LOG=FILE keeps the daemon's log (the last run's) for a closer look.
+        if let Ok(keep) = std::env::var("BENCH_KEEP_LOG") {
+            let _ = std::fs::copy(self.dir.path().join("daemon.log"), keep);
+        }
     }
 }
 
@@ -1350,7 +1354,7 @@ fn steady(incremental: bool, no_change: bool, runs: usize) -> Res<Vec<Summary>> 
 
 fn usage() {
     println!(
-        "usage: cargo bench --bench sync -- [--runs N] [CASE...]\ncases: {}\nenv: BENCH_RUNS (default 5), BENCH_CONTACTS (default 25000), BENCH_TEN_CONTACTS (default 25000), BENCH_MD (append Markdown reports to this file)",
+        "usage: cargo bench --bench sync -- [--runs N] [CASE...]\ncases: {}\nenv: BENCH_RUNS (default 5), BENCH_CONTACTS (default 25000), BENCH_TEN_CONTACTS (default 25000), BENCH_MD (append Markdown reports to this file), BENCH_KEEP_LOG (copy the daemon's log to this file)",
         CASES.join(", ")
     );
 }
