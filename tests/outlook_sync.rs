@@ -64,6 +64,44 @@ async fn outlook_initial_sync_across_default_and_child_folders_is_exact() {
     // Every delta request carried the Prefer header's effect: pages of at most 200.
     let reqs = sim.requests(Provider::Outlook);
     assert!(reqs.iter().any(|r| r.path.contains("/contacts/delta")));
+    // The folders' `$count` fit under the limit: the listing was planned and committed as
+    // it came.
+    assert!(d.log().contains("Round streamed"), "{}", d.log());
+}
+
+/// SPEC §5 with streamed Outlook rounds: an initial listing streams only when the folders'
+/// `$count` fits under the limit. That count is an upper bound (Graph counts contact lists
+/// there, which it never lists), so a listing that crosses the limit writes nothing, and one
+/// whose count crosses it while its contacts do not is collected whole and synced.
+#[tokio::test]
+async fn outlook_streamed_round_crossing_the_limit_writes_nothing() {
+    let sim = start_sim(vec![], vec![user(300, 31)]).await;
+    let (s, _) = sim.control(
+        Provider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{USER}/options"),
+        Some(json!({"contactLists": 2})),
+    );
+    assert_eq!(s, 200);
+    let (eligible, _) = expected(&graph_changes(&sim, USER));
+    assert!(eligible.len() > 100 && eligible.len() < 300);
+    let acct = account_toml("o", "outlook", "all", "one-way");
+    let limit = eligible.len() - 1;
+    let d = daemon_for(&sim, &format!("contact_limit = {limit}"), &acct).await;
+    d.connect("o", &sim.refresh_token(Provider::Outlook, USER).unwrap())
+        .await;
+    d.wait_state("o", "limit_exceeded").await;
+    assert!(d.contacts().await.is_empty());
+    assert!(!d.log().contains("Round streamed"));
+    // 300 contacts and 2 lists are counted; 301 fits every contact but not the count.
+    d.write_config(&d.config_text(
+        "contact_limit = 301",
+        &format!("{}{acct}", providers_for(&sim)),
+    ));
+    d.wait_synced("o", None).await;
+    let links = check_no_duplicates(&d.contacts().await, "o");
+    assert_eq!(links.len(), eligible.len());
+    assert!(!d.log().contains("Round streamed"), "{}", d.log());
 }
 
 #[tokio::test]

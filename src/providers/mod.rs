@@ -160,6 +160,27 @@ pub struct Page {
 /// while the account actor is a few pages behind, which bounds the memory of a round.
 pub type PageSink = tokio::sync::mpsc::Sender<Page>;
 
+/// Sends one page of a streamed listing.
+pub(crate) async fn send_page(
+    pages: &PageSink,
+    changes: Vec<Change>,
+    total: Option<u64>,
+) -> Result<(), ProviderError> {
+    pages
+        .send(Page { changes, total })
+        .await
+        .map_err(|_| ProviderError::Transient("the round was abandoned".into()))
+}
+
+/// Hands a round fetched whole to `pages` as one page (its total is exact) and returns it
+/// without its changes.
+pub(crate) async fn send_whole(mut round: Round, pages: &PageSink) -> Result<Round, ProviderError> {
+    let changes = std::mem::take(&mut round.changes);
+    let total = Some(changes.len() as u64);
+    send_page(pages, changes, total).await?;
+    Ok(round)
+}
+
 /// What the account actor needs from a provider.
 pub trait Provider: Send + Sync {
     /// Fetches every change since `cursor` (`None`: a full listing). An expired or rejected
@@ -186,14 +207,8 @@ pub trait Provider: Send + Sync {
         pages: PageSink,
     ) -> BoxFuture<'a, Result<Round, ProviderError>> {
         Box::pin(async move {
-            let mut round = self.fetch_round(cursor, progress).await?;
-            let changes = std::mem::take(&mut round.changes);
-            let total = Some(changes.len() as u64);
-            pages
-                .send(Page { changes, total })
-                .await
-                .map_err(|_| ProviderError::Transient("the round was abandoned".into()))?;
-            Ok(round)
+            let round = self.fetch_round(cursor, progress).await?;
+            send_whole(round, &pages).await
         })
     }
 
@@ -238,7 +253,7 @@ pub trait Provider: Send + Sync {
 /// `name(contacts)` for [`Provider::fetch_photos`]. One copy of the boxing glue for every
 /// client.
 macro_rules! provider_impl {
-    ($client:ty $(, photos = $photos:ident)?) => {
+    ($client:ty $(, photos = $photos:ident)? $(, pages = $pages:ident)?) => {
         impl $crate::providers::Provider for $client {
             fn fetch_round<'a>(
                 &'a self,
@@ -277,6 +292,20 @@ macro_rules! provider_impl {
                     Vec<Result<Option<$crate::providers::Jpeg>, $crate::providers::ProviderError>>,
                 > {
                     Box::pin(self.$photos(contacts))
+                }
+            )?
+
+            $(
+                fn fetch_pages<'a>(
+                    &'a self,
+                    cursor: Option<&'a [u8]>,
+                    progress: &'a $crate::providers::ProgressFn,
+                    pages: $crate::providers::PageSink,
+                ) -> futures_util::future::BoxFuture<
+                    'a,
+                    Result<$crate::providers::Round, $crate::providers::ProviderError>,
+                > {
+                    Box::pin(self.$pages(cursor, progress, pages))
                 }
             )?
         }

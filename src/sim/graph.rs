@@ -260,6 +260,12 @@ pub(crate) struct MUser {
     /// `@odata.etag`, `changeKey` and `parentFolderId`), as Graph's documentation allows
     /// ("at least the properties that have been updated"). Off by default.
     pub partial_delta: bool,
+    /// Contact lists (distribution lists) in the default Contacts folder: never listed by
+    /// the contacts endpoints, but counted by their `$count`. None by default.
+    pub contact_lists: u64,
+    /// The contact listing refuses `$count` (400), as a service that does not support it
+    /// there would. Off by default.
+    pub refuse_count: bool,
     /// The mailbox cannot be reached through the API (no Exchange Online licence, a
     /// soft-deleted or on-premises mailbox): every `/me` request gets 404
     /// `MailboxNotEnabledForRESTAPI`, as Graph answers. Retrying does not help.
@@ -347,6 +353,8 @@ impl MUser {
             counter: 0,
             login: u.user.clone(),
             partial_delta: false,
+            contact_lists: 0,
+            refuse_count: false,
             mailbox_disabled: false,
             omit_token_scope: false,
             budget: None,
@@ -1007,6 +1015,27 @@ fn list_contacts(u: &MUser, r: &Req, folder: &str, base: &str, path: &str, p: &P
         .map(|c| with_expand(render(c, select.as_deref()), c, expand.as_deref()))
         .collect();
     let mut out = json!({"@odata.context": format!("{base}/v1.0/$metadata#users('{}')/contacts", u.login), "value": page});
+    // `$count=true`: the number of items the whole collection holds (with `$filter`, of
+    // those that pass it). Graph also counts the mailbox's contact lists here, which it
+    // never lists (microsoftgraph/microsoft-graph-docs#11201): the simulator's mailboxes
+    // hold `contact_lists` of them.
+    match r.q("$count") {
+        None | Some("false") => {}
+        Some("true") if !u.refuse_count => {
+            let lists = match filter.is_none() && folder == u.default_id {
+                true => u.contact_lists,
+                false => 0,
+            };
+            out["@odata.count"] = json!(all.len() as u64 + lists);
+        }
+        Some(_) => {
+            return bad(
+                r,
+                "ErrorInvalidUrlQuery",
+                "The query parameter '$count' is not supported.",
+            )
+        }
+    }
     if skip + top < all.len() {
         let mut next = format!("{base}/v1.0/{path}?$top={top}&$skip={}", skip + top);
         for k in ["$select", "$filter", "$expand"] {
@@ -1954,19 +1983,25 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
                 body.as_object(),
                 body.as_object().is_some_and(|o| {
                     !o.is_empty()
-                        && o.iter().all(|(k, v)| {
-                            matches!(
-                                k.as_str(),
-                                "partialDelta" | "mailboxDisabled" | "omitTokenScope"
-                            ) && v.is_boolean()
+                        && o.iter().all(|(k, v)| match k.as_str() {
+                            "partialDelta" | "mailboxDisabled" | "omitTokenScope"
+                            | "refuseCount" => v.is_boolean(),
+                            "contactLists" => v.is_u64(),
+                            _ => false,
                         })
                 }),
             ) else {
                 return Some(control_err(
                     400,
-                    "body must set partialDelta, mailboxDisabled or omitTokenScope to true or false",
+                    "body must set partialDelta, mailboxDisabled, omitTokenScope or refuseCount to true or false, or contactLists to a count",
                 ));
             };
+            if let Some(b) = o.get("refuseCount").and_then(Value::as_bool) {
+                u.refuse_count = b;
+            }
+            if let Some(n) = o.get("contactLists").and_then(Value::as_u64) {
+                u.contact_lists = n;
+            }
             if let Some(b) = o.get("partialDelta").and_then(Value::as_bool) {
                 u.partial_delta = b;
             }
@@ -1979,7 +2014,8 @@ pub(crate) fn control(shared: &Shared, r: &Req, segs: &[&str]) -> Option<Resp> {
             Resp::json(
                 200,
                 &json!({"partialDelta": u.partial_delta, "mailboxDisabled": u.mailbox_disabled,
-                        "omitTokenScope": u.omit_token_scope}),
+                        "omitTokenScope": u.omit_token_scope, "refuseCount": u.refuse_count,
+                        "contactLists": u.contact_lists}),
             )
         }
         ("GET", ["folders"]) => {

@@ -222,13 +222,8 @@ impl GoogleClient {
         sink: PageSink,
     ) -> Result<Round, ProviderError> {
         if cursor.is_some() {
-            let mut round = self.round(cursor, progress).await?;
-            let changes = std::mem::take(&mut round.changes);
-            let total = Some(changes.len() as u64);
-            sink.send(Page { changes, total })
-                .await
-                .map_err(|_| ProviderError::Transient("the round was abandoned".into()))?;
-            return Ok(round);
+            let round = self.round(cursor, progress).await?;
+            return crate::providers::send_whole(round, &sink).await;
         }
         match self.list(None, Utc::now(), progress, Some(&sink)).await? {
             Listing::Done(r) => Ok(r),

@@ -146,4 +146,4 @@ impl GraphClient {
     }
 }
 
-super::provider_impl!(GraphClient, photos = photos_batched);
+super::provider_impl!(GraphClient, photos = photos_batched, pages = stream_round);

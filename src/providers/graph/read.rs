@@ -11,7 +11,7 @@ use super::map::{map_contact_with_base, row_outcome, seg, RowOutcome};
 use super::wire::{Folder, GraphContact, FOLDER_SELECT, HAS_PICTURE, PHOTO_LIST_TOP, SELECT};
 use super::{GraphClient, GraphCursor, MAX_IN_FLIGHT};
 use crate::model::{Change, Progress};
-use crate::providers::{ProgressFn, ProviderError, Round};
+use crate::providers::{send_page, send_whole, PageSink, ProgressFn, ProviderError, Round};
 
 /// How often one folder may be restarted from scratch within a round (expired links).
 const MAX_FOLDER_RESTARTS: u32 = 2;
@@ -24,6 +24,98 @@ enum FolderOutcome {
     },
     /// The delta link or a skip token expired: list the folder again in full.
     Expired,
+}
+
+/// Where a streamed full listing sends a folder's pages ([`GraphClient::stream_round`]),
+/// and what it holds back until every folder is listed.
+pub(super) struct FolderStream<'a> {
+    sink: &'a PageSink,
+    /// The listing's announced total (see [`GraphClient::count_contacts`]).
+    total: u64,
+    /// The folder being listed (its position among the folders).
+    folder: usize,
+    /// The folder's contacts known to have a photo: photo URLs are kept only for those.
+    with_photo: Option<HashSet<String>>,
+    /// Where each contact was last listed: (folder, position in the listing).
+    listed: HashMap<String, (usize, u64)>,
+    /// Removals with (folder, position): held until the end, when the whole listing is
+    /// known (a contact moved between folders while they were listed is removed from one).
+    removed: Vec<(String, usize, u64)>,
+    position: u64,
+}
+
+impl<'a> FolderStream<'a> {
+    pub(super) fn new(sink: &'a PageSink, total: u64) -> Self {
+        FolderStream {
+            sink,
+            total,
+            folder: 0,
+            with_photo: None,
+            listed: HashMap::new(),
+            removed: vec![],
+            position: 0,
+        }
+    }
+
+    /// The folder the next pages come from (its position among the folders).
+    pub(super) fn set_folder(&mut self, folder: usize, with_photo: Option<HashSet<String>>) {
+        self.folder = folder;
+        self.with_photo = with_photo;
+    }
+
+    /// Sends one page's changes, holding back its removals.
+    pub(super) async fn send(&mut self, changes: Vec<Change>) -> Result<(), ProviderError> {
+        let mut out = Vec::with_capacity(changes.len());
+        for mut c in changes {
+            self.position += 1;
+            match &mut c {
+                Change::Deleted { provider_id } => {
+                    self.removed
+                        .push((std::mem::take(provider_id), self.folder, self.position));
+                    continue;
+                }
+                Change::Upsert(pc) => {
+                    if !self
+                        .with_photo
+                        .as_ref()
+                        .is_some_and(|s| s.contains(&pc.provider_id))
+                    {
+                        pc.photo_url = None;
+                    }
+                    self.listed
+                        .insert(pc.provider_id.clone(), (self.folder, self.position));
+                }
+                _ => {}
+            }
+            out.push(c);
+        }
+        send_page(self.sink, out, Some(self.total)).await
+    }
+
+    /// The held removals that stand once every folder is listed, decided as [`dedupe`]
+    /// decides for a round fetched whole: a contact's removal stands when it was never
+    /// listed, or when a removal from the folder it was last listed in came after that.
+    pub(super) fn removals(&mut self) -> Vec<Change> {
+        let mut by_contact: HashMap<String, Vec<(usize, u64)>> = HashMap::new();
+        let mut order = vec![];
+        for (pid, folder, pos) in std::mem::take(&mut self.removed) {
+            let e = by_contact.entry(pid.clone()).or_default();
+            if e.is_empty() {
+                order.push(pid);
+            }
+            e.push((folder, pos));
+        }
+        order
+            .into_iter()
+            .filter(|pid| match self.listed.get(pid) {
+                None => true,
+                Some(&(folder, pos)) => {
+                    by_contact[pid].iter().any(|&(f, p)| f == folder && p > pos)
+                }
+            })
+            .map(|provider_id| Change::Deleted { provider_id })
+            .collect()
+    }
 }
 
 impl GraphClient {
@@ -244,6 +336,7 @@ impl GraphClient {
         start: String,
         progress: &ProgressFn,
         counters: &mut Progress,
+        mut stream: Option<&mut FolderStream<'_>>,
     ) -> Result<FolderOutcome, ProviderError> {
         let mut url = start;
         let mut changes = Vec::new();
@@ -261,7 +354,11 @@ impl GraphClient {
                 Err(e) => return Err(e.into_provider_error("a contact delta request")),
             };
             let rows = page.value.len();
-            changes.extend(self.page_changes(folder, page.value).await?);
+            let listed = self.page_changes(folder, page.value).await?;
+            match stream.as_deref_mut() {
+                Some(s) => s.send(listed).await?,
+                None => changes.extend(listed),
+            }
             counters.pages += 1;
             counters.contacts += rows as u64;
             progress(counters.clone());
@@ -276,6 +373,108 @@ impl GraphClient {
                 (None, None) => unreachable!("checked when parsing the page"),
             }
         }
+    }
+
+    /// How many contacts `folders` hold, by `$count`: an upper bound of what a full listing
+    /// returns, since it also counts the mailbox's contact lists, which the contacts
+    /// endpoints never return (microsoftgraph/microsoft-graph-docs#11201). `None` when a
+    /// folder's count is refused or missing.
+    async fn count_contacts(&self, folders: &[String]) -> Result<Option<u64>, ProviderError> {
+        #[derive(Deserialize)]
+        struct Counted {
+            #[serde(rename = "@odata.count")]
+            count: Option<u64>,
+        }
+        let mut total = 0;
+        for folder in folders {
+            let url = format!(
+                "{}/me/contactFolders/{}/contacts?$count=true&$top=1&$select=id",
+                self.api_base,
+                seg(folder)
+            );
+            match self.get_json::<Counted>(&url).await? {
+                Ok(Counted { count: Some(n) }) => total += n,
+                Ok(Counted { count: None }) => {
+                    tracing::info!(folder = %folder, "Graph did not count a folder's contacts; the listing is collected whole");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::info!(folder = %folder, error = %e.describe(), "Graph refused to count a folder's contacts; the listing is collected whole");
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(total))
+    }
+
+    /// [`GraphClient::round`], handing the changes to `sink` page by page. A full listing
+    /// (no cursor) announces the folders' `$count` as its total and sends each delta page
+    /// as it arrives: each folder's photo ids are listed first, and removals are held until
+    /// every folder is listed (then sent as [`dedupe`] would keep them). A delta round, or
+    /// a listing whose folders are not counted, is fetched whole and sent as one page.
+    pub(super) async fn stream_round(
+        &self,
+        cursor: Option<&[u8]>,
+        progress: &ProgressFn,
+        sink: PageSink,
+    ) -> Result<Round, ProviderError> {
+        let folders = match cursor {
+            None => self.discover_folders().await?,
+            Some(_) => vec![],
+        };
+        let total = match folders.is_empty() {
+            true => None,
+            false => self.count_contacts(&folders).await?,
+        };
+        let Some(total) = total else {
+            let round = self.round(cursor, progress).await?;
+            return send_whole(round, &sink).await;
+        };
+        let mut counters = Progress::default();
+        let mut next = GraphCursor::default();
+        let mut stream = FolderStream::new(&sink, total);
+        for (i, folder) in folders.iter().enumerate() {
+            stream.set_folder(i, self.photo_ids(folder).await?);
+            let mut restarts = 0;
+            let delta_link = loop {
+                let start = self.delta_start(folder);
+                match self
+                    .list_folder(folder, start, progress, &mut counters, Some(&mut stream))
+                    .await?
+                {
+                    FolderOutcome::Done { delta_link, .. } => break delta_link,
+                    // Listed again from the start: pages already sent are sent again, which
+                    // planning takes as replays.
+                    FolderOutcome::Expired => {
+                        restarts += 1;
+                        if restarts > MAX_FOLDER_RESTARTS {
+                            return Err(ProviderError::Transient(format!(
+                                "The delta state of contact folder {folder} kept expiring."
+                            )));
+                        }
+                    }
+                }
+            };
+            next.folders.insert(folder.clone(), delta_link);
+        }
+        let removals = stream.removals();
+        if !removals.is_empty() {
+            send_page(&sink, removals, Some(total)).await?;
+        }
+        tracing::info!(
+            folders = folders.len(),
+            total,
+            pages = counters.pages,
+            "Graph full listing streamed"
+        );
+        Ok(Round {
+            full: true,
+            changes: vec![],
+            complete_scopes: folders,
+            gone_scopes: vec![],
+            cursor: next.encode(),
+            pages: counters.pages,
+        })
     }
 
     pub(super) async fn round(
@@ -334,7 +533,7 @@ impl GraphClient {
                     None => self.delta_start(folder),
                 };
                 match self
-                    .list_folder(folder, start, progress, &mut counters)
+                    .list_folder(folder, start, progress, &mut counters, None)
                     .await?
                 {
                     FolderOutcome::Done {

@@ -357,3 +357,173 @@ async fn paging_link_to_another_host_is_refused() {
     let err = m.failed_round(None).await;
     assert!(matches!(err, ProviderError::Permanent(_)), "{err:?}");
 }
+
+/// Every page a streamed listing sends, until it ends.
+async fn streamed(m: &Mailbox) -> (Round, Vec<crate::providers::Page>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+    let progress: ProgressFn = Box::new(|_| {});
+    let collect = async move {
+        let mut pages = vec![];
+        while let Some(p) = rx.recv().await {
+            pages.push(p);
+        }
+        pages
+    };
+    let (round, pages) = futures_util::join!(m.client.fetch_pages(None, &progress, tx), collect);
+    (round.unwrap(), pages)
+}
+
+/// The upserts of some pages, by id, with whether they carry a photo URL.
+fn photo_urls(changes: &[Change]) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(p) => Some((p.provider_id.clone(), p.photo_url.is_some())),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn streamed_full_listing_sends_each_page_as_it_comes_with_the_folders_count_as_total() {
+    let m = mailbox().await;
+    // Contact lists are counted by `$count` but never listed: the total is an upper bound.
+    let (s, _) = m.sim.control(
+        SimProvider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{OLGA}/options"),
+        Some(json!({"contactLists": 3})),
+    );
+    assert_eq!(s, 200);
+    let (round, pages) = streamed(&m).await;
+    // 300 contacts a folder at 200 a page: four pages, each sent on its own.
+    assert_eq!(pages.len(), 4);
+    assert!(
+        pages.iter().all(|p| p.total == Some(603)),
+        "{:?}",
+        pages.iter().map(|p| p.total).collect::<Vec<_>>()
+    );
+    assert!(round.changes.is_empty());
+    assert!(round.full);
+    assert_eq!(round.complete_scopes, vec![m.root.clone(), m.kids.clone()]);
+    assert_eq!(
+        GraphCursor::decode(&round.cursor)
+            .expect("cursor decodes")
+            .folders
+            .len(),
+        2
+    );
+    let all: Vec<Change> = pages.into_iter().flat_map(|p| p.changes).collect();
+    // The same contacts, with the same photo URLs, as the round fetched whole.
+    let whole = m
+        .new_client()
+        .fetch_round(None, &(Box::new(|_| {}) as ProgressFn))
+        .await
+        .unwrap();
+    assert_eq!(photo_urls(&all), photo_urls(&whole.changes));
+    assert!(photo_urls(&all).iter().any(|(_, p)| *p));
+    assert_eq!(
+        upserts(&Round {
+            changes: all,
+            ..Round::default()
+        }),
+        m.all_ids()
+    );
+}
+
+#[tokio::test]
+async fn streamed_listing_is_sent_whole_when_the_mailbox_does_not_count() {
+    let m = mailbox().await;
+    let (s, _) = m.sim.control(
+        SimProvider::Outlook,
+        "PATCH",
+        &format!("/_sim/users/{OLGA}/options"),
+        Some(json!({"refuseCount": true})),
+    );
+    assert_eq!(s, 200);
+    let (round, pages) = streamed(&m).await;
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0].total, Some(600));
+    assert!(round.full);
+    let all = Round {
+        changes: pages.into_iter().flat_map(|p| p.changes).collect(),
+        ..Round::default()
+    };
+    assert_eq!(upserts(&all), m.all_ids());
+}
+
+/// A streamed listing holds its removals to the end and keeps those a listing fetched whole
+/// keeps ([`dedupe`]): every sequence of up to four listings and removals of one contact
+/// across two folders ends the same way.
+#[tokio::test]
+async fn streamed_removals_stand_as_they_would_in_a_listing_fetched_whole() {
+    use crate::providers::graph::read::{dedupe, FolderStream};
+    let m = mailbox_with(2).await;
+    let listed = m
+        .client
+        .fetch_round(None, &(Box::new(|_| {}) as ProgressFn))
+        .await
+        .unwrap();
+    let Some(Change::Upsert(pc)) = listed.changes.first().cloned() else {
+        panic!("a contact is listed");
+    };
+    // (folder, listed?) for every sequence of length 1..=4.
+    let mut sequences: Vec<Vec<(usize, bool)>> = vec![];
+    let mut frontier: Vec<Vec<(usize, bool)>> = vec![vec![]];
+    for _ in 0..4 {
+        frontier = frontier
+            .iter()
+            .flat_map(|s| {
+                [(0, true), (0, false), (1, true), (1, false)].map(|e| {
+                    let mut s = s.clone();
+                    s.push(e);
+                    s
+                })
+            })
+            .collect();
+        sequences.extend(frontier.iter().cloned());
+    }
+    let change = |listed: bool| match listed {
+        true => Change::Upsert(pc.clone()),
+        false => Change::Deleted {
+            provider_id: pc.provider_id.clone(),
+        },
+    };
+    let mut checked = 0;
+    for seq in &sequences {
+        let whole = dedupe(
+            seq.iter()
+                .map(|&(f, l)| (f.to_string(), change(l)))
+                .collect(),
+        );
+        let want = whole.last().map(|c| matches!(c, Change::Upsert(_)));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let mut stream = FolderStream::new(&tx, 1);
+        for &(f, l) in seq {
+            stream.set_folder(f, None);
+            stream.send(vec![change(l)]).await.unwrap();
+        }
+        let removals = stream.removals();
+        drop(stream);
+        drop(tx);
+        let mut sent = vec![];
+        while let Some(p) = rx.recv().await {
+            sent.extend(p.changes);
+        }
+        assert!(
+            sent.iter().all(|c| matches!(c, Change::Upsert(_))),
+            "{seq:?}"
+        );
+        let got = match (removals.len(), sent.is_empty()) {
+            (1, _) => Some(false),
+            (0, false) => Some(true),
+            (0, true) => None,
+            _ => panic!("one removal at most for one contact: {seq:?}"),
+        };
+        assert_eq!(got, want, "{seq:?}");
+        checked += 1;
+    }
+    assert_eq!(checked, 4 + 16 + 64 + 256);
+}
