@@ -241,7 +241,7 @@ pub fn story(db: &Db, id: ContactId) -> Result<Option<Value>, StoreError> {
         },
     };
     let company = match contact.company_id {
-        Some(c) => db.company(c)?.map(|c| c.name),
+        Some(c) => db.company_name(c)?.map(|n| n.to_string()),
         None => None,
     };
     let name = crate::model::Fields::of(&contact, company.clone()).display_name();
@@ -329,7 +329,7 @@ pub fn search(db: &Db, accounts: &[String], q: &str, limit: usize) -> Result<Val
 
 fn brief(db: &Db, c: &crate::model::Contact) -> Result<Value, StoreError> {
     let company = match c.company_id {
-        Some(id) => db.company(id)?.map(|c| c.name),
+        Some(id) => db.company_name(id)?.map(|n| n.to_string()),
         None => None,
     };
     Ok(json!({

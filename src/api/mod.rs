@@ -133,10 +133,12 @@ pub struct LinkJson {
 }
 
 fn contact_json(rt: &Runtime, c: Contact) -> Result<ContactJson, ApiError> {
+    // By the name cache: a listing of contacts during a large sync reads the store once
+    // per contact, not twice (every read may wait for the writer's commit).
     let company = match c.company_id {
-        Some(id) => rt.db.company(id)?.map(|co| CompanyJson {
-            id: co.id,
-            name: co.name,
+        Some(id) => rt.db.company_name(id)?.map(|name| CompanyJson {
+            id,
+            name: name.to_string(),
         }),
         None => None,
     };

@@ -84,7 +84,7 @@ pub fn enqueue(
 /// A contact's synced fields, with its company by name.
 pub fn fields_of(db: &Db, c: &Contact) -> Result<Fields, StoreError> {
     let organization = match c.company_id {
-        Some(id) => db.company(id)?.map(|co| co.name),
+        Some(id) => db.company_name(id)?.map(|n| n.to_string()),
         None => None,
     };
     Ok(Fields::of(c, organization))
