@@ -1165,6 +1165,17 @@ fn ten_accounts(runs: usize) -> Res<Summary> {
             ..SimOptions::default()
         })
         .await?;
+        // BENCH_TEN_LATENCY_MS adds latency to every request, as the `_50ms` cases do.
+        let latency_ms = env_usize("BENCH_TEN_LATENCY_MS", 0) as u64;
+        if latency_ms > 0 {
+            sim.set_faults(
+                Provider::Google,
+                FaultConfig {
+                    latency_ms,
+                    ..FaultConfig::default()
+                },
+            );
+        }
         let accts: Vec<Acct> = users
             .iter()
             .enumerate()
@@ -1354,7 +1365,7 @@ fn steady(incremental: bool, no_change: bool, runs: usize) -> Res<Vec<Summary>> 
 
 fn usage() {
     println!(
-        "usage: cargo bench --bench sync -- [--runs N] [CASE...]\ncases: {}\nenv: BENCH_RUNS (default 5), BENCH_CONTACTS (default 25000), BENCH_TEN_CONTACTS (default 25000), BENCH_MD (append Markdown reports to this file), BENCH_KEEP_LOG (copy the daemon's log to this file)",
+        "usage: cargo bench --bench sync -- [--runs N] [CASE...]\ncases: {}\nenv: BENCH_RUNS (default 5), BENCH_CONTACTS (default 25000), BENCH_TEN_CONTACTS (default 25000), BENCH_TEN_LATENCY_MS (default 0), BENCH_MD (append Markdown reports to this file), BENCH_KEEP_LOG (copy the daemon's log to this file)",
         CASES.join(", ")
     );
 }
