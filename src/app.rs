@@ -278,6 +278,9 @@ fn previous_sealer(config: &Config) -> Result<Option<Sealer>, anyhow::Error> {
 /// Starts the daemon: store, secrets, actors, HTTP API, watcher. Returns once it is ready.
 pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
     let config = boot.config;
+    // Opening a large store, rebuilding its index or writing an audit backlog may take
+    // longer than systemd's start timeout: it is extended while the start goes on.
+    let keepalive = crate::systemd::keep_starting();
     tracing::info!(dir = %config.daemon.data_dir.display(), "Opening store.");
     let region = crate::normalize::region(&config.daemon.default_region);
     let db = Db::open(&config.daemon.data_dir, region)
@@ -382,6 +385,7 @@ pub async fn start(boot: Boot<'_>) -> Result<Daemon, BootError> {
             env!("CARGO_PKG_VERSION")
         ))
         .emit();
+    drop(keepalive);
     crate::systemd::notify_ready(Some(&format!("{n} accounts enabled")));
     tracing::info!(%addr, accounts = n, "Ready.");
     Ok(Daemon {
