@@ -66,17 +66,40 @@ fn events_per_contact(
 
 #[tokio::test]
 async fn sigkill_during_initial_sync_loses_nothing_and_duplicates_nothing() {
+    initial_sync_survives_sigkills(Provider::Google).await;
+}
+
+/// The same for an Outlook mailbox of three folders, whose initial listing streams too.
+#[tokio::test]
+async fn sigkill_during_outlook_initial_sync_loses_nothing_and_duplicates_nothing() {
+    initial_sync_survives_sigkills(Provider::Outlook).await;
+}
+
+async fn initial_sync_survives_sigkills(provider: Provider) {
     const USER: &str = "crash@example.com";
     let (contacts_n, kills_n, window) = (
         env("CRASH_CONTACTS", 1500),
         env("CRASH_KILLS", 8),
         env("CRASH_WINDOW_MS", 400),
     );
-    let sim = start_sim(vec![SeedUser::new(USER, contacts_n as usize, 41)], vec![]).await;
-    let (eligible, skipped) = expected(&google_changes(&sim, USER));
+    let mut seed = SeedUser::new(USER, contacts_n as usize, 41);
+    let (sim, changes, kind) = match provider {
+        Provider::Google => {
+            let sim = start_sim(vec![seed], vec![]).await;
+            let changes = google_changes(&sim, USER);
+            (sim, changes, "google")
+        }
+        Provider::Outlook => {
+            seed.child_folders = 2;
+            let sim = start_sim(vec![], vec![seed]).await;
+            let changes = graph_changes(&sim, USER);
+            (sim, changes, "outlook")
+        }
+    };
+    let (eligible, skipped) = expected(&changes);
     // A little latency so that kills land in fetching as well as in committing.
     sim.set_faults(
-        Provider::Google,
+        provider,
         FaultConfig {
             latency_ms: 15,
             ..Default::default()
@@ -88,11 +111,11 @@ async fn sigkill_during_initial_sync_loses_nothing_and_duplicates_nothing() {
         &format!(
             "{}{}",
             providers_for(&sim),
-            account_toml("g", "google", "all", "one-way")
+            account_toml("g", kind, "all", "one-way")
         ),
     ));
     d.start().await;
-    d.connect("g", &sim.refresh_token(Provider::Google, USER).unwrap())
+    d.connect("g", &sim.refresh_token(provider, USER).unwrap())
         .await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut kills = 0;
@@ -110,7 +133,7 @@ async fn sigkill_during_initial_sync_loses_nothing_and_duplicates_nothing() {
             }
         }
     }
-    eprintln!("initial sync of {contacts_n}: {kills} kills");
+    eprintln!("{kind} initial sync of {contacts_n}: {kills} kills");
     assert!(kills >= 1);
     let a = d.wait_synced("g", None).await;
     let contacts = d.contacts().await;
