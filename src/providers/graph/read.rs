@@ -36,8 +36,9 @@ pub(super) struct FolderStream<'a> {
     folder: usize,
     /// The folder's contacts known to have a photo: photo URLs are kept only for those.
     with_photo: Option<HashSet<String>>,
-    /// Where each contact was last listed: (folder, position in the listing).
-    listed: HashMap<String, (usize, u64)>,
+    /// Where each contact was last listed: (folder, position in the listing, whether as
+    /// an upsert).
+    listed: HashMap<String, (usize, u64, bool)>,
     /// Removals with (folder, position): held until the end, when the whole listing is
     /// known (a contact moved between folders while they were listed is removed from one).
     removed: Vec<(String, usize, u64)>,
@@ -82,11 +83,14 @@ impl<'a> FolderStream<'a> {
                     {
                         pc.photo_url = None;
                     }
-                    self.listed
-                        .insert(pc.provider_id.clone(), (self.folder, self.position));
                 }
                 _ => {}
             }
+            let upsert = matches!(c, Change::Upsert(_));
+            self.listed.insert(
+                c.provider_id().to_string(),
+                (self.folder, self.position, upsert),
+            );
             out.push(c);
         }
         send_page(self.sink, out, Some(self.total)).await
@@ -94,7 +98,9 @@ impl<'a> FolderStream<'a> {
 
     /// The held removals that stand once every folder is listed, decided as [`dedupe`]
     /// decides for a round fetched whole: a contact's removal stands when it was never
-    /// listed, or when a removal from the folder it was last listed in came after that.
+    /// listed, or when a removal came after its last listing, from the same folder if that
+    /// listing was an upsert (a removal from another folder is a move). (Graph's rows are
+    /// upserts and removals; any other change counts as a listing that is not an upsert.)
     pub(super) fn removals(&mut self) -> Vec<Change> {
         let mut by_contact: HashMap<String, Vec<(usize, u64)>> = HashMap::new();
         let mut order = vec![];
@@ -109,9 +115,9 @@ impl<'a> FolderStream<'a> {
             .into_iter()
             .filter(|pid| match self.listed.get(pid) {
                 None => true,
-                Some(&(folder, pos)) => {
-                    by_contact[pid].iter().any(|&(f, p)| f == folder && p > pos)
-                }
+                Some(&(folder, pos, upsert)) => by_contact[pid]
+                    .iter()
+                    .any(|&(f, p)| p > pos && (!upsert || f == folder)),
             })
             .map(|provider_id| Change::Deleted { provider_id })
             .collect()
