@@ -75,14 +75,14 @@ impl<'a> FolderStream<'a> {
                         .push((std::mem::take(provider_id), self.folder, self.position));
                     continue;
                 }
-                Change::Upsert(pc) => {
+                // A photo URL only for a contact known to have a photo.
+                Change::Upsert(pc)
                     if !self
                         .with_photo
                         .as_ref()
-                        .is_some_and(|s| s.contains(&pc.provider_id))
-                    {
-                        pc.photo_url = None;
-                    }
+                        .is_some_and(|s| s.contains(&pc.provider_id)) =>
+                {
+                    pc.photo_url = None;
                 }
                 _ => {}
             }
