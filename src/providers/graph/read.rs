@@ -381,6 +381,53 @@ impl GraphClient {
         }
     }
 
+    /// Lists one folder to its delta link, from its stored `link` or (`None`) in full,
+    /// listing it again in full when the delta state expires (at most
+    /// [`MAX_FOLDER_RESTARTS`] times). Returns the changes (none when `stream` took them),
+    /// the new delta link, and whether the folder was listed in full.
+    async fn list_folder_through(
+        &self,
+        folder: &str,
+        mut link: Option<String>,
+        progress: &ProgressFn,
+        counters: &mut Progress,
+        mut stream: Option<&mut FolderStream<'_>>,
+    ) -> Result<(Vec<Change>, String, bool), ProviderError> {
+        let mut restarts = 0;
+        loop {
+            let full = link.is_none();
+            let start = match link.take() {
+                // A link to another host (the API base was changed in the config): list
+                // the folder afresh rather than send the token elsewhere.
+                Some(l) if self.check_link(&l).is_err() => {
+                    tracing::warn!(folder = %folder, "stored delta link points at another host; listing the folder in full");
+                    continue;
+                }
+                Some(l) => l,
+                None => self.delta_start(folder),
+            };
+            match self
+                .list_folder(folder, start, progress, counters, stream.as_deref_mut())
+                .await?
+            {
+                FolderOutcome::Done {
+                    changes,
+                    delta_link,
+                } => return Ok((changes, delta_link, full)),
+                // Listed again from the start. Pages a stream already sent are sent again,
+                // which planning takes as replays.
+                FolderOutcome::Expired => {
+                    restarts += 1;
+                    if restarts > MAX_FOLDER_RESTARTS {
+                        return Err(ProviderError::Transient(format!(
+                            "The delta state of contact folder {folder} kept expiring."
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
     /// How many contacts `folders` hold, by `$count`: an upper bound of what a full listing
     /// returns, since it also counts the mailbox's contact lists, which the contacts
     /// endpoints never return (microsoftgraph/microsoft-graph-docs#11201). `None` when a
@@ -424,16 +471,13 @@ impl GraphClient {
         progress: &ProgressFn,
         sink: PageSink,
     ) -> Result<Round, ProviderError> {
-        let folders = match cursor {
-            None => self.discover_folders().await?,
-            Some(_) => vec![],
-        };
-        let total = match folders.is_empty() {
-            true => None,
-            false => self.count_contacts(&folders).await?,
-        };
-        let Some(total) = total else {
+        if cursor.is_some() {
             let round = self.round(cursor, progress).await?;
+            return send_whole(round, &sink).await;
+        }
+        let folders = self.discover_folders().await?;
+        let Some(total) = self.count_contacts(&folders).await? else {
+            let round = self.round_of(folders, None, progress).await?;
             return send_whole(round, &sink).await;
         };
         let mut counters = Progress::default();
@@ -441,26 +485,9 @@ impl GraphClient {
         let mut stream = FolderStream::new(&sink, total);
         for (i, folder) in folders.iter().enumerate() {
             stream.set_folder(i, self.photo_ids(folder).await?);
-            let mut restarts = 0;
-            let delta_link = loop {
-                let start = self.delta_start(folder);
-                match self
-                    .list_folder(folder, start, progress, &mut counters, Some(&mut stream))
-                    .await?
-                {
-                    FolderOutcome::Done { delta_link, .. } => break delta_link,
-                    // Listed again from the start: pages already sent are sent again, which
-                    // planning takes as replays.
-                    FolderOutcome::Expired => {
-                        restarts += 1;
-                        if restarts > MAX_FOLDER_RESTARTS {
-                            return Err(ProviderError::Transient(format!(
-                                "The delta state of contact folder {folder} kept expiring."
-                            )));
-                        }
-                    }
-                }
-            };
+            let (_, delta_link, _) = self
+                .list_folder_through(folder, None, progress, &mut counters, Some(&mut stream))
+                .await?;
             next.folders.insert(folder.clone(), delta_link);
         }
         let removals = stream.removals();
@@ -488,6 +515,17 @@ impl GraphClient {
         cursor: Option<&[u8]>,
         progress: &ProgressFn,
     ) -> Result<Round, ProviderError> {
+        let folders = self.discover_folders().await?;
+        self.round_of(folders, cursor, progress).await
+    }
+
+    /// [`GraphClient::round`] over folders already discovered.
+    async fn round_of(
+        &self,
+        folders: Vec<String>,
+        cursor: Option<&[u8]>,
+        progress: &ProgressFn,
+    ) -> Result<Round, ProviderError> {
         let stored = match cursor {
             None => GraphCursor::default(),
             Some(b) => GraphCursor::decode(b).unwrap_or_else(|| {
@@ -495,7 +533,6 @@ impl GraphClient {
                 GraphCursor::default()
             }),
         };
-        let folders = self.discover_folders().await?;
         let listed: HashSet<&String> = folders.iter().collect();
         let missing: Vec<String> = stored
             .folders
@@ -523,45 +560,13 @@ impl GraphClient {
         let mut complete = Vec::new();
         let mut changes = Vec::new();
         for folder in &folders {
-            let mut link = stored.folders.get(folder).cloned();
-            let mut restarts = 0;
-            let mut listed_full = false;
-            let (mut folder_changes, delta_link) = loop {
-                let full = link.is_none();
-                let start = match link.take() {
-                    // A link to another host (the API base was changed in the config):
-                    // list the folder afresh rather than send the token elsewhere.
-                    Some(l) if self.check_link(&l).is_err() => {
-                        tracing::warn!(folder = %folder, "stored delta link points at another host; listing the folder in full");
-                        continue;
-                    }
-                    Some(l) => l,
-                    None => self.delta_start(folder),
-                };
-                match self
-                    .list_folder(folder, start, progress, &mut counters, None)
-                    .await?
-                {
-                    FolderOutcome::Done {
-                        changes,
-                        delta_link,
-                    } => {
-                        if full {
-                            complete.push(folder.clone());
-                            listed_full = true;
-                        }
-                        break (changes, delta_link);
-                    }
-                    FolderOutcome::Expired => {
-                        restarts += 1;
-                        if restarts > MAX_FOLDER_RESTARTS {
-                            return Err(ProviderError::Transient(format!(
-                                "The delta state of contact folder {folder} kept expiring."
-                            )));
-                        }
-                    }
-                }
-            };
+            let link = stored.folders.get(folder).cloned();
+            let (mut folder_changes, delta_link, listed_full) = self
+                .list_folder_through(folder, link, progress, &mut counters, None)
+                .await?;
+            if listed_full {
+                complete.push(folder.clone());
+            }
             // A photo URL only for a contact known to have a photo: on a full listing, from
             // PidLidHasPicture; a delta round does not ask (photos are an initial-sync
             // matter, SPEC §3).
