@@ -390,12 +390,7 @@ fn photo_urls(changes: &[Change]) -> Vec<(String, bool)> {
 async fn streamed_full_listing_sends_each_page_as_it_comes_with_the_folders_count_as_total() {
     let m = mailbox().await;
     // Contact lists are counted by `$count` but never listed: the total is an upper bound.
-    let (s, _) = m.sim.control(
-        SimProvider::Outlook,
-        "PATCH",
-        &format!("/_sim/users/{OLGA}/options"),
-        Some(json!({"contactLists": 3})),
-    );
+    let (s, _) = m.control("PATCH", "/options", Some(json!({"contactLists": 3})));
     assert_eq!(s, 200);
     let (round, pages) = streamed(&m).await;
     // 300 contacts a folder at 200 a page: four pages, each sent on its own.
@@ -436,12 +431,7 @@ async fn streamed_full_listing_sends_each_page_as_it_comes_with_the_folders_coun
 #[tokio::test]
 async fn streamed_listing_is_sent_whole_when_the_mailbox_does_not_count() {
     let m = mailbox().await;
-    let (s, _) = m.sim.control(
-        SimProvider::Outlook,
-        "PATCH",
-        &format!("/_sim/users/{OLGA}/options"),
-        Some(json!({"refuseCount": true})),
-    );
+    let (s, _) = m.control("PATCH", "/options", Some(json!({"refuseCount": true})));
     assert_eq!(s, 200);
     let (round, pages) = streamed(&m).await;
     assert_eq!(pages.len(), 1);
