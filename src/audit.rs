@@ -206,10 +206,20 @@ fn committed_then(events: &[AuditEvent], drain: impl FnOnce(&AuditLog)) {
 }
 
 /// Events committed with a batch that is not flushed yet (a chunk of a round): remembered
-/// for the dashboard, and handed to the drainer thread, which makes them durable before it
-/// writes them out. The committing thread does not wait for the disk.
-pub fn committed_in_background(events: &[AuditEvent]) {
-    committed_then(events, AuditLog::poke);
+/// for the dashboard. The drainer thread writes them out when [`wake_drainer`] wakes it (the
+/// writer does after its next flush) or on its own round, at most a second later; it makes
+/// them durable first. The committing thread does not wait for the disk.
+pub fn committed_unflushed(events: &[AuditEvent]) {
+    for e in events {
+        e.remember();
+    }
+}
+
+/// Wakes the drainer thread of the process's audit log, if one runs.
+pub fn wake_drainer() {
+    if let Some(log) = installed() {
+        log.poke();
+    }
 }
 
 const RECENT: usize = 200;

@@ -25,10 +25,11 @@ use crate::store::{Batch, Op, StoreError};
 use crate::sync::{self, eligibility, outbox, PlanContext};
 
 /// Changes per matcher message (and per store transaction). Smaller chunks hold sled's
-/// commit lock for less time (CRM API reads wait for it: p95 about 6 ms during a
-/// 25,000-contact initial sync at 100, 8–14 ms at 200, 20 ms at 500); the writer flushes
-/// every few chunks, not after each (`writer::FLUSH_EVERY_CHUNKS`), so this costs no fsyncs.
-pub const CHUNK: usize = 100;
+/// commit lock for less time: CRM API reads wait for it (p95 during a 25,000-contact
+/// initial sync about 5 ms at 50, 9 ms at 100, 8–14 ms at 200, 20 ms at 500;
+/// docs/benchmarks.md). The writer flushes every 800 contacts, not after each chunk
+/// (`writer::FLUSH_EVERY_CHUNKS`), so this costs no fsyncs.
+pub const CHUNK: usize = 50;
 
 /// Why an account actor stopped.
 #[derive(Debug, Clone, PartialEq)]
@@ -725,10 +726,10 @@ async fn send_chunk(
 /// A chunk's photos by provider id.
 type Photos = HashMap<String, Vec<u8>>;
 
-/// Chunks whose photos may be fetched ahead of their commit (800 contacts). A chunk has
-/// only a few contacts with a photo (about 10 of 100), so one chunk at a time would leave
+/// Chunks whose photos may be fetched ahead of their commit (400 contacts). A chunk has
+/// only a few contacts with a photo (about 5 of 50), so one chunk at a time would leave
 /// most of the provider's photo slots idle while every chunk waits a round trip or two.
-const PHOTO_CHUNKS_AHEAD: usize = 8;
+const PHOTO_CHUNKS_AHEAD: usize = 400 / CHUNK;
 
 /// Chunks on their way to the matcher. With photos wanted, the photos of the next
 /// [`PHOTO_CHUNKS_AHEAD`] chunks are fetched (as tasks of their own) while the chunk in

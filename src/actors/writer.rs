@@ -51,20 +51,25 @@ pub struct Writer {
     rt: Arc<Runtime>,
     /// Commits made since the last flush.
     unflushed: usize,
+    /// Audit events committed since the drainer was last woken.
+    events_waiting: bool,
 }
 
 /// Chunks a round commits between two flushes (800 contacts). Not one per chunk: an fsync
 /// per chunk was a large part of an initial sync's commits. Not one per round either: this
 /// bounds what a crash takes back (and must be fetched and planned again) to 800 contacts.
-/// (The audit drainer, which flushes before it writes, usually flushes sooner, on its own
-/// thread.)
-pub const FLUSH_EVERY_CHUNKS: usize = 8;
+/// The audit drainer is woken after these flushes, not after every chunk: it flushes the
+/// store before it writes events out, and a flush on its thread while this one commits
+/// holds sled's commit lock off (sled 0.34 flushes under its read lock), so CRM API reads,
+/// queued behind the waiting commit, waited for both (docs/benchmarks.md).
+pub const FLUSH_EVERY_CHUNKS: usize = 800 / crate::actors::account::CHUNK;
 
 impl Writer {
     pub fn start(rt: Arc<Runtime>) -> Addr<Writer> {
         SyncArbiter::start(1, move || Writer {
             rt: rt.clone(),
             unflushed: 0,
+            events_waiting: false,
         })
     }
 }
@@ -109,7 +114,8 @@ impl Handler<CommitPage> for Writer {
         }
         self.rt.db.commit(&msg.batch)?;
         self.unflushed += 1;
-        if msg.durable || self.unflushed >= FLUSH_EVERY_CHUNKS {
+        let flushed = msg.durable || self.unflushed >= FLUSH_EVERY_CHUNKS;
+        if flushed {
             self.rt.db.flush()?;
             self.unflushed = 0;
         }
@@ -117,10 +123,18 @@ impl Handler<CommitPage> for Writer {
         if let Some(account) = &msg.account {
             self.rt.update(account, |a| a.totals.add(&msg.metrics));
         }
+        self.events_waiting |= !msg.audit.is_empty();
         if msg.durable {
             crate::audit::committed(&msg.audit);
+            self.events_waiting = false;
         } else {
-            crate::audit::committed_in_background(&msg.audit);
+            // Remembered now; written out after the next flush (or by the drainer's own
+            // round within a second).
+            crate::audit::committed_unflushed(&msg.audit);
+            if flushed && self.events_waiting {
+                crate::audit::wake_drainer();
+                self.events_waiting = false;
+            }
         }
         Ok(PageCommitted { ops })
     }
