@@ -726,21 +726,39 @@ async fn send_chunk(
 /// A chunk's photos by provider id.
 type Photos = HashMap<String, Vec<u8>>;
 
-/// Chunks whose photos may be fetched ahead of their commit (400 contacts). A chunk has
-/// only a few contacts with a photo (about 5 of 50), so one chunk at a time would leave
-/// most of the provider's photo slots idle while every chunk waits a round trip or two.
-const PHOTO_CHUNKS_AHEAD: usize = 400 / CHUNK;
+/// Changes whose photos are fetched together: two chunks. Graph sends a fetch's photos 20
+/// to a `$batch` request, and a slice has about 10; per chunk of 50 there would be twice
+/// the round trips for the same photos.
+const PHOTO_SLICE: usize = 2 * CHUNK;
 
-/// Chunks on their way to the matcher. With photos wanted, the photos of the next
-/// [`PHOTO_CHUNKS_AHEAD`] chunks are fetched (as tasks of their own) while the chunk in
-/// front is planned and committed; without, each chunk is committed as it comes.
+/// Slices whose photos may be fetched ahead of their commit (400 contacts). A slice has
+/// only a few contacts with a photo (about 10 of 100), so one slice at a time would leave
+/// most of the provider's photo slots idle while every slice waits a round trip or two.
+const PHOTO_SLICES_AHEAD: usize = 400 / PHOTO_SLICE;
+
+/// The photos of `changes` among `photos`.
+fn photos_of(changes: &[Change], photos: &Photos) -> Photos {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Upsert(pc) => photos.get_key_value(&pc.provider_id),
+            _ => None,
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Slices of a round on their way to the matcher. With photos wanted, the photos of the
+/// next [`PHOTO_SLICES_AHEAD`] slices are fetched (as tasks of their own) while the slice
+/// in front is planned and committed, [`CHUNK`] changes at a time; without, each slice is
+/// committed as it comes.
 struct Pipeline<'a> {
     rt: &'a Arc<Runtime>,
     provider: &'a Arc<dyn Provider>,
     matcher: &'a Addr<Matcher>,
     ctx: &'a PlanContext,
     want_photos: bool,
-    /// Chunks waiting for their commit, with their photo fetch.
+    /// Slices waiting for their commit, with their photo fetch.
     ahead: std::collections::VecDeque<(Vec<Change>, Option<tokio::task::JoinHandle<Photos>>)>,
     total: DayMetrics,
 }
@@ -764,21 +782,22 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// Starts fetching `chunk`'s photos, when photos are wanted.
-    fn start_photos(&self, chunk: &[Change]) -> Option<tokio::task::JoinHandle<Photos>> {
+    /// Starts fetching `slice`'s photos, when photos are wanted.
+    fn start_photos(&self, slice: &[Change]) -> Option<tokio::task::JoinHandle<Photos>> {
         if !self.want_photos {
             return None;
         }
         let (rt, provider, ctx) = (self.rt.clone(), self.provider.clone(), self.ctx.clone());
-        let chunk = chunk.to_vec();
+        let slice = slice.to_vec();
         Some(tokio::spawn(async move {
-            chunk_photos(&rt, &provider, &ctx, chunk).await
+            chunk_photos(&rt, &provider, &ctx, slice).await
         }))
     }
 
-    /// Plans and commits the chunk in front, once its photos are in.
-    async fn commit_front(&mut self, cursor: Option<Vec<u8>>) -> Result<(), RoundError> {
-        let Some((changes, fetch)) = self.ahead.pop_front() else {
+    /// Plans and commits the slice in front, once its photos are in, [`CHUNK`] changes at a
+    /// time; the last chunk carries `cursor` (and is sent, empty, even when the slice is).
+    async fn commit_front(&mut self, mut cursor: Option<Vec<u8>>) -> Result<(), RoundError> {
+        let Some((mut changes, fetch)) = self.ahead.pop_front() else {
             return Ok(());
         };
         let photos = match fetch {
@@ -788,17 +807,30 @@ impl<'a> Pipeline<'a> {
             }),
             None => HashMap::new(),
         };
-        let s = send_chunk(self.matcher, self.ctx, changes, photos, cursor).await?;
-        self.total.add(&s.metrics);
-        Ok(())
+        loop {
+            let rest = if changes.len() > CHUNK {
+                changes.split_off(CHUNK)
+            } else {
+                Vec::new()
+            };
+            let last = rest.is_empty();
+            let part_photos = photos_of(&changes, &photos);
+            let part_cursor = if last { cursor.take() } else { None };
+            let s = send_chunk(self.matcher, self.ctx, changes, part_photos, part_cursor).await?;
+            self.total.add(&s.metrics);
+            if last {
+                return Ok(());
+            }
+            changes = rest;
+        }
     }
 
-    /// Queues `chunk` (its photos start at once) and commits what is due.
-    async fn push(&mut self, chunk: Vec<Change>) -> Result<(), RoundError> {
-        let fetch = self.start_photos(&chunk);
-        self.ahead.push_back((chunk, fetch));
+    /// Queues `slice` (its photos start at once) and commits what is due.
+    async fn push(&mut self, slice: Vec<Change>) -> Result<(), RoundError> {
+        let fetch = self.start_photos(&slice);
+        self.ahead.push_back((slice, fetch));
         let depth = if self.want_photos {
-            PHOTO_CHUNKS_AHEAD
+            PHOTO_SLICES_AHEAD
         } else {
             0
         };
@@ -808,7 +840,7 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// Queues the rest of the round in chunks (moved, not copied) and commits everything,
+    /// Queues the rest of the round in slices (moved, not copied) and commits everything,
     /// the last chunk (empty when `rest` is) with the round's cursor.
     async fn finish(
         mut self,
@@ -817,11 +849,11 @@ impl<'a> Pipeline<'a> {
     ) -> Result<DayMetrics, RoundError> {
         let mut rest = rest.into_iter().peekable();
         let last = loop {
-            let chunk: Vec<Change> = rest.by_ref().take(CHUNK).collect();
+            let slice: Vec<Change> = rest.by_ref().take(PHOTO_SLICE).collect();
             if rest.peek().is_none() {
-                break chunk;
+                break slice;
             }
-            self.push(chunk).await?;
+            self.push(slice).await?;
         };
         let fetch = self.start_photos(&last);
         self.ahead.push_back((last, fetch));
@@ -903,10 +935,10 @@ async fn stream_round(
                 surplus = true;
                 continue;
             }
-            // The last chunk is kept back: it is committed with the cursor.
-            while pending.len() > CHUNK {
-                let chunk: Vec<Change> = pending.drain(..CHUNK).collect();
-                pipe.push(chunk).await?;
+            // The last slice is kept back: it is committed with the cursor.
+            while pending.len() > PHOTO_SLICE {
+                let slice: Vec<Change> = pending.drain(..PHOTO_SLICE).collect();
+                pipe.push(slice).await?;
             }
         }
         let streamed = announced.flatten().is_some();
