@@ -740,6 +740,12 @@ impl Db {
         self.kv.next_id()
     }
 
+    /// Whether the matching index's filter, filled from the store in the background after
+    /// opening, answers lookups yet (until then every lookup reads the store).
+    pub fn index_filter_ready(&self) -> bool {
+        self.index_filter.is_ready()
+    }
+
     pub fn flush(&self) -> Result<(), StoreError> {
         self.kv.flush()
     }

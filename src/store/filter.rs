@@ -46,6 +46,11 @@ impl IndexFilter {
         self.bloom.insert(prefix_of(key));
     }
 
+    /// Whether the fill from the store has finished (lookups are answered in memory).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// Whether entries with this prefix may be stored: `false` only when they surely are
     /// not.
     pub fn may_contain(&self, prefix: &[u8]) -> bool {
