@@ -438,6 +438,9 @@ fn child_plan_write() -> Res<Value> {
     // for here, so that planning is measured with it, as in a running daemon.
     let t_fill = Instant::now();
     while !db.index_filter_ready() {
+        if t_fill.elapsed() > Duration::from_secs(120) {
+            return Err("the index filter was not filled within 120 s".into());
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
     let fill_s = t_fill.elapsed().as_secs_f64();
