@@ -190,17 +190,10 @@ impl AuditEvent {
 /// Events committed with `batch` once it is durable: remembered for the dashboard, and
 /// drained to the file.
 pub fn committed(events: &[AuditEvent]) {
-    committed_then(events, AuditLog::drain_now);
-}
-
-/// Remembers `events` for the dashboard, then hands the audit log (if one runs) to `drain`.
-fn committed_then(events: &[AuditEvent], drain: impl FnOnce(&AuditLog)) {
-    for e in events {
-        e.remember();
-    }
+    committed_unflushed(events);
     if let Some(log) = installed() {
         if !events.is_empty() {
-            drain(log);
+            log.drain_now();
         }
     }
 }

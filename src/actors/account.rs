@@ -449,7 +449,6 @@ pub fn approval_key(account: &str) -> String {
     format!("approve:{account}")
 }
 
-/// Ids of the enabled two-way accounts.
 /// What the planner needs to know of `cfg` and the running configuration, now.
 pub fn plan_context(cfg: &AccountConfig, config: &crate::config::Config) -> PlanContext {
     PlanContext {
@@ -462,6 +461,7 @@ pub fn plan_context(cfg: &AccountConfig, config: &crate::config::Config) -> Plan
     }
 }
 
+/// Ids of the enabled two-way accounts.
 pub fn two_way_accounts(config: &crate::config::Config) -> Vec<String> {
     config
         .accounts

@@ -51,8 +51,6 @@ pub struct Writer {
     rt: Arc<Runtime>,
     /// Commits made since the last flush.
     unflushed: usize,
-    /// Audit events committed since the drainer was last woken.
-    events_waiting: bool,
 }
 
 /// Chunks a round commits between two flushes (800 contacts). Not one per chunk: an fsync
@@ -69,7 +67,6 @@ impl Writer {
         SyncArbiter::start(1, move || Writer {
             rt: rt.clone(),
             unflushed: 0,
-            events_waiting: false,
         })
     }
 }
@@ -123,17 +120,15 @@ impl Handler<CommitPage> for Writer {
         if let Some(account) = &msg.account {
             self.rt.update(account, |a| a.totals.add(&msg.metrics));
         }
-        self.events_waiting |= !msg.audit.is_empty();
         if msg.durable {
             crate::audit::committed(&msg.audit);
-            self.events_waiting = false;
         } else {
             // Remembered now; written out after the next flush (or by the drainer's own
-            // round within a second).
+            // round within a second). A drainer woken with nothing stored stops before it
+            // flushes.
             crate::audit::committed_unflushed(&msg.audit);
-            if flushed && self.events_waiting {
+            if flushed {
                 crate::audit::wake_drainer();
-                self.events_waiting = false;
             }
         }
         Ok(PageCommitted { ops })
